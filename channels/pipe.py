@@ -1,0 +1,57 @@
+"""Pipe delivery for an MTA (Postfix `pipe`, Exim `pipe` transport), as rt-mailgate does.
+
+Owns the exit-code contract of `gateway ingest` (sysexits.h, which MTAs understand):
+  0   the message is durable in the spool (the MTA may forget it)
+  65  EX_DATAERR: the input is not a message at all (empty, binary, no header) — a permanent
+      failure the MTA bounces
+  75  EX_TEMPFAIL: we could not make it durable (spool full or unwritable, config unreadable) —
+      the MTA keeps the message and retries
+Never parses beyond the "is this a message" check, never touches the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway.spool import Envelope, Spool, SpoolError
+from gateway.stages.parse import looks_like_message
+
+EX_OK = 0
+EX_DATAERR = 65
+EX_TEMPFAIL = 75
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    code: int
+    detail: str
+
+
+def ingest(
+    spool: Spool,
+    raw: bytes,
+    *,
+    recipient: str | None,
+    sender: str | None,
+    max_bytes: int,
+    source: str = "stdin",
+) -> IngestResult:
+    if not looks_like_message(raw):
+        return IngestResult(EX_DATAERR, f"{source}: not an RFC 5322 message (no header block)")
+    if len(raw) > max_bytes:
+        return IngestResult(
+            EX_DATAERR, f"{source}: {len(raw)} bytes is over the {max_bytes}-byte message limit"
+        )
+    envelope = Envelope(
+        channel="pipe",
+        received_at=datetime.now(UTC),
+        mail_from=sender,
+        recipients=(recipient.lower(),) if recipient else (),
+        peer=source,
+    )
+    try:
+        entry_id = spool.enqueue(raw, envelope)
+    except SpoolError as exc:
+        return IngestResult(EX_TEMPFAIL, f"{source}: spool unavailable, try again later: {exc}")
+    return IngestResult(EX_OK, f"{source}: queued as {entry_id}")

@@ -1,0 +1,179 @@
+"""The SMTP (or LMTP) listener: accept mail for our addresses, spool it, and only then say 250.
+
+Owns the SMTP contract (RFC 5321):
+* RCPT for an address or domain we do not serve MUST get 550 5.1.1 — we are never an open relay.
+* A message over the configured size MUST get 552 (aiosmtpd enforces `data_size_limit`).
+* 250 MUST follow a returned spool write, never precede it (DESIGN promise 1).
+* Our own faults MUST be 4xx: 452 4.3.1 when the spool is full, 451 4.3.0 otherwise. aiosmtpd's
+  default `handle_exception` answers 500 with the exception text; we override it.
+* Nothing blocks the event loop: the spool write runs on the spool's writer thread.
+* More than `max_sessions` concurrent sessions get 421 and are closed.
+Never parses, classifies or touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP
+
+from gateway.faults import crash_point
+from gateway.spool import Envelope, Spool, SpoolFullError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Which recipients we take mail for. Swapped on reload."""
+
+    recipients: frozenset[str]
+    domains: frozenset[str]
+
+    def accepts(self, address: str) -> bool:
+        addr = address.strip().strip("<>").lower()
+        if addr in self.recipients:
+            return True
+        return "@" in addr and addr.rsplit("@", 1)[1] in self.domains
+
+
+@dataclass
+class ChannelStats:
+    accepted: int = 0
+    refused_recipients: int = 0
+    temp_failures: int = 0
+    sessions: int = 0
+    last_error: str | None = None
+
+
+class IntakeHandler:
+    """aiosmtpd handler: each hook returns the SMTP reply line."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        acceptance: Callable[[], Acceptance],
+        *,
+        channel: str = "smtp",
+        lmtp: bool = False,
+    ) -> None:
+        self.spool = spool
+        self.acceptance = acceptance
+        self.channel = channel
+        self.lmtp = lmtp
+        self.stats = ChannelStats()
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if not self.acceptance().accepts(address):
+            self.stats.refused_recipients += 1
+            return "550 5.1.1 No such recipient here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw = envelope.original_content or b""
+        meta = (("helo", str(session.host_name or "")[:255]),)
+        env = Envelope(
+            channel=self.channel,
+            received_at=datetime.now(UTC),
+            mail_from=envelope.mail_from or "",
+            recipients=tuple(a.lower() for a in envelope.rcpt_tos),
+            peer=str(session.peer[0]) if session.peer else None,
+            meta=meta,
+        )
+        reply = await self._spool(raw, env)
+        if self.lmtp:
+            # LMTP (RFC 2033 4.2): one reply per accepted recipient, in order.
+            return "\r\n".join(reply for _ in envelope.rcpt_tos)
+        return reply
+
+    async def _spool(self, raw: bytes, env: Envelope) -> str:
+        try:
+            entry_id = await self.spool.enqueue_async(raw, env)
+        except SpoolFullError as exc:
+            self.stats.temp_failures += 1
+            self.stats.last_error = f"spool full: {exc}"
+            log.error("spool full, answering 452: %s", exc)
+            return "452 4.3.1 Insufficient system storage; try again later"
+        except Exception as exc:  # any other failure to make it durable is ours: temporary
+            self.stats.temp_failures += 1
+            self.stats.last_error = f"spool write failed: {exc}"
+            log.error("spool write failed, answering 451: %s", exc)
+            return "451 4.3.0 Temporary local problem; try again later"
+        crash_point("after-spool-before-ack")
+        self.stats.accepted += 1
+        return f"250 2.0.0 Queued as {entry_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Never a 5xx for our own bug: the sender must retry, not bounce the customer's mail.
+        log.exception("SMTP session error", exc_info=error)
+        self.stats.last_error = f"{type(error).__name__}: {error}"
+        return "451 4.3.0 Temporary local problem; try again later"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    host: str
+    port: int
+    lmtp: bool
+    max_sessions: int
+    timeout_seconds: int
+    max_message_bytes: int
+    hostname: str
+
+
+async def start_listener(
+    handler: IntakeHandler, cfg: ListenerConfig
+) -> asyncio.Server:
+    """Bind and serve in the running loop. Returns the server (its sockets give the real port)."""
+    protocol_class = LMTP if cfg.lmtp else SMTP
+    active = 0
+
+    def factory() -> Any:
+        nonlocal active
+        smtp = protocol_class(
+            handler,
+            data_size_limit=cfg.max_message_bytes,
+            enable_SMTPUTF8=True,
+            hostname=cfg.hostname,
+            timeout=cfg.timeout_seconds,
+            # aiosmtpd's "decode_data=False" keeps original bytes: we spool what was sent.
+            decode_data=False,
+            ident="Intake Gateway",
+        )
+        original_made = smtp.connection_made
+        original_lost = smtp.connection_lost
+        served = False
+
+        def connection_made(transport: asyncio.BaseTransport) -> None:
+            nonlocal active, served
+            active += 1
+            handler.stats.sessions = active
+            if active > cfg.max_sessions:
+                transport.write(b"421 4.7.0 Too many connections; try again later\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            served = True
+            original_made(transport)
+
+        def connection_lost(exc: Exception | None) -> None:
+            nonlocal active
+            active -= 1
+            handler.stats.sessions = active
+            if served:
+                original_lost(exc)
+
+        smtp.connection_made = connection_made
+        smtp.connection_lost = connection_lost
+        return smtp
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(factory, host=cfg.host, port=cfg.port, reuse_address=True)

@@ -1,0 +1,464 @@
+"""The `gateway` command: what an operator types. Thin: parses arguments and calls the owners.
+
+Exit codes: 0 success, 1 a problem the output explains (bad config, unknown ticket), 2 usage;
+`ingest` follows sysexits (see channels.pipe). Never holds business rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from gateway.config.errors import ConfigError
+from gateway.config.loader import Settings, default_config_dir, load
+
+STATUSES = ("new", "open", "waiting", "resolved", "closed", "reopened")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load(Path(args.config))
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(f"config is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.runtime import load_runtime
+
+    try:
+        load_runtime(Path(args.config))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    print(f"config OK: {Path(args.config).absolute()}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import AlreadyRunningError, run_daemon
+    from gateway.runtime import RuntimeBox, load_runtime
+    from gateway.storage.db import is_sqlite, upgrade
+
+    _setup_logging(args.verbose)
+    try:
+        runtime = load_runtime(Path(args.config))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    settings = runtime.settings
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if is_sqlite(settings.database_url):
+        upgrade(settings.database_url)  # the embedded default upgrades itself
+    try:
+        return run_daemon(Path(args.config), RuntimeBox(Path(args.config), runtime))
+    except AlreadyRunningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.runtime import RuntimeBox, load_runtime
+    from gateway.worker import Worker, storage_unavailable
+
+    _setup_logging(args.verbose)
+    runtime = load_runtime(Path(args.config))
+    box = RuntimeBox(Path(args.config), runtime)
+    worker = Worker(box, index=args.index, run_outbox=args.index == 0 and not args.drain)
+    signal.signal(signal.SIGHUP, lambda *_: worker.reload_requested.set())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    _ensure_schema(runtime.settings.database_url, worker, storage_unavailable)
+    if args.drain:
+        n = worker.drain()
+        print(f"processed {n} spool entries")
+        return 0
+    status_dir = runtime.settings.state_dir / "status"
+    status_dir.mkdir(parents=True, exist_ok=True)
+    worker.run(status_dir / f"worker-{args.index}.json")
+    return 0
+
+
+def _ensure_schema(url: str, worker: Any, unavailable: Any) -> None:
+    """Bring the schema up to date, waiting for the database if it is down (intake goes on)."""
+    from gateway.storage.db import upgrade
+
+    delay = 0.5
+    while not worker.stopping.is_set():
+        try:
+            upgrade(url)
+            return
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            logging.getLogger("gateway.worker").error("database unavailable at start: %s", exc)
+            worker.stopping.wait(delay)
+            delay = min(10.0, delay * 2)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pid = _daemon_pid(settings)
+    if pid is None:
+        print("no running gateway found (no daemon.lock pid)", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    print(f"sent SIGHUP to gateway pid {pid}; see its log or `gateway status` for the result")
+    return 0
+
+
+def _daemon_pid(settings: Settings) -> int | None:
+    try:
+        text = (settings.state_dir / "daemon.lock").read_text().strip()
+        pid = int(text)
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.spool import Spool
+
+    settings = _settings(args)
+    status_dir = settings.state_dir / "status"
+    out: dict[str, Any] = {"running": _daemon_pid(settings) is not None}
+    daemon = status_dir / "daemon.json"
+    if daemon.exists():
+        out["daemon"] = json.loads(daemon.read_text())
+    out["workers"] = [json.loads(p.read_text()) for p in sorted(status_dir.glob("worker-*.json"))]
+    spool = Spool(settings.spool_dir)
+    out["spool_depth"] = spool.depth()
+    out["quarantine"] = spool.quarantine_count()
+    spool.close()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"running:      {'yes' if out['running'] else 'no'}")
+    d = out.get("daemon", {})
+    for name, addr in d.get("listeners", {}).items():
+        ch = d.get("channels", {}).get(name, {})
+        print(f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
+              f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}")
+    print(f"spool depth:  {out['spool_depth']}")
+    print(f"quarantine:   {out['quarantine']}")
+    for w in out["workers"]:
+        print(f"worker {w['index']}:     processed={w['processed']} lag={w['lag_seconds']}s "
+              f"failures={w['failures']} last_error={w['last_error']}")
+    if d.get("config_error"):
+        print(f"config error: {d['config_error']}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from channels.pipe import EX_TEMPFAIL, ingest
+    from gateway.spool import Spool
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EX_TEMPFAIL  # the MTA keeps the mail while the admin fixes the config
+    g = settings.gateway
+    spool = Spool(
+        settings.spool_dir,
+        fsync=g.spool.fsync,
+        high_water_bytes=g.spool.high_water_mib * 1024 * 1024,
+        min_free_bytes=g.spool.min_free_mib * 1024 * 1024,
+    )
+    worst = 0
+    sources: list[tuple[str, bytes]]
+    try:
+        if args.files:
+            sources = []
+            for name in args.files:
+                sources.append((name, Path(name).read_bytes()))
+        else:
+            sources = [("stdin", sys.stdin.buffer.read(g.limits.max_message_bytes + 1))]
+        for source, raw in sources:
+            result = ingest(
+                spool, raw, recipient=args.recipient, sender=args.sender,
+                max_bytes=g.limits.max_message_bytes, source=source,
+            )
+            if result.code != 0 or not args.quiet:
+                print(result.detail, file=sys.stderr if result.code else sys.stdout)
+            worst = max(worst, result.code)
+    finally:
+        spool.close()
+    return worst
+
+
+def _session(settings: Settings) -> Any:
+    from gateway.storage.db import make_engine, session_factory
+
+    return session_factory(make_engine(settings.database_url))()
+
+
+def cmd_tickets(args: argparse.Namespace) -> int:
+    from gateway.storage.queries import OPEN_STATUSES, list_queue, ticket_json
+
+    settings = _settings(args)
+    statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
+    with _session(settings) as session:
+        tickets = list_queue(session, statuses=statuses, limit=args.limit)
+        if args.json:
+            print(json.dumps([ticket_json(session, t) for t in tickets], indent=2))
+            return 0
+        for t in tickets:
+            flags = ("H" if t.held else "-") + ("J" if t.jump_queue else "-")
+            print(f"{t.reference:10} {flags} {t.severity:8} {t.status:9} {t.account_id:16.16} "
+                  f"{t.channel:6} {t.subject[:60]}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.storage.queries import find_ticket, ticket_json
+
+    settings = _settings(args)
+    with _session(settings) as session:
+        ticket = find_ticket(session, args.ref)
+        if ticket is None:
+            print(f"no ticket {args.ref}", file=sys.stderr)
+            return 1
+        data = ticket_json(session, ticket, detail=True)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{data['reference']}  {data['status']}  severity={data['severity']}  "
+          f"jump_queue={'yes' if data['jump_queue'] else 'no'}  queue={data['queue']}")
+    print(f"account={data['account']} plan={data['plan']} contact={data['contact']} "
+          f"channel={data['channel']}")
+    print(f"subject: {data['subject']}")
+    print(f"created {data['created_at']}  updated {data['updated_at']}  "
+          f"messages={data['message_count']}")
+    classifier = data["explanation"].get("classifier", {})
+    if classifier:
+        print(f"classifier: {classifier.get('explanation')}")
+    print("decisions:")
+    for d in data["decisions"]:
+        print(f"  {d['stage']:10} {d['code']:14} {d['text']}")
+    for o in data["outbox"]:
+        print(f"outbox: {o['kind']} to {o['to']}: {o['status']} {o['reason']}")
+    for m in data["messages"]:
+        print(f"--- {m['direction']} {m['received_at']} from {m['from']} ({m['channel']})")
+        for a in m["attachments"]:
+            print(f"    attachment {a['filename']} {a['content_type']} {a['size']} bytes")
+        print(m["text"][:1500])
+    return 0
+
+
+def cmd_ticket_set_status(args: argparse.Namespace) -> int:
+    from gateway.storage.admin import set_status
+
+    settings = _settings(args)
+    with _session(settings) as session:
+        error = set_status(session, args.ref, args.status, actor=args.actor, reason=args.reason)
+    if error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{args.ref}: status {args.status}")
+    return 0
+
+
+def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
+    from gateway.storage.admin import set_severity
+
+    settings = _settings(args)
+    with _session(settings) as session:
+        error = set_severity(
+            session, args.ref, args.level, settings.severity.levels,
+            actor=args.actor, reason=args.reason,
+        )
+    if error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{args.ref}: severity {args.level} (recorded as a classifier label)")
+    return 0
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    from gateway.spool import Spool
+
+    settings = _settings(args)
+    spool = Spool(settings.spool_dir)
+    try:
+        if args.spool_cmd == "list":
+            for e in spool.pending():
+                print(f"{e.id}  {e.envelope.channel:6} attempts={e.attempts} {e.size:>9}B "
+                      f"from={e.envelope.mail_from or '-'}")
+            return 0
+        if args.spool_cmd == "show":
+            entry = spool.get(args.id)
+            if entry is None:
+                record = spool.quarantine_record(args.id)
+                if record is None:
+                    print(f"no spool entry {args.id}", file=sys.stderr)
+                    return 1
+                print(json.dumps({"id": record.id, "quarantined": True, "stage": record.stage,
+                                  "error": record.error, "attempts": record.attempts,
+                                  "envelope": record.envelope.to_json()}, indent=2, default=str))
+                return 0
+            print(json.dumps({"id": entry.id, "attempts": entry.attempts, "size": entry.size,
+                              "envelope": entry.envelope.to_json()}, indent=2, default=str))
+            head = spool.read_raw(entry)[:2000].decode("utf-8", "replace")
+            print(head)
+            return 0
+        return _replay(spool, args.id)
+    finally:
+        spool.close()
+
+
+def _replay(spool: Any, entry_id: str) -> int:
+    ids = [r.id for r in spool.quarantined()] if entry_id == "all" else [entry_id]
+    missing = [i for i in ids if not spool.replay(i)]
+    for i in ids:
+        if i not in missing:
+            print(f"replayed {i}")
+    for i in missing:
+        print(f"no quarantined entry {i}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from gateway.spool import Spool
+
+    settings = _settings(args)
+    spool = Spool(settings.spool_dir)
+    try:
+        if args.q_cmd == "list":
+            for r in spool.quarantined():
+                print(f"{r.id}  {r.envelope.channel:6} attempts={r.attempts} stage={r.stage} "
+                      f"error={r.error[:120]}")
+            return 0
+        return _replay(spool, args.id)
+    finally:
+        spool.close()
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from gateway.storage.db import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    print("database schema is up to date")
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Intake Gateway")
+    p.add_argument("--config", default=str(default_config_dir()),
+                   help="config directory (default: $GATEWAY_CONFIG or ./config)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    sub.add_parser("check-config", help="validate the config; exit 1 on any problem"
+                   ).set_defaults(func=cmd_check_config)
+    sub.add_parser("reload", help="make the running daemon re-read its config (SIGHUP)"
+                   ).set_defaults(func=cmd_reload)
+    s = sub.add_parser("status", help="listeners, spool depth, quarantine, worker lag, errors")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("ingest", help="spool a message from stdin (MTA pipe transport) or files")
+    s.add_argument("--recipient")
+    s.add_argument("--sender")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("files", nargs="*")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("worker", help="(internal) process the spool")
+    s.add_argument("--index", type=int, default=0)
+    s.add_argument("--drain", action="store_true", help="process until the spool is empty, exit")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("tickets", help="the queue, in queue order")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="include resolved and closed")
+    s.add_argument("--limit", type=int, default=100)
+    s.set_defaults(func=cmd_tickets)
+
+    s = sub.add_parser("show", help="one ticket with messages and explanation")
+    s.add_argument("ref")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+
+    t = sub.add_parser("ticket", help="change a ticket").add_subparsers(dest="t_cmd", required=True)
+    s = t.add_parser("set-status")
+    s.add_argument("ref")
+    s.add_argument("status", choices=STATUSES)
+    s.add_argument("--reason", default="")
+    s.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    s.set_defaults(func=cmd_ticket_set_status)
+    s = t.add_parser("set-severity")
+    s.add_argument("ref")
+    s.add_argument("level")
+    s.add_argument("--reason", required=True)
+    s.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    s.set_defaults(func=cmd_ticket_set_severity)
+
+    sp = sub.add_parser("spool", help="inspect the spool").add_subparsers(dest="spool_cmd",
+                                                                          required=True)
+    sp.add_parser("list")
+    s = sp.add_parser("show")
+    s.add_argument("id")
+    s = sp.add_parser("replay", help="put a quarantined entry back ('all' for every one)")
+    s.add_argument("id")
+    for name in ("list", "show", "replay"):
+        sp.choices[name].set_defaults(func=cmd_spool)
+
+    q = sub.add_parser("quarantine", help="poison messages").add_subparsers(dest="q_cmd",
+                                                                             required=True)
+    q.add_parser("list").set_defaults(func=cmd_quarantine)
+    s = q.add_parser("replay")
+    s.add_argument("id", help="entry id, or 'all'")
+    s.set_defaults(func=cmd_quarantine)
+
+    d = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
+    d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_ = time  # imported for callers that patch time in tests

@@ -1,0 +1,67 @@
+"""Config problems as values: every error names the file, the key and, where we can find it, the line.
+
+Owns the shape of a config error and how it reads to an admin. Never raises on its own: loaders
+collect problems so `gateway check-config` can print all of them at once.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with the config, phrased for the admin who must fix it."""
+
+    file: str
+    key: str | None
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.file
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key:
+            return f"{where}: {self.key}: {self.message}"
+        return f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Raised when a config directory cannot be turned into settings; carries every problem."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def find_line(path: Path, dotted_key: str) -> int | None:
+    """Best-effort line number of `dotted_key` in a TOML file.
+
+    tomllib keeps no positions, so we look for the last component as `name =` after the
+    header of its table. Good enough to point an admin at the right line; never authoritative.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    parts = [p for p in re.split(r"\.|\[\d+\]", dotted_key) if p]
+    if not parts:
+        return None
+    leaf = parts[-1]
+    tables = parts[:-1]
+    start = 0
+    for table in tables:
+        header = re.compile(r"^\s*\[\[?\s*([\w.\-\"]+)\s*\]\]?")
+        for i in range(start, len(lines)):
+            m = header.match(lines[i])
+            if m and m.group(1).split(".")[-1].strip('"') == table:
+                start = i
+                break
+    pattern = re.compile(rf"^\s*\"?{re.escape(leaf)}\"?\s*=")
+    for i in range(start, len(lines)):
+        if pattern.match(lines[i]):
+            return i + 1
+    return None

@@ -1,0 +1,231 @@
+"""Read a config directory into one immutable `Settings` value, or every problem with it.
+
+Owns: which files make a config directory, the order rules files apply in, where secrets come
+from (environment or `$CREDENTIALS_DIRECTORY`, never the files), and cross-file checks (a
+customer's plan must exist, the default level must be on the scale). Never opens ports, never
+touches the database: `check-config` and SIGHUP reload run exactly this and nothing more.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.config.errors import ConfigError, ConfigProblem, find_line
+from gateway.config.schema import (
+    CalendarsFile,
+    CustomersFile,
+    GatewayConfig,
+    PlansFile,
+    RoutingFile,
+    SeverityFile,
+)
+from gateway.config.validate import build
+
+T = TypeVar("T")
+
+REQUIRED_FILES = ("gateway.toml",)
+OPTIONAL_FILES = (
+    "customers.toml",
+    "plans.toml",
+    "severity.toml",
+    "calendars.toml",
+    "routing.toml",
+)
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Customer-facing texts, by (name, language). Each text starts with a `Subject:` line."""
+
+    texts: tuple[tuple[tuple[str, str], str], ...]
+
+    def get(self, name: str, language: str) -> str | None:
+        table = dict(self.texts)
+        return table.get((name, language)) or table.get((name, "en"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the config directory says, validated. Swapped whole on reload."""
+
+    directory: Path
+    gateway: GatewayConfig
+    customers: CustomersFile
+    plans: PlansFile
+    severity: SeverityFile
+    calendars: CalendarsFile
+    routing: RoutingFile
+    templates: Templates
+    rules_dir: Path
+
+    @property
+    def state_dir(self) -> Path:
+        env = os.environ.get("STATE_DIRECTORY")
+        if env:
+            # systemd may pass several, colon-separated; the first is ours.
+            return Path(env.split(":")[0])
+        return Path(self.gateway.gateway.state_dir).absolute()
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.state_dir / "spool"
+
+    @property
+    def database_url(self) -> str:
+        url = os.environ.get("GATEWAY_DATABASE_URL") or self.gateway.storage.url
+        if not url:
+            return f"sqlite:///{self.state_dir / 'gateway.db'}"
+        password = secret("database-password", "GATEWAY_DATABASE_PASSWORD")
+        if password and "@" in url and ":" not in url.split("://", 1)[1].split("@", 1)[0]:
+            scheme, rest = url.split("://", 1)
+            user, host = rest.split("@", 1)
+            url = f"{scheme}://{user}:{password}@{host}"
+        return url
+
+
+def secret(credential: str, env: str) -> str | None:
+    """A secret from the environment, else from systemd's credentials directory."""
+    value = os.environ.get(env)
+    if value:
+        return value
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / credential
+        if path.is_file():
+            return path.read_text(encoding="utf-8").strip()
+    return None
+
+
+def default_config_dir() -> Path:
+    return Path(os.environ.get("GATEWAY_CONFIG", "config"))
+
+
+def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any] | None:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        problems.append(ConfigProblem(path.name, None, "file is missing"))
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None)
+        problems.append(ConfigProblem(path.name, None, f"not valid TOML: {exc}", line))
+    except OSError as exc:
+        problems.append(ConfigProblem(path.name, None, f"cannot be read: {exc.strerror}"))
+    return None
+
+
+def _load_file(directory: Path, name: str, cls: type[T], problems: list[ConfigProblem]) -> T | None:
+    path = directory / name
+    if name not in REQUIRED_FILES and not path.exists():
+        return cls()
+    table = _read_toml(path, problems)
+    if table is None:
+        return None
+    value, found = build(cls, table, path)
+    problems.extend(found)
+    return value
+
+
+def _load_templates(directory: Path, problems: list[ConfigProblem]) -> Templates:
+    texts: list[tuple[tuple[str, str], str]] = []
+    tdir = directory / "templates"
+    if tdir.is_dir():
+        for path in sorted(tdir.glob("*.txt")):
+            parts = path.name.split(".")
+            if len(parts) != 3:
+                problems.append(
+                    ConfigProblem(
+                        f"templates/{path.name}", None, "name must be <template>.<language>.txt"
+                    )
+                )
+                continue
+            text = path.read_text(encoding="utf-8")
+            if not text.startswith("Subject:"):
+                problems.append(
+                    ConfigProblem(f"templates/{path.name}", None, "must start with a Subject: line", 1)
+                )
+                continue
+            texts.append(((parts[0], parts[1]), text))
+    return Templates(tuple(texts))
+
+
+def _cross_check(
+    directory: Path,
+    customers: CustomersFile,
+    plans: PlansFile,
+    severity: SeverityFile,
+    templates: Templates,
+    problems: list[ConfigProblem],
+) -> None:
+    plan_names = [p.name for p in plans.plan] or ["none"]
+    if len(set(plan_names)) != len(plan_names):
+        problems.append(ConfigProblem("plans.toml", "plan", "plan names must be unique"))
+    seen: set[str] = set()
+    cpath = directory / "customers.toml"
+    for i, account in enumerate(customers.account):
+        key = f"account[{i}]"
+        if account.id in seen:
+            problems.append(
+                ConfigProblem("customers.toml", f"{key}.id", f"duplicate account id {account.id!r}",
+                              find_line(cpath, "id"))
+            )
+        seen.add(account.id)
+        if account.plan not in plan_names:
+            problems.append(
+                ConfigProblem(
+                    "customers.toml",
+                    f"{key}.plan",
+                    f"unknown plan {account.plan!r} (plans: {', '.join(plan_names)})",
+                    find_line(cpath, "plan"),
+                )
+            )
+    spath = directory / "severity.toml"
+    if not severity.levels:
+        problems.append(ConfigProblem("severity.toml", "levels", "must name at least one level"))
+    elif severity.default not in severity.levels:
+        problems.append(
+            ConfigProblem(
+                "severity.toml",
+                "default",
+                f"{severity.default!r} is not one of the levels {list(severity.levels)}",
+                find_line(spath, "default"),
+            )
+        )
+    if templates.get("acknowledgement", "en") is None:
+        problems.append(
+            ConfigProblem("templates/acknowledgement.en.txt", None, "file is missing")
+        )
+
+
+def load(directory: Path) -> Settings:
+    """Load and validate the whole directory; raise ConfigError listing every problem."""
+    problems: list[ConfigProblem] = []
+    if not directory.is_dir():
+        raise ConfigError([ConfigProblem(str(directory), None, "config directory does not exist")])
+    gateway = _load_file(directory, "gateway.toml", GatewayConfig, problems)
+    customers = _load_file(directory, "customers.toml", CustomersFile, problems)
+    plans = _load_file(directory, "plans.toml", PlansFile, problems)
+    severity = _load_file(directory, "severity.toml", SeverityFile, problems)
+    calendars = _load_file(directory, "calendars.toml", CalendarsFile, problems)
+    routing = _load_file(directory, "routing.toml", RoutingFile, problems)
+    templates = _load_templates(directory, problems)
+    if customers is not None and plans is not None and severity is not None:
+        _cross_check(directory, customers, plans, severity, templates, problems)
+    if problems:
+        raise ConfigError(problems)
+    assert gateway and customers and plans and severity and calendars and routing
+    return Settings(
+        directory=directory.absolute(),
+        gateway=gateway,
+        customers=customers,
+        plans=plans,
+        severity=severity,
+        calendars=calendars,
+        routing=routing,
+        templates=templates,
+        rules_dir=directory.absolute() / "rules.d",
+    )

@@ -1,0 +1,220 @@
+"""The admin's config files as typed, frozen settings.
+
+Owns the *shape* of every file in the config directory and its defaults. Each dataclass maps one
+TOML table; the field comments are the reference an admin reads (`docs/config.md` mirrors them).
+Never reads files or environment variables (see `loader`), never decides business rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.config.validate import check, port, positive
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GatewaySection:
+    # Where the spool, attachments, models, status file and (by default) the SQLite file live.
+    # Relative paths are relative to the directory the daemon starts in. `$STATE_DIRECTORY`
+    # (set by systemd's StateDirectory=) overrides it.
+    state_dir: str = ".state"
+    # Names this instance in logs, claims and Message-IDs; unique per instance sharing a database.
+    instance: str = "gw1"
+    # Our own mail domain: outgoing Message-IDs end in it, so mail that carries it is ours (loops).
+    mail_domain: str = "support.example.com"
+
+
+@dataclass(frozen=True)
+class StorageSection:
+    # SQLAlchemy URL. Empty means SQLite at <state_dir>/gateway.db. For PostgreSQL use
+    # postgresql+psycopg://user@host/db and give the password through $GATEWAY_DATABASE_PASSWORD
+    # or the credential `database-password`, never here.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class SpoolSection:
+    # Processing attempts before a message is quarantined with its reason.
+    max_attempts: int = field(default=3, metadata=check(positive))
+    # Above this many MiB waiting in the spool, intake answers "try again later" (SMTP 452).
+    high_water_mib: int = field(default=4096, metadata=check(positive))
+    # Free space the spool's filesystem must keep; below it intake answers 452.
+    min_free_mib: int = field(default=64, metadata=check(positive))
+    # fsync file and directory before acknowledging. Only turn off for throwaway trials.
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    # Largest message accepted (SMTP 552 above it). 40 MiB fits a 25 MiB attachment after base64.
+    max_message_bytes: int = field(default=40 * MiB, metadata=check(positive))
+    # Attachments above this are recorded (name, type, size, hash) but their content not kept.
+    max_attachment_bytes: int = field(default=30 * MiB, metadata=check(positive))
+    # A message whose processing takes longer than this counts as a failed attempt.
+    per_message_seconds: float = field(default=30.0, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class WorkersSection:
+    # Worker processes claiming spool entries (CPU work runs there, apart from the listeners).
+    processes: int = field(default=1, metadata=check(lambda v: None if v >= 0 else "must be >= 0"))
+    # Seconds between spool scans when idle.
+    poll_seconds: float = field(default=0.05, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class SmtpSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=2525, metadata=check(port))
+    # Speak LMTP (RFC 2033) instead of SMTP, for running behind Postfix/Exim.
+    lmtp: bool = False
+    # Recipients we accept; everything else gets 550 5.1.1 (never an open relay).
+    recipients: tuple[str, ...] = ()
+    # Whole domains we accept mail for.
+    domains: tuple[str, ...] = ()
+    max_sessions: int = field(default=200, metadata=check(positive))
+    # Idle timeout for a session, seconds.
+    timeout_seconds: int = field(default=300, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class OutboundSection:
+    # Send outgoing mail at all (acknowledgements etc. stay queued in the outbox when false).
+    enabled: bool = True
+    relay_host: str = "127.0.0.1"
+    relay_port: int = field(default=25, metadata=check(port))
+    starttls: bool = False
+    # Relay login user; the password comes from $GATEWAY_RELAY_PASSWORD or credential
+    # `relay-password`.
+    username: str = ""
+    from_address: str = "support@support.example.com"
+    from_name: str = "Support"
+    # At most this many automatic messages to one recipient per window.
+    per_recipient_limit: int = field(default=5, metadata=check(positive))
+    per_recipient_window_minutes: int = field(default=60, metadata=check(positive))
+    # Delivery retries back off exponentially up to this many seconds; give up after max_attempts.
+    max_backoff_seconds: int = field(default=3600, metadata=check(positive))
+    max_attempts: int = field(default=20, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class ThreadingSection:
+    # A reply to a closed ticket within this many days reopens it; later it opens a linked one.
+    reopen_window_days: int = field(default=14, metadata=check(positive))
+
+
+@dataclass(frozen=True)
+class AutomatedSection:
+    # Mail an upstream filter flagged as spam (X-Spam-Flag: YES / X-Spam-Status: Yes):
+    # "discard" records it without a ticket; "ticket" makes a ticket (never acknowledged).
+    spam: Literal["discard", "ticket"] = "discard"
+    # Only believe spam headers when a trusted filter in front of us sets them.
+    trust_spam_headers: bool = True
+
+
+@dataclass(frozen=True)
+class HttpSection:
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=check(port))
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    gateway: GatewaySection = GatewaySection()
+    storage: StorageSection = StorageSection()
+    spool: SpoolSection = SpoolSection()
+    limits: LimitsSection = LimitsSection()
+    workers: WorkersSection = WorkersSection()
+    smtp: SmtpSection = SmtpSection()
+    outbound: OutboundSection = OutboundSection()
+    threading: ThreadingSection = ThreadingSection()
+    automated: AutomatedSection = AutomatedSection()
+    webhooks: HttpSection = HttpSection()
+    api: HttpSection = HttpSection(port=8081)
+
+
+# ---- customers.toml -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contact:
+    name: str = ""
+    email: str = ""
+    phone: str = ""
+    # May ask for (billable) emergency support on the account's behalf.
+    emergency_authorised: bool = False
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    name: str = ""
+    plan: str = "none"
+    # Anyone mailing from these domains belongs to the account (contacts match first).
+    domains: tuple[str, ...] = ()
+    # Language of customer-facing texts (templates/<name>.<language>.txt).
+    language: str = "en"
+    contacts: tuple[Contact, ...] = ()
+
+
+@dataclass(frozen=True)
+class CustomersFile:
+    account: tuple[Account, ...] = ()
+
+
+# ---- plans.toml -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    # Channels this plan may use: email, sms, voice, ...
+    channels: tuple[str, ...] = ("email",)
+    emergency: bool = False
+    # What an unentitled channel gets: one polite rejection, or a normal ticket with a note.
+    unentitled: Literal["reject", "downgrade"] = "reject"
+
+
+@dataclass(frozen=True)
+class PlansFile:
+    # Ordered from lowest to highest tier: comparisons are by position, never by name.
+    plan: tuple[Plan, ...] = ()
+
+
+# ---- severity.toml ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeverityFile:
+    # The ordered scale, most severe first.
+    levels: tuple[str, ...] = ("urgent", "high", "normal", "low")
+    # The level a ticket gets when nothing says otherwise.
+    default: str = "normal"
+    # Classifier thresholds; the classifier validates this table itself.
+    classifier: dict[str, object] = field(default_factory=dict)
+
+
+# ---- routing.toml -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutingFile:
+    # Queue a ticket lands in when no rule matches.
+    default_queue: str = "support"
+
+
+# ---- calendars.toml ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CalendarDef:
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class CalendarsFile:
+    calendar: dict[str, CalendarDef] = field(default_factory=dict)

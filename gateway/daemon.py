@@ -1,0 +1,193 @@
+"""`gateway run`: the long-running service — listeners in one event loop, workers in processes.
+
+Owns start-up order (DESIGN promise 1 and "validated before any port opens"): config validated
+-> state directory locked (one daemon per spool) -> claimed spool entries recovered -> workers
+started -> listeners bound -> ready. Owns signals: SIGHUP reloads (here and in every worker; a
+bad config keeps the old one), SIGTERM/SIGINT stop gracefully (listeners first, then workers
+finish their current message). Never processes messages itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
+from gateway.runtime import RuntimeBox
+from gateway.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+class AlreadyRunningError(Exception):
+    pass
+
+
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fh = open(state_dir / "daemon.lock", "a+")  # noqa: SIM115 - held for the process lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        fh.close()
+        raise AlreadyRunningError(f"another gateway is running on {state_dir}") from exc
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def acceptance(box: RuntimeBox) -> Acceptance:
+    smtp = box.current.settings.gateway.smtp
+    return Acceptance(
+        recipients=frozenset(r.lower() for r in smtp.recipients),
+        domains=frozenset(d.lower() for d in smtp.domains),
+    )
+
+
+class Daemon:
+    def __init__(self, config_dir: Path, box: RuntimeBox) -> None:
+        self.config_dir = config_dir
+        self.box = box
+        settings = box.current.settings
+        self.state_dir = settings.state_dir
+        self.status_dir = self.state_dir / "status"
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.stop_event = asyncio.Event()
+        self.spool: Spool | None = None
+        self.handler: IntakeHandler | None = None
+        self.listeners: dict[str, str] = {}
+        self._acceptance = acceptance(box)
+
+    def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "gateway", "--config", str(self.config_dir), "worker",
+               "--index", str(index)]
+        return subprocess.Popen(cmd)  # same process group: kill -9 of the group takes all
+
+    async def run(self) -> int:
+        settings = self.box.current.settings
+        lock = lock_state_dir(self.state_dir)
+        self.status_dir.mkdir(exist_ok=True)
+        g = settings.gateway
+        self.spool = Spool(
+            settings.spool_dir,
+            fsync=g.spool.fsync,
+            high_water_bytes=g.spool.high_water_mib * 1024 * 1024,
+            min_free_bytes=g.spool.min_free_mib * 1024 * 1024,
+            max_attempts=g.spool.max_attempts,
+        )
+        recovered = self.spool.recover()
+        if recovered:
+            log.warning("recovered %d spool entries claimed before the last stop", recovered)
+        for i in range(g.workers.processes):
+            self.workers.append(self._start_worker(i))
+        servers: list[asyncio.Server] = []
+        if g.smtp.enabled:
+            self.handler = IntakeHandler(
+                self.spool, lambda: self._acceptance,
+                channel="lmtp" if g.smtp.lmtp else "smtp", lmtp=g.smtp.lmtp,
+            )
+            server = await start_listener(
+                self.handler,
+                ListenerConfig(
+                    host=g.smtp.host,
+                    port=g.smtp.port,
+                    lmtp=g.smtp.lmtp,
+                    max_sessions=g.smtp.max_sessions,
+                    timeout_seconds=g.smtp.timeout_seconds,
+                    max_message_bytes=g.limits.max_message_bytes,
+                    hostname=g.gateway.mail_domain,
+                ),
+            )
+            servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            self.listeners["lmtp" if g.smtp.lmtp else "smtp"] = f"{host}:{port}"
+            log.info("%s listening on %s:%s", "LMTP" if g.smtp.lmtp else "SMTP", host, port)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._reload)
+        loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
+        log.info("gateway ready (instance %s, %d worker(s))", g.gateway.instance, len(self.workers))
+        try:
+            while not self.stop_event.is_set():
+                self._supervise()
+                self._write_status()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
+        finally:
+            log.info("stopping: closing listeners, letting workers finish")
+            for server in servers:
+                server.close()
+                await server.wait_closed()
+            for proc in self.workers:
+                proc.terminate()
+            for proc in self.workers:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            self.spool.close()
+            self._write_status(stopped=True)
+            lock.close()
+        return 0
+
+    def _reload(self) -> None:
+        ok = self.box.reload()
+        if ok:
+            self._acceptance = acceptance(self.box)
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGHUP)
+
+    def _supervise(self) -> None:
+        for i, proc in enumerate(self.workers):
+            code = proc.poll()
+            if code is not None and not self.stop_event.is_set():
+                log.error("worker %d exited with %s; restarting it", i, code)
+                self.workers[i] = self._start_worker(i)
+
+    def _write_status(self, *, stopped: bool = False) -> None:
+        assert self.spool is not None
+        stats = self.handler.stats if self.handler else None
+        data = {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "stopped": stopped,
+            "listeners": self.listeners,
+            "workers": [p.pid for p in self.workers],
+            "config_generation": self.box.current.generation,
+            "config_error": self.box.last_error,
+            "spool_depth": self.spool.depth(),
+            "quarantine": self.spool.quarantine_count(),
+            "channels": {
+                name: {
+                    "accepted": stats.accepted,
+                    "refused_recipients": stats.refused_recipients,
+                    "temp_failures": stats.temp_failures,
+                    "sessions": stats.sessions,
+                    "last_error": stats.last_error,
+                }
+                for name in self.listeners
+            }
+            if stats
+            else {},
+        }
+        path = self.status_dir / "daemon.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+
+
+def run_daemon(config_dir: Path, box: RuntimeBox) -> int:
+    return asyncio.run(Daemon(config_dir, box).run())

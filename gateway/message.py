@@ -1,0 +1,98 @@
+"""The values that travel down the pipeline, one stage's output feeding the next.
+
+Owns the shape of a parsed message and of each stage's result. Pure data: never does I/O.
+Everything is a frozen dataclass so a stage cannot change what an earlier stage decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    # None when the part is over the per-attachment cap: recorded, content not kept.
+    content: bytes | None = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    spool_id: str
+    channel: str
+    received_at: datetime
+    envelope_from: str | None
+    recipients: tuple[str, ...]
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    sender: str  # lower-cased address, or E.164 phone for SMS/voice
+    sender_name: str
+    subject: str
+    date: datetime | None
+    text: str
+    headers: tuple[tuple[str, str], ...]  # lower-cased names, decoded values, in order
+    attachments: tuple[Attachment, ...]
+    raw_sha256: str
+    raw_size: int
+    dedup_key: str
+    defects: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_all(self, name: str) -> tuple[str, ...]:
+        name = name.lower()
+        return tuple(v for k, v in self.headers if k == name)
+
+
+@dataclass(frozen=True)
+class Customer:
+    account_id: str
+    account_name: str
+    plan: str
+    plan_rank: int  # position in plans.toml, lowest tier 0
+    known: bool
+    contact_name: str | None
+    contact_email: str | None
+    emergency_authorised: bool
+    language: str
+    matched_by: str  # "contact", "domain", "phone" or "unknown"
+
+
+@dataclass(frozen=True)
+class Automated:
+    """Why a message is machine-made (never acknowledged), or that it is not."""
+
+    kind: Literal["human", "auto-reply", "bounce", "list", "spam", "own-mail", "null-sender"]
+    reason: str
+
+    @property
+    def is_automated(self) -> bool:
+        return self.kind != "human"
+
+
+@dataclass(frozen=True)
+class TicketRef:
+    id: int
+    reference: str
+    account_id: str
+    status: str
+    closed_at: datetime | None
+    contact_email: str | None
+
+
+@dataclass(frozen=True)
+class Thread:
+    kind: Literal["new", "follow-up", "reopen", "new-linked"]
+    ticket: TicketRef | None
+    reason: str

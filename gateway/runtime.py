@@ -1,0 +1,129 @@
+"""The reloadable part of the gateway as one immutable value, and the box that swaps it.
+
+Owns reload semantics: `load_runtime` builds a complete new Runtime (config, customer directory,
+classifier engine, policy) or raises ConfigError; the box swaps it in one assignment, so a
+message is processed entirely under the old or entirely under the new config, never a mix. A bad
+reload leaves the old Runtime in place. Never touches listeners or the database URL (those need
+a restart, and `reload` says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from classifiers.engine import Engine, build_engine
+from classifiers.settings import parse_classifier_table
+from gateway.config.errors import ConfigError, ConfigProblem
+from gateway.config.loader import Settings, load
+from gateway.directory import Directory
+from gateway.stages.decide import Policy
+from gateway.stages.persist import PersistContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    directory: Directory
+    engine: Engine | None
+    policy: Policy
+    persist: PersistContext
+    generation: int
+
+    @property
+    def reopen_window(self) -> timedelta:
+        return timedelta(days=self.settings.gateway.threading.reopen_window_days)
+
+
+def model_dir(settings: Settings) -> Path:
+    return settings.state_dir / "models"
+
+
+def classifier_problems(settings: Settings) -> tuple[Engine | None, list[ConfigProblem]]:
+    csettings, problems = parse_classifier_table(
+        settings.severity.classifier, settings.severity.levels, "severity.toml"
+    )
+    found = [_convert(p) for p in problems]
+    if csettings is None:
+        return None, found
+    engine, more = build_engine(settings.rules_dir, csettings, model_dir(settings))
+    found.extend(_convert(p) for p in more)
+    return engine, found
+
+
+def _convert(problem: object) -> ConfigProblem:
+    file = str(getattr(problem, "file", "?"))
+    rule = getattr(problem, "rule", None)
+    key = getattr(problem, "key", None)
+    where = f"rule {rule}" + (f".{key}" if key else "") if rule else key
+    return ConfigProblem(file, where, str(getattr(problem, "message", problem)),
+                         getattr(problem, "line", None))
+
+
+def load_runtime(config_dir: Path, generation: int = 1, *, with_classifier: bool = True) -> Runtime:
+    settings = load(config_dir)
+    engine: Engine | None = None
+    if with_classifier:
+        engine, problems = classifier_problems(settings)
+        if problems:
+            raise ConfigError(problems)
+    g = settings.gateway
+    own = tuple(a.lower() for a in (*g.smtp.recipients, g.outbound.from_address) if a)
+    return Runtime(
+        settings=settings,
+        directory=Directory.build(settings.customers, settings.plans),
+        engine=engine,
+        policy=Policy(default_queue=settings.routing.default_queue, automated=g.automated),
+        persist=PersistContext(
+            templates=settings.templates,
+            company=g.outbound.from_name.removesuffix(" Support") or "Support",
+            mail_domain=g.gateway.mail_domain,
+            own_addresses=own,
+            own_domains=tuple(d.lower() for d in (*g.smtp.domains, g.gateway.mail_domain)),
+            per_recipient_limit=g.outbound.per_recipient_limit,
+            per_recipient_window=timedelta(minutes=g.outbound.per_recipient_window_minutes),
+            levels=settings.severity.levels,
+            instance=g.gateway.instance,
+        ),
+        generation=generation,
+    )
+
+
+RESTART_ONLY = ("smtp", "storage", "webhooks", "api", "gateway", "workers")
+
+
+class RuntimeBox:
+    """Holds the current Runtime. Readers take `box.current` once per message."""
+
+    def __init__(self, config_dir: Path, runtime: Runtime) -> None:
+        self.config_dir = config_dir
+        self.current = runtime
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+
+    def reload(self) -> bool:
+        """Re-read everything; swap on success, keep the old Runtime and say why on failure."""
+        with self._lock:
+            old = self.current
+            try:
+                new = load_runtime(self.config_dir, old.generation + 1)
+            except ConfigError as exc:
+                self.last_error = str(exc)
+                log.error("reload rejected, keeping the running config:\n%s", exc)
+                return False
+            except Exception as exc:  # a reload must never take the daemon down
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("reload failed, keeping the running config")
+                return False
+            for section in RESTART_ONLY:
+                if getattr(old.settings.gateway, section) != getattr(new.settings.gateway, section):
+                    log.warning("[%s] changed in gateway.toml: takes effect after a restart", section)
+            self.current = new
+            self.last_error = None
+            log.info("config reloaded (generation %d)", new.generation)
+            return True

@@ -1,0 +1,250 @@
+"""Stage 1: raw bytes -> ParsedMessage. Never raises for any input bytes.
+
+Owns MIME parsing (mail-parser, falling back to the stdlib parser), header decoding with bad
+charsets, text extraction, attachment extraction with the per-attachment cap, and the dedup
+identity of an email. Never touches storage; the raw bytes stay in the spool whatever happens
+here, so a parse that degrades loses nothing.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import html
+import logging
+import re
+from datetime import UTC, datetime
+from email.header import decode_header, make_header
+from email.message import Message
+from email.utils import getaddresses, parseaddr, parsedate_to_datetime
+
+from gateway.message import Attachment, ParsedMessage
+from gateway.spool import Envelope
+
+# mail-parser logs every MIME part it does not handle at WARNING; that is noise, not news.
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+# aiosmtpd logs every SMTP command at INFO: a transcript per message is noise in a daemon log.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
+
+TEXT_LIMIT = 256 * 1024  # classifier and storage need the start of the text, not all of it
+
+_HEADER_NAME = re.compile(rb"^[!-9;-~]+:")
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_TAG = re.compile(r"<[^>]+>")
+_STYLE = re.compile(r"<(script|style)\b.*?</\1>", re.S | re.I)
+
+
+class NotAMessageError(ValueError):
+    """The bytes are not an RFC 5322 message at all (e.g. an Outlook .msg, an empty file)."""
+
+
+def strip_mbox_line(raw: bytes) -> bytes:
+    """Drop a leading mbox `From ` envelope line, as mail saved from a mailbox often has."""
+    if raw.startswith(b"From "):
+        nl = raw.find(b"\n")
+        return raw[nl + 1 :] if nl >= 0 else b""
+    return raw
+
+
+def looks_like_message(raw: bytes) -> bool:
+    """Whether bytes start like RFC 5322 headers. Used by `ingest` to refuse non-messages (65)."""
+    body = strip_mbox_line(raw).lstrip(b"\r\n")
+    if not body or b"\x00" in body[:4096]:
+        return False
+    first = body.split(b"\n", 1)[0]
+    if not _HEADER_NAME.match(first):
+        return False
+    head = body[:65536].lower()
+    return any(
+        h in head
+        for h in (b"\nfrom:", b"\nmessage-id:", b"\nsubject:", b"\ndate:", b"\nto:", b"\nreceived:")
+    ) or first.lower().startswith((b"from:", b"received:", b"return-path:", b"message-id:"))
+
+
+def _split_body(raw: bytes) -> bytes:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = raw.find(sep)
+        if i >= 0:
+            return raw[i + len(sep) :]
+    return b""
+
+
+def body_hash(raw: bytes) -> str:
+    """Hash of the body, the same whichever way the message reached us.
+
+    Transports add headers (Received, Delivered-To, Return-Path) and may change line endings, so
+    the identity uses the body only, with CRLF folded to LF and trailing space dropped.
+    """
+    body = _split_body(strip_mbox_line(raw)).replace(b"\r\n", b"\n").rstrip()
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+def dedup_key_for_email(
+    raw: bytes, message_id: str | None, sender: str, date: str, subject: str
+) -> str:
+    """The dedup identity of an email (DESIGN promise 2).
+
+    Message-ID *and* a body hash: a reused or forged Message-ID on a different message must not
+    make us drop it. Without a Message-ID: sender, date, subject and body.
+    """
+    bh = body_hash(raw)
+    if message_id:
+        return f"email:{message_id}:{bh}"
+    digest = hashlib.sha256("\x00".join((sender, date, subject, bh)).encode()).hexdigest()[:40]
+    return f"email-nomid:{digest}"
+
+
+def _decode(value: object) -> str:
+    if value is None:
+        return ""
+    text = str(value)
+    if "=?" in text:
+        try:
+            text = str(make_header(decode_header(text)))
+        except Exception:  # bad charset or broken encoded-word: keep the raw text
+            pass
+    return " ".join(text.split())
+
+
+def _msgids(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(m.lower() for m in _MSGID.findall(value))
+
+
+def _one_msgid(value: str | None) -> str | None:
+    ids = _msgids(value)
+    if ids:
+        return ids[0]
+    value = (value or "").strip().strip("<>").strip()
+    return value.lower() if value and " " not in value else None
+
+
+def html_to_text(markup: str) -> str:
+    text = _STYLE.sub(" ", markup)
+    text = re.sub(r"<br\s*/?>|</p>|</div>|</tr>", "\n", text, flags=re.I)
+    text = html.unescape(_TAG.sub(" ", text))
+    return re.sub(r"[ \t]+", " ", text).strip()
+
+
+def _payload_text(part: Message) -> str:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, errors="replace")
+    except LookupError:  # unknown charset name: latin-1 never fails and keeps every byte
+        return payload.decode("latin-1")
+
+
+def _walk(msg: Message, max_attachment: int) -> tuple[str, list[Attachment], list[str]]:
+    plain: list[str] = []
+    htmls: list[str] = []
+    attachments: list[Attachment] = []
+    defects: list[str] = [type(d).__name__ for d in msg.defects]
+    parts = 0
+    for part in msg.walk():
+        parts += 1
+        if parts > 5000:
+            defects.append("TooManyParts")
+            break
+        if part.is_multipart():
+            defects.extend(type(d).__name__ for d in part.defects)
+            continue
+        ctype = part.get_content_type()
+        disposition = (part.get("Content-Disposition") or "").lower()
+        filename = part.get_filename()
+        if ctype in ("text/plain", "text/html") and "attachment" not in disposition and not filename:
+            text = _payload_text(part)
+            (plain if ctype == "text/plain" else htmls).append(text)
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        keep = len(data) <= max_attachment
+        attachments.append(
+            Attachment(
+                filename=_safe_filename(_decode(filename) or "attachment"),
+                content_type=ctype,
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                content=data if keep else None,
+            )
+        )
+    text = "\n".join(plain) if plain else html_to_text("\n".join(htmls))
+    return text, attachments, defects
+
+
+def _safe_filename(name: str) -> str:
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*')
+    return name.strip(" .")[:200] or "attachment"
+
+
+def _parse_with_mailparser(raw: bytes) -> Message | None:
+    try:
+        import mailparser
+
+        parsed = mailparser.parse_from_bytes(raw)
+        message = parsed.message
+        return message if isinstance(message, Message) else None
+    except Exception:  # mail-parser raises a zoo of errors on broken MIME; fall back below
+        return None
+
+
+def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) -> ParsedMessage:
+    """Parse whatever bytes arrived. Degrades (defects recorded) rather than failing."""
+    data = strip_mbox_line(raw)
+    msg = _parse_with_mailparser(data)
+    defects: list[str] = []
+    if msg is None:
+        defects.append("MailParserFailed")
+        msg = email.message_from_bytes(data, policy=email.policy.compat32)
+    headers: list[tuple[str, str]] = []
+    for name, value in msg.items():
+        headers.append((str(name).lower(), _decode(value)))
+    hdr = dict(reversed(headers))  # first occurrence wins
+    name, addr = parseaddr(hdr.get("from", ""))
+    sender = addr.strip().lower()
+    if not sender and envelope.mail_from:
+        sender = envelope.mail_from.lower()
+    message_id = _one_msgid(msg.get("Message-ID") and str(msg.get("Message-ID")))
+    date: datetime | None = None
+    try:
+        raw_date = hdr.get("date")
+        if raw_date:
+            date = parsedate_to_datetime(raw_date)
+            if date.tzinfo is None:
+                date = date.replace(tzinfo=UTC)
+    except (TypeError, ValueError, IndexError):
+        defects.append("BadDate")
+    try:
+        text, attachments, part_defects = _walk(msg, max_attachment)
+    except Exception as exc:  # a part the stdlib cannot walk: keep headers, note the defect
+        text, attachments, part_defects = "", [], [f"WalkFailed:{type(exc).__name__}"]
+    defects.extend(part_defects)
+    subject = hdr.get("subject", "")
+    return ParsedMessage(
+        spool_id=spool_id,
+        channel=envelope.channel,
+        received_at=envelope.received_at,
+        envelope_from=envelope.mail_from,
+        recipients=envelope.recipients
+        or tuple(a.lower() for _, a in getaddresses([hdr.get("to", "")]) if a),
+        message_id=message_id,
+        in_reply_to=_msgids(hdr.get("in-reply-to")),
+        references=_msgids(hdr.get("references")),
+        sender=sender,
+        sender_name=_decode(name),
+        subject=subject[:998],
+        date=date,
+        text=text[:TEXT_LIMIT],
+        headers=tuple(headers),
+        attachments=tuple(attachments),
+        raw_sha256=hashlib.sha256(raw).hexdigest(),
+        raw_size=len(raw),
+        dedup_key=envelope.channel_key
+        or dedup_key_for_email(raw, message_id, sender, hdr.get("date", ""), subject),
+        defects=tuple(dict.fromkeys(defects)),
+    )

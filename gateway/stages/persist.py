@@ -1,0 +1,336 @@
+"""Stage 7: the only stage that writes. One transaction per message.
+
+Owns exactly-once (DESIGN promise 2): the intake row claims the message's dedup key under a
+unique constraint before anything else is written, so a redelivery, a replay, the same mail by
+SMTP and IMAP, or two instances racing all end as one ticket plus recorded duplicates. In the
+same transaction: the ticket or follow-up, the message, attachment records, every recorded
+reason, and outbox rows (acknowledgements pass the outbox gate and the per-recipient limit
+here, because the limit needs history). Blobs are written durably *before* the commit. A crash
+anywhere before the commit leaves the spool entry to be processed again, harmlessly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from classifiers.types import Verdict
+from gateway.blobs import BlobStore
+from gateway.config.loader import Templates
+from gateway.faults import crash_point
+from gateway.message import Automated, Customer, ParsedMessage, Thread
+from gateway.outbox import Draft, gate, render
+from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject
+from gateway.storage.models import (
+    AttachmentRecord,
+    DecisionRecord,
+    Intake,
+    Message,
+    OutboxRow,
+    Ticket,
+    TicketEvent,
+)
+
+
+@dataclass(frozen=True)
+class PersistContext:
+    templates: Templates
+    company: str
+    mail_domain: str
+    own_addresses: tuple[str, ...]
+    own_domains: tuple[str, ...]
+    per_recipient_limit: int
+    per_recipient_window: timedelta
+    levels: tuple[str, ...]
+    instance: str
+
+
+@dataclass(frozen=True)
+class Persisted:
+    outcome: str  # ticket | follow-up | duplicate | discard | reject | hold | already-processed
+    reference: str | None
+    reason: str
+
+
+def persist(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    raw: bytes,
+    message: ParsedMessage,
+    customer: Customer,
+    automated: Automated,
+    thread: Thread,
+    verdict: Verdict,
+    decision: Decision,
+    ctx: PersistContext,
+    now: datetime,
+) -> Persisted:
+    # Blobs first, durably: the transaction below may name them.
+    blobs.put(raw, message.raw_sha256)
+    for att in message.attachments:
+        if att.content is not None:
+            blobs.put(att.content, att.sha256)
+    for attempt in range(3):
+        try:
+            with sessions.begin() as session:
+                return _write(session, message, customer, automated, thread, verdict,
+                              decision, ctx, now)
+        except IntegrityError:
+            # Another worker or instance claimed the same dedup key (or spool id) between our
+            # check and our insert. Run again: this time we see its row and record a duplicate.
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _write(
+    session: Session,
+    message: ParsedMessage,
+    customer: Customer,
+    automated: Automated,
+    thread: Thread,
+    verdict: Verdict,
+    decision: Decision,
+    ctx: PersistContext,
+    now: datetime,
+) -> Persisted:
+    done = session.execute(
+        select(Intake).where(Intake.spool_id == message.spool_id)
+    ).scalar_one_or_none()
+    if done is not None:
+        # This very spool entry was committed before a crash kept it in the spool.
+        return Persisted("already-processed", None, f"spool entry already recorded as {done.outcome}")
+    first = session.execute(
+        select(Intake).where(Intake.first_key == message.dedup_key)
+    ).scalar_one_or_none()
+    intake = Intake(
+        spool_id=message.spool_id,
+        dedup_key=message.dedup_key,
+        channel=message.channel,
+        sender=message.sender[:320],
+        received_at=message.received_at,
+        processed_at=now,
+        instance=ctx.instance,
+    )
+    if first is not None:
+        ticket_ref = session.get(Ticket, first.ticket_id).reference if first.ticket_id else None
+        intake.outcome = "duplicate"
+        intake.duplicate_of = first.id
+        intake.ticket_id = first.ticket_id
+        intake.reason = (
+            f"same message as intake {first.id} ({first.outcome}"
+            + (f", {ticket_ref}" if ticket_ref else "")
+            + f") by dedup key {message.dedup_key[:80]}"
+        )
+        session.add(intake)
+        return Persisted("duplicate", ticket_ref, intake.reason)
+
+    intake.first_key = message.dedup_key
+    intake.outcome = "pending"
+    session.add(intake)
+    session.flush()  # claims the dedup key now; a racing twin fails here, not later
+
+    crash_point("mid-transaction")
+    outcome = decision.outcome
+    ticket: Ticket | None = None
+    kind: str
+    if isinstance(outcome, Accept | Hold):
+        ticket, kind = _ticket_for(session, message, customer, thread, verdict, decision, ctx, now)
+        if isinstance(outcome, Hold):
+            ticket.held = True
+            ticket.hold_reason = outcome.reason
+            kind = "hold"
+    elif isinstance(outcome, Discard):
+        kind = "discard"
+    elif isinstance(outcome, Reject):
+        kind = "reject"
+    else:  # pragma: no cover - the Outcome union is closed
+        raise TypeError(f"unknown outcome {outcome!r}")
+
+    stored = Message(
+        ticket_id=ticket.id if ticket else None,
+        direction="in",
+        channel=message.channel,
+        header_message_id=message.message_id[:998] if message.message_id else None,
+        in_reply_to=" ".join(message.in_reply_to)[:2000],
+        sender=message.sender[:320],
+        sender_name=message.sender_name[:320],
+        recipients=", ".join(message.recipients)[:2000],
+        subject=message.subject,
+        sent_at=message.date,
+        received_at=message.received_at,
+        text=message.text,
+        raw_sha256=message.raw_sha256,
+        raw_size=message.raw_size,
+        defects=",".join(message.defects)[:2000],
+        automated=automated.kind,
+        verdict=verdict.to_json(),
+    )
+    session.add(stored)
+    session.flush()
+    for att in message.attachments:
+        session.add(
+            AttachmentRecord(
+                message_id=stored.id,
+                filename=att.filename,
+                content_type=att.content_type[:255],
+                size=att.size,
+                sha256=att.sha256,
+                stored=att.content is not None,
+            )
+        )
+    intake.outcome = kind
+    intake.reason = outcome.reason[:4000]
+    intake.ticket_id = ticket.id if ticket else None
+    intake.message_id = stored.id
+    for reason in decision.reasons:
+        session.add(
+            DecisionRecord(
+                intake_id=intake.id,
+                ticket_id=ticket.id if ticket else None,
+                stage=reason.stage,
+                code=reason.code[:64],
+                text=reason.text[:4000],
+            )
+        )
+    for reply in decision.replies:
+        _queue_reply(session, reply.template, message, customer, automated, ticket, intake, ctx, now)
+    return Persisted(kind, ticket.reference if ticket else None, outcome.reason)
+
+
+def _ticket_for(
+    session: Session,
+    message: ParsedMessage,
+    customer: Customer,
+    thread: Thread,
+    verdict: Verdict,
+    decision: Decision,
+    ctx: PersistContext,
+    now: datetime,
+) -> tuple[Ticket, str]:
+    if thread.kind in ("follow-up", "reopen") and thread.ticket is not None:
+        ticket = session.get(Ticket, thread.ticket.id, with_for_update=True)
+        if ticket is not None:
+            ticket.message_count += 1
+            ticket.updated_at = now
+            if thread.kind == "reopen":
+                session.add(
+                    TicketEvent(ticket_id=ticket.id, kind="status", old=ticket.status,
+                                new="reopened", reason=thread.reason, actor="gateway", at=now)
+                )
+                ticket.status = "reopened"
+                ticket.closed_at = None
+            rank = _rank(ctx.levels, decision.severity)
+            if rank < ticket.severity_rank:
+                # A follow-up may raise a ticket's severity (the customer says it got worse),
+                # never lower it: an agent lowers severity, with a reason.
+                session.add(
+                    TicketEvent(ticket_id=ticket.id, kind="severity", old=ticket.severity,
+                                new=decision.severity, reason=verdict.explain(),
+                                actor="classifier", at=now)
+                )
+                ticket.severity = decision.severity
+                ticket.severity_rank = rank
+            if decision.jump_queue and not ticket.jump_queue:
+                ticket.jump_queue = True
+                ticket.jump_reason = verdict.explain()
+            return ticket, "follow-up"
+    ticket = Ticket(
+        status="new",
+        severity=decision.severity,
+        severity_rank=_rank(ctx.levels, decision.severity),
+        jump_queue=decision.jump_queue,
+        jump_reason=verdict.explain() if decision.jump_queue else "",
+        channel=message.channel,
+        account_id=customer.account_id,
+        contact_email=customer.contact_email or (message.sender or None),
+        contact_name=customer.contact_name or message.sender_name or None,
+        plan=customer.plan,
+        queue=decision.queue,
+        subject=message.subject,
+        language=customer.language,
+        created_at=now,
+        updated_at=now,
+        message_count=1,
+        linked_from_id=thread.ticket.id if thread.kind == "new-linked" and thread.ticket else None,
+        explanation={
+            "classifier": verdict.to_json(),
+            "reasons": [
+                {"stage": r.stage, "code": r.code, "text": r.text} for r in decision.reasons
+            ],
+            "queue": decision.queue,
+        },
+    )
+    session.add(ticket)
+    session.flush()
+    ticket.reference = f"T-{ticket.id:06d}"
+    return ticket, "ticket"
+
+
+def _rank(levels: tuple[str, ...], level: str) -> int:
+    return levels.index(level) if level in levels else len(levels)
+
+
+def _queue_reply(
+    session: Session,
+    template: str,
+    message: ParsedMessage,
+    customer: Customer,
+    automated: Automated,
+    ticket: Ticket | None,
+    intake: Intake,
+    ctx: PersistContext,
+    now: datetime,
+) -> None:
+    recipient = message.sender.lower()
+    why_not = gate(recipient, automated, ctx.own_addresses, ctx.own_domains)
+    draft: Draft | None = None
+    if why_not is None:
+        draft = render(
+            ctx.templates,
+            template,
+            customer,
+            message,
+            ticket.reference if ticket and ticket.reference else "",
+            ctx.company,
+            ctx.mail_domain,
+        )
+        if draft is None:
+            why_not = f"template {template!r} does not exist"
+    if why_not is None:
+        recent = session.execute(
+            select(func.count())
+            .select_from(OutboxRow)
+            .where(
+                OutboxRow.recipient == recipient,
+                OutboxRow.created_at >= now - ctx.per_recipient_window,
+                OutboxRow.status.in_(("pending", "sending", "sent")),
+            )
+        ).scalar_one()
+        if recent >= ctx.per_recipient_limit:
+            why_not = (
+                f"per-recipient limit: {recent} automatic messages to {recipient} "
+                f"in the last {int(ctx.per_recipient_window.total_seconds() // 60)} minutes"
+            )
+    session.add(
+        OutboxRow(
+            header_message_id=draft.header_message_id if draft else f"suppressed-{intake.id}-{template}@{ctx.mail_domain}",
+            ticket_id=ticket.id if ticket else None,
+            intake_id=intake.id,
+            kind=template,
+            channel="email",
+            recipient=recipient[:320] or "-",
+            subject=draft.subject if draft else "",
+            body=draft.body if draft else "",
+            in_reply_to=draft.in_reply_to if draft else None,
+            status="pending" if why_not is None else "suppressed",
+            status_reason=why_not or "",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )

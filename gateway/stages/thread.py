@@ -1,0 +1,67 @@
+"""Stage 4: does this message continue an existing ticket?
+
+Owns the threading rule (DESIGN "Lessons", Zammad #5064): headers first — In-Reply-To and
+References against messages we stored and mail we sent — then a subject token `[#T-000123]`,
+but only from a sender bound to that ticket's account (or, for the unknown account, the very
+address that opened it). A reply to a closed ticket reopens it within the window, else opens a
+new ticket linked to it. Reads through the narrow `ThreadLookup`; never writes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from gateway.directory import UNKNOWN_ACCOUNT
+from gateway.message import Customer, ParsedMessage, Thread, TicketRef
+
+TOKEN = re.compile(r"\[#(T-\d{6,})\]")
+CLOSED = ("resolved", "closed")
+
+
+class ThreadLookup(Protocol):
+    def ticket_for_message_ids(self, message_ids: tuple[str, ...]) -> TicketRef | None: ...
+
+    def ticket_by_reference(self, reference: str) -> TicketRef | None: ...
+
+
+def thread(
+    message: ParsedMessage,
+    customer: Customer,
+    lookup: ThreadLookup,
+    now: datetime,
+    reopen_window: timedelta,
+) -> Thread:
+    ids = tuple(dict.fromkeys(message.in_reply_to + tuple(reversed(message.references))))
+    ticket = lookup.ticket_for_message_ids(ids) if ids else None
+    how = "In-Reply-To/References"
+    if ticket is None:
+        match = TOKEN.search(message.subject)
+        if match:
+            candidate = lookup.ticket_by_reference(match.group(1))
+            if candidate is not None and _may_append(candidate, customer, message):
+                ticket = candidate
+                how = f"subject token [#{candidate.reference}]"
+            elif candidate is not None:
+                return Thread(
+                    "new",
+                    None,
+                    f"subject token [#{candidate.reference}] ignored: sender "
+                    f"{message.sender} is not bound to that ticket's account",
+                )
+    if ticket is None:
+        return Thread("new", None, "no thread headers or token matched an existing ticket")
+    if ticket.status in CLOSED:
+        if ticket.closed_at is not None and now - ticket.closed_at > reopen_window:
+            return Thread(
+                "new-linked", ticket, f"reply by {how} to {ticket.reference}, closed too long ago"
+            )
+        return Thread("reopen", ticket, f"reply by {how} reopens {ticket.reference}")
+    return Thread("follow-up", ticket, f"follow-up on {ticket.reference} by {how}")
+
+
+def _may_append(ticket: TicketRef, customer: Customer, message: ParsedMessage) -> bool:
+    if customer.account_id == UNKNOWN_ACCOUNT or ticket.account_id == UNKNOWN_ACCOUNT:
+        return bool(message.sender) and message.sender == (ticket.contact_email or "")
+    return customer.account_id == ticket.account_id

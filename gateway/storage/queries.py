@@ -1,0 +1,187 @@
+"""Reads the rest of the gateway needs: thread lookups, the queue, a ticket and its story.
+
+Owns the one queue order (`queue_order`) used by the CLI and the API, and the versioned ticket
+JSON (`ticket_json`, `"schema": 1`: fields are only ever added). Never writes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, nulls_last, select
+from sqlalchemy.orm import Session
+
+from gateway.message import TicketRef
+from gateway.storage.models import (
+    AttachmentRecord,
+    DecisionRecord,
+    Intake,
+    Message,
+    OutboxRow,
+    Ticket,
+)
+
+TICKET_SCHEMA = 1
+OPEN_STATUSES = ("new", "open", "waiting", "reopened")
+
+
+def _ref(ticket: Ticket) -> TicketRef:
+    return TicketRef(
+        id=ticket.id,
+        reference=ticket.reference or "",
+        account_id=ticket.account_id,
+        status=ticket.status,
+        closed_at=as_utc(ticket.closed_at),
+        contact_email=ticket.contact_email,
+    )
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class SessionThreadLookup:
+    """`ThreadLookup` over a database session: our stored messages and our sent mail."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def ticket_for_message_ids(self, message_ids: tuple[str, ...]) -> TicketRef | None:
+        ids = list(message_ids[:50])
+        row = self.session.execute(
+            select(Ticket)
+            .join(Message, Message.ticket_id == Ticket.id)
+            .where(Message.header_message_id.in_(ids))
+            .order_by(Message.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if row is None:
+            row = self.session.execute(
+                select(Ticket)
+                .join(OutboxRow, OutboxRow.ticket_id == Ticket.id)
+                .where(OutboxRow.header_message_id.in_(ids))
+                .limit(1)
+            ).scalar_one_or_none()
+        return _ref(row) if row is not None else None
+
+    def ticket_by_reference(self, reference: str) -> TicketRef | None:
+        row = self.session.execute(
+            select(Ticket).where(Ticket.reference == reference)
+        ).scalar_one_or_none()
+        return _ref(row) if row is not None else None
+
+
+def queue_order() -> list[ColumnElement[Any]]:
+    """THE queue order, defined once: held tickets last; then tickets that jump the queue; then
+    severity (most severe first); then first-response due time, falling back to age."""
+    return [
+        Ticket.held.asc(),
+        Ticket.jump_queue.desc(),
+        Ticket.severity_rank.asc(),
+        nulls_last(func.coalesce(Ticket.first_response_due, Ticket.created_at).asc()),
+        Ticket.id.asc(),
+    ]
+
+
+def list_queue(
+    session: Session, *, statuses: tuple[str, ...] = OPEN_STATUSES, limit: int = 100
+) -> list[Ticket]:
+    stmt = select(Ticket).where(Ticket.status.in_(statuses)).order_by(*queue_order()).limit(limit)
+    return list(session.execute(stmt).scalars())
+
+
+def find_ticket(session: Session, reference: str) -> Ticket | None:
+    ref = reference.strip().upper()
+    if ref.isdigit():
+        ref = f"T-{int(ref):06d}"
+    return session.execute(select(Ticket).where(Ticket.reference == ref)).scalar_one_or_none()
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = as_utc(value)
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> dict[str, Any]:
+    """The documented ticket JSON (README "Ticket JSON"). Fields are only ever added."""
+    out: dict[str, Any] = {
+        "schema": TICKET_SCHEMA,
+        "reference": ticket.reference,
+        "status": ticket.status,
+        "severity": ticket.severity,
+        "jump_queue": ticket.jump_queue,
+        "jump_reason": ticket.jump_reason or None,
+        "held": ticket.held,
+        "hold_reason": ticket.hold_reason or None,
+        "channel": ticket.channel,
+        "account": ticket.account_id,
+        "contact": ticket.contact_email,
+        "plan": ticket.plan,
+        "queue": ticket.queue,
+        "subject": ticket.subject,
+        "created_at": _iso(ticket.created_at),
+        "updated_at": _iso(ticket.updated_at),
+        "first_response_due": _iso(ticket.first_response_due),
+        "resolution_due": _iso(ticket.resolution_due),
+        "message_count": ticket.message_count,
+        "linked_from": None,
+        "explanation": ticket.explanation,
+    }
+    if ticket.linked_from_id:
+        linked = session.get(Ticket, ticket.linked_from_id)
+        out["linked_from"] = linked.reference if linked else None
+    if detail:
+        messages = session.execute(
+            select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id)
+        ).scalars()
+        out["messages"] = [
+            {
+                "id": m.id,
+                "direction": m.direction,
+                "channel": m.channel,
+                "from": m.sender,
+                "subject": m.subject,
+                "received_at": _iso(m.received_at),
+                "message_id": m.header_message_id,
+                "text": m.text[:4000],
+                "automated": m.automated,
+                "raw_sha256": m.raw_sha256,
+                "attachments": [
+                    {
+                        "filename": a.filename,
+                        "content_type": a.content_type,
+                        "size": a.size,
+                        "sha256": a.sha256,
+                        "stored": a.stored,
+                    }
+                    for a in session.execute(
+                        select(AttachmentRecord).where(AttachmentRecord.message_id == m.id)
+                    ).scalars()
+                ],
+            }
+            for m in messages
+        ]
+        out["decisions"] = [
+            {"stage": d.stage, "code": d.code, "text": d.text}
+            for d in session.execute(
+                select(DecisionRecord)
+                .where(DecisionRecord.ticket_id == ticket.id)
+                .order_by(DecisionRecord.id)
+            ).scalars()
+        ]
+        out["outbox"] = [
+            {"kind": o.kind, "to": o.recipient, "status": o.status, "reason": o.status_reason}
+            for o in session.execute(
+                select(OutboxRow).where(OutboxRow.ticket_id == ticket.id).order_by(OutboxRow.id)
+            ).scalars()
+        ]
+    return out
+
+
+def intake_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Intake.outcome, func.count()).group_by(Intake.outcome)).all()
+    return {outcome: int(n) for outcome, n in rows}

@@ -1,0 +1,239 @@
+"""The worker: claims spool entries and runs each through the pipeline, one at a time.
+
+Owns what happens after a failed attempt (DESIGN promise 3):
+* storage unreachable -> `Defer`: the entry goes back *without* counting an attempt, and the
+  worker backs off (capped, jittered) — a database outage never quarantines mail;
+* any other error, or a message over the per-message time limit -> the attempt counts; after
+  `max_attempts` the entry is quarantined with its stage and error, and the next one flows.
+Runs in its own process (CPU work never stalls the listeners' event loop). Also runs the outbox
+sender on a thread. Never accepts network input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway import outbox_sender
+from gateway.blobs import BlobStore
+from gateway.pipeline import StageError, Timings, process
+from gateway.runtime import RuntimeBox
+from gateway.spool import Spool
+from gateway.storage.db import make_engine, session_factory
+
+log = logging.getLogger(__name__)
+
+
+class MessageTimeoutError(Exception):
+    pass
+
+
+def storage_unavailable(error: BaseException) -> bool:
+    """Is this the database being down (Defer), rather than this message being bad?"""
+    if isinstance(error, OperationalError | PoolTimeoutError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise MessageTimeoutError in the main thread after `seconds` (no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_sig: int, _frame: FrameType | None) -> None:
+        raise MessageTimeoutError(f"processing took longer than {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class WorkerStats:
+    processed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    quarantined: int = 0
+    deferrals: int = 0
+    last_error: str | None = None
+    max_seconds: float = 0.0
+    last_entry_age: float = 0.0
+    storage_down_since: float | None = None
+
+
+class Worker:
+    def __init__(self, box: RuntimeBox, *, index: int = 0, run_outbox: bool = True) -> None:
+        self.box = box
+        self.index = index
+        settings = box.current.settings
+        self.spool = Spool(
+            settings.spool_dir,
+            fsync=settings.gateway.spool.fsync,
+            max_attempts=settings.gateway.spool.max_attempts,
+        )
+        self.blobs = BlobStore(settings.state_dir / "blobs", fsync=settings.gateway.spool.fsync)
+        self.engine = make_engine(settings.database_url)
+        self.sessions: sessionmaker[Session] = session_factory(self.engine)
+        self.stats = WorkerStats()
+        self.timings = Timings()
+        self.stopping = threading.Event()
+        self.reload_requested = threading.Event()
+        self.run_outbox = run_outbox
+        self._backoff = 0.0
+
+    # -- one entry --------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Process one entry if there is one. Returns False when the spool was empty."""
+        if self.reload_requested.is_set():
+            self.reload_requested.clear()
+            self.box.reload()
+        entry = self.spool.claim()
+        if entry is None:
+            return False
+        runtime = self.box.current
+        started = time.monotonic()
+        self.stats.last_entry_age = max(0.0, time.time() - entry.envelope.received_at.timestamp())
+        try:
+            raw = self.spool.read_raw(entry)
+            with time_limit(runtime.settings.gateway.limits.per_message_seconds):
+                result = process(
+                    raw, entry.envelope, entry.id, runtime, self.sessions, self.blobs, self.timings
+                )
+        except StageError as exc:
+            self._failed(entry, exc.stage, exc.error)
+            return True
+        except MessageTimeoutError as exc:
+            self._failed(entry, "timeout", exc)
+            return True
+        except Exception as exc:  # reading the entry itself failed
+            self._failed(entry, "spool", exc)
+            return True
+        self.spool.complete(entry)
+        self._backoff = 0.0
+        self.stats.storage_down_since = None
+        self.stats.processed += 1
+        self.stats.outcomes[result.outcome] = self.stats.outcomes.get(result.outcome, 0) + 1
+        self.stats.max_seconds = max(self.stats.max_seconds, time.monotonic() - started)
+        log.info(
+            "%s %s -> %s %s (%s)",
+            entry.envelope.channel,
+            entry.id,
+            result.outcome,
+            result.reference or "",
+            result.reason[:200],
+        )
+        return True
+
+    def _failed(self, entry: object, stage: str, error: BaseException) -> None:
+        from gateway.spool import Entry
+
+        assert isinstance(entry, Entry)
+        text = f"{type(error).__name__}: {error}"[:2000]
+        if storage_unavailable(error):
+            # Defer: the message is fine, the database is not. Never counts as an attempt.
+            self.spool.release(entry)
+            self.stats.deferrals += 1
+            self.stats.last_error = f"storage unavailable: {text}"
+            if self.stats.storage_down_since is None:
+                self.stats.storage_down_since = time.time()
+                log.error("database unavailable, deferring intake: %s", text)
+            self._backoff = min(10.0, max(0.2, self._backoff * 2))
+            self.stopping.wait(self._backoff * (0.5 + random.random() / 2))
+            return
+        self.stats.failures += 1
+        self.stats.last_error = f"{stage}: {text}"
+        quarantined = self.spool.fail(entry, stage=stage, error=text)
+        if quarantined:
+            self.stats.quarantined += 1
+            log.error("quarantined %s after repeated failures at %s: %s", entry.id, stage, text)
+        else:
+            log.warning("attempt failed for %s at %s: %s", entry.id, stage, text)
+
+    # -- loops ------------------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Process until the spool is empty (tests, `gateway worker --drain`)."""
+        n = 0
+        while self.step():
+            n += 1
+        return n
+
+    def run(self, status_path: Path | None = None) -> None:
+        poll = self.box.current.settings.gateway.workers.poll_seconds
+        sender: threading.Thread | None = None
+        if self.run_outbox:
+            sender = threading.Thread(target=self._outbox_loop, name="outbox", daemon=True)
+            sender.start()
+        last_status = 0.0
+        parent = os.getppid()
+        while not self.stopping.is_set():
+            busy = self.step()
+            now = time.monotonic()
+            if status_path is not None and now - last_status > 1.0:
+                last_status = now
+                self.write_status(status_path)
+                if os.getppid() != parent:  # the daemon died (kill -9): do not linger
+                    log.error("daemon process is gone; worker exits")
+                    break
+            if not busy:
+                self.stopping.wait(poll)
+        if status_path is not None:
+            self.write_status(status_path)
+        self.spool.close()
+
+    def _outbox_loop(self) -> None:
+        while not self.stopping.is_set():
+            settings = self.box.current.settings
+            try:
+                sent = outbox_sender.send_due(
+                    self.sessions, settings.gateway.outbound, settings.gateway.gateway.instance
+                )
+            except Exception as exc:
+                log.warning("outbox sender: %s: %s", type(exc).__name__, exc)
+                sent = 0
+            if not sent:
+                self.stopping.wait(1.0)
+
+    def write_status(self, path: Path) -> None:
+        data = {
+            "pid": os.getpid(),
+            "index": self.index,
+            "time": time.time(),
+            "processed": self.stats.processed,
+            "outcomes": self.stats.outcomes,
+            "failures": self.stats.failures,
+            "quarantined": self.stats.quarantined,
+            "deferrals": self.stats.deferrals,
+            "last_error": self.stats.last_error,
+            "lag_seconds": round(self.stats.last_entry_age, 3),
+            "max_seconds": round(self.stats.max_seconds, 3),
+            "storage_down_since": self.stats.storage_down_since,
+            "config_generation": self.box.current.generation,
+            "config_error": self.box.last_error,
+            "stage_seconds": self.timings.totals,
+            "stage_count": self.timings.count,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
