@@ -1,0 +1,124 @@
+"""Shared fixtures: real config directories, real databases, a real SMTP relay, a real daemon.
+
+Factories over globals (aiosmtpd's conftest style): each test gets its own state directory and,
+for PostgreSQL, its own database. Under CI=true a missing PostgreSQL is a failure, elsewhere a
+clearly reported skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    PG_ADMIN_URL,
+    CapturingRelay,
+    Gateway,
+    configure,
+    pg_available,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def pytest_report_header() -> list[str]:
+    return [f"postgresql: {'available' if pg_available() else 'NOT available'} ({PG_ADMIN_URL})"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    if not pg_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is required under CI=true and is not running")
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is not running (skipped outside CI)")
+    return PG_ADMIN_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import psycopg
+
+    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Runs the test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state' / 'gateway.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def relay() -> Iterator[CapturingRelay]:
+    r = CapturingRelay()
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default classifier model, built once per run and copied into each state dir."""
+    from gateway.runtime import load_runtime
+
+    base = tmp_path_factory.mktemp("models")
+    config = configure(ROOT / "config", base / "config", base / "state")
+    load_runtime(config)
+    return base / "state" / "models"
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, trained_models: Path) -> Callable[..., Path]:
+    """Copy the sample config into tmp_path and apply overrides (see helpers.configure)."""
+
+    def factory(**overrides: object) -> Path:
+        state = tmp_path / "state"
+        if not (state / "models").exists():
+            shutil.copytree(trained_models, state / "models")
+        return configure(ROOT / "config", tmp_path / "config", state, **overrides)
+
+    return factory
+
+
+@pytest.fixture
+def gateway(make_config: Callable[..., Path], database_url: str) -> Iterator[Gateway]:
+    """The gateway in-process on each backend: ingest into its spool, drain its worker."""
+    gw = Gateway(make_config(storage__url=database_url))
+    yield gw
+    gw.close()
+
+
+@pytest.fixture
+def shared_mail() -> Path:
+    path = SHARED_DATA / "mail"
+    if not path.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{path} is missing under CI=true")
+        pytest.skip(f"{path} is absent (shared data is not on this machine)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+_ = (re, shutil)

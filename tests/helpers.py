@@ -1,0 +1,294 @@
+"""Test helpers: config directories, a capturing SMTP relay, a real daemon process, waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def _set(text: str, section: str, key: str, value: object) -> str:
+    """Set `key` in `[section]` of a TOML text (adds the key or section if missing)."""
+    rendered = json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+    if isinstance(value, list | tuple):
+        rendered = json.dumps(list(value))
+    header = f"[{section}]"
+    if header not in text:
+        return text + f"\n{header}\n{key} = {rendered}\n"
+    start = text.index(header) + len(header)
+    nxt = re.search(r"^\[", text[start:], re.M)
+    end = start + nxt.start() if nxt else len(text)
+    body = text[start:end]
+    pattern = re.compile(rf"^{re.escape(key)}\s*=.*$", re.M)
+    if pattern.search(body):
+        body = pattern.sub(lambda _m: f"{key} = {rendered}", body, count=1)
+    else:
+        body = f"\n{key} = {rendered}" + body
+    return text[:start] + body + text[end:]
+
+
+def configure(source: Path, target: Path, state: Path, **overrides: object) -> Path:
+    """A config directory for a test: the sample config, state in `state`, port 0, no relay.
+
+    Overrides are `section__key=value` for gateway.toml, e.g. `smtp__port=2525`.
+    """
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    text = (target / "gateway.toml").read_text()
+    defaults: dict[str, object] = {
+        "gateway__state_dir": str(state),
+        "smtp__port": 0,
+        "outbound__enabled": False,
+    }
+    defaults.update(overrides)
+    for name, value in defaults.items():
+        section, key = name.split("__", 1)
+        text = _set(text, section, key, value)
+    (target / "gateway.toml").write_text(text)
+    return target
+
+
+def make_email(
+    subject: str = "Printer offline",
+    body: str = "Our label printer stopped working this morning.",
+    sender: str = "dana@acme-clinic.example",
+    to: str = "support@example.com",
+    message_id: str | None = "<m1@acme-clinic.example>",
+    **headers: str,
+) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = subject
+    msg["Date"] = "Mon, 23 Nov 2026 10:00:00 -0500"
+    if message_id:
+        msg["Message-ID"] = message_id
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    return msg.as_bytes()
+
+
+class CapturingRelay:
+    """A real SMTP server (aiosmtpd over TCP) standing in for the outbound relay."""
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+        self.recipients: list[list[str]] = []
+
+        relay = self
+
+        class Handler:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                relay.messages.append(envelope.original_content or envelope.content)
+                relay.recipients.append(list(envelope.rcpt_tos))
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=0)
+
+    def start(self) -> None:
+        self.controller.start()
+
+    @property
+    def port(self) -> int:
+        server = self.controller.server
+        assert server is not None
+        port: int = server.sockets[0].getsockname()[1]
+        return port
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+class DaemonProcess:
+    """`gateway run` as a real process in its own process group (so kill -9 takes the group)."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = config.parent / "daemon.log"
+
+    @property
+    def state(self) -> Path:
+        text = (self.config / "gateway.toml").read_text()
+        m = re.search(r'^state_dir = "(.*)"', text, re.M)
+        assert m
+        return Path(m.group(1))
+
+    def start(self, timeout: float = 60.0) -> DaemonProcess:
+        status = self.state / "status" / "daemon.json"
+        if status.exists():
+            status.unlink()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "--config", str(self.config), "run"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+                cwd=self.config.parent,
+            )
+        wait_for(lambda: self._ready(status), timeout=timeout)
+        return self
+
+    def _ready(self, status: Path) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()}")
+        if not status.exists():
+            return False
+        try:
+            data = json.loads(status.read_text())
+        except ValueError:
+            return False
+        workers = list((self.state / "status").glob("worker-*.json"))
+        return bool(data.get("listeners")) and bool(workers)
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state / "status" / "daemon.json").read_text())
+        return data
+
+    @property
+    def smtp_port(self) -> int:
+        return int(self.status()["listeners"]["smtp"].rsplit(":", 1)[1])
+
+    def send(self, raw: bytes, to: str = "support@example.com", sender: str = "a@b.example") -> Any:
+        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
+            return client.sendmail(sender, [to], raw)
+
+    def sighup(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # Workers share the process group; make sure none outlives the test.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def gateway_cli(config: Path, *args: str, stdin: bytes | None = None,
+                env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(config), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=config.parent,
+    )
+
+
+class Gateway:
+    """The gateway in-process: a spool to ingest into and a worker to drain it (no listeners)."""
+
+    def __init__(self, config: Path) -> None:
+        from gateway.runtime import RuntimeBox, load_runtime
+        from gateway.storage.db import upgrade
+        from gateway.worker import Worker
+
+        runtime = load_runtime(config)
+        self.settings = runtime.settings
+        upgrade(self.settings.database_url)
+        self.box = RuntimeBox(config, runtime)
+        self.worker = Worker(self.box, run_outbox=False)
+        self.spool = self.worker.spool
+
+    def ingest(self, raw: bytes, channel: str = "smtp", mail_from: str | None = None,
+               channel_key: str | None = None) -> str:
+        from datetime import UTC, datetime
+
+        from gateway.spool import Envelope
+
+        return self.spool.enqueue(
+            raw,
+            Envelope(channel=channel, received_at=datetime.now(UTC),
+                     mail_from=mail_from if mail_from is not None else "sender@example.net",
+                     recipients=("support@example.com",), channel_key=channel_key),
+        )
+
+    def drain(self) -> int:
+        return self.worker.drain()
+
+    def session(self) -> Any:
+        return self.worker.sessions()
+
+    def tickets(self) -> list[Any]:
+        from sqlalchemy import select
+
+        from gateway.storage.models import Ticket
+
+        with self.session() as s:
+            return list(s.execute(select(Ticket).order_by(Ticket.id)).scalars())
+
+    def intakes(self) -> list[Any]:
+        from sqlalchemy import select
+
+        from gateway.storage.models import Intake
+
+        with self.session() as s:
+            return list(s.execute(select(Intake).order_by(Intake.id)).scalars())
+
+    def outbox(self) -> list[Any]:
+        from sqlalchemy import select
+
+        from gateway.storage.models import OutboxRow
+
+        with self.session() as s:
+            return list(s.execute(select(OutboxRow).order_by(OutboxRow.id)).scalars())
+
+    def close(self) -> None:
+        self.spool.close()
+        self.worker.engine.dispose()

@@ -1,0 +1,246 @@
+"""The one path, end to end in-process, on SQLite and PostgreSQL: exactly one ticket per message,
+duplicates recorded, threading that strangers cannot hijack, poison messages quarantined."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gateway.stages import classify as classify_stage
+from tests.helpers import Gateway, make_email
+
+
+def outcomes(gw: Gateway) -> list[str]:
+    return [i.outcome for i in gw.intakes()]
+
+
+def test_a_message_becomes_exactly_one_ticket_and_its_redelivery_a_recorded_duplicate(
+    gateway: Gateway,
+) -> None:
+    raw = make_email()
+    gateway.ingest(raw)
+    gateway.drain()
+    # The same mail again, as a redelivery: another hop added a header, line endings changed.
+    gateway.ingest(b"Received: from relay2 by mx; Mon, 23 Nov 2026\r\n" + raw.replace(b"\n", b"\r\n"))
+    gateway.drain()
+    tickets = gateway.tickets()
+    assert len(tickets) == 1
+    assert tickets[0].reference == f"T-{tickets[0].id:06d}"
+    assert outcomes(gateway) == ["ticket", "duplicate"]
+    duplicate = gateway.intakes()[1]
+    assert duplicate.ticket_id == tickets[0].id
+    assert "same message as intake" in duplicate.reason
+
+
+def test_two_different_messages_sharing_a_message_id_make_two_tickets(gateway: Gateway) -> None:
+    gateway.ingest(make_email(body="The scanner is broken.", message_id="<reused@x>"))
+    gateway.ingest(make_email(body="Invoices are not printing.", message_id="<reused@x>"))
+    gateway.drain()
+    assert len(gateway.tickets()) == 2
+    assert outcomes(gateway) == ["ticket", "ticket"]
+
+
+def test_messages_without_message_id_are_deduplicated_by_content(gateway: Gateway) -> None:
+    raw = make_email(message_id=None)
+    gateway.ingest(raw)
+    gateway.ingest(raw)
+    gateway.ingest(make_email(message_id=None, body="A different question."))
+    gateway.drain()
+    assert outcomes(gateway) == ["ticket", "duplicate", "ticket"]
+
+
+def test_a_reply_with_in_reply_to_lands_on_the_same_ticket(gateway: Gateway) -> None:
+    gateway.ingest(make_email(message_id="<first@acme-clinic.example>"))
+    gateway.drain()
+    gateway.ingest(
+        make_email(
+            subject="Re: Printer offline",
+            body="Still offline after restart.",
+            message_id="<second@acme-clinic.example>",
+            In_Reply_To="<first@acme-clinic.example>",
+        )
+    )
+    gateway.drain()
+    tickets = gateway.tickets()
+    assert len(tickets) == 1
+    assert tickets[0].message_count == 2
+    assert outcomes(gateway) == ["ticket", "follow-up"]
+
+
+def test_a_reply_to_our_acknowledgement_threads_by_its_message_id(gateway: Gateway) -> None:
+    gateway.ingest(make_email())
+    gateway.drain()
+    ack = gateway.outbox()[0]
+    gateway.ingest(make_email(subject="Re: thanks", body="More detail.", message_id="<r@x>",
+                              In_Reply_To=f"<{ack.header_message_id}>"))
+    gateway.drain()
+    assert len(gateway.tickets()) == 1
+
+
+def test_a_stranger_using_another_accounts_ticket_token_gets_a_new_ticket(gateway: Gateway) -> None:
+    gateway.ingest(make_email(sender="dana@acme-clinic.example"))
+    gateway.drain()
+    ref = gateway.tickets()[0].reference
+    gateway.ingest(make_email(subject=f"Re: [#{ref}] add me", body="Let me in.",
+                              sender="mallory@evil.example", message_id="<evil@x>"))
+    gateway.drain()
+    tickets = gateway.tickets()
+    assert len(tickets) == 2
+    assert tickets[1].account_id == "unknown"
+    assert outcomes(gateway) == ["ticket", "ticket"]
+
+
+def test_a_colleague_from_the_same_account_may_use_the_ticket_token(gateway: Gateway) -> None:
+    gateway.ingest(make_email(sender="dana@acme-clinic.example"))
+    gateway.drain()
+    ref = gateway.tickets()[0].reference
+    gateway.ingest(make_email(subject=f"Re: [#{ref}]", body="Same problem here.",
+                              sender="frontdesk@acme-clinic.example", message_id="<fd@x>"))
+    gateway.drain()
+    assert len(gateway.tickets()) == 1
+    assert outcomes(gateway) == ["ticket", "follow-up"]
+
+
+def test_a_reply_to_a_closed_ticket_reopens_it(gateway: Gateway) -> None:
+    from gateway.storage.admin import set_status
+
+    gateway.ingest(make_email(message_id="<c1@x>"))
+    gateway.drain()
+    ref = gateway.tickets()[0].reference
+    with gateway.session() as s:
+        assert set_status(s, ref, "closed", actor="test", reason="fixed") is None
+    gateway.ingest(make_email(body="It broke again.", message_id="<c2@x>", In_Reply_To="<c1@x>"))
+    gateway.drain()
+    (ticket,) = gateway.tickets()
+    assert ticket.status == "reopened"
+
+
+def test_new_tickets_get_one_acknowledgement_and_follow_ups_none(gateway: Gateway) -> None:
+    gateway.ingest(make_email(message_id="<a1@x>"))
+    gateway.ingest(make_email(body="more", message_id="<a2@x>", In_Reply_To="<a1@x>"))
+    gateway.drain()
+    rows = gateway.outbox()
+    assert [(r.kind, r.status) for r in rows] == [("acknowledgement", "pending")]
+    ref = gateway.tickets()[0].reference
+    assert f"[#{ref}]" in rows[0].subject
+    assert rows[0].header_message_id.endswith("@support.example.com")
+
+
+AUTOMATED = {
+    "auto-reply": {"Auto_Submitted": "auto-replied"},
+    "precedence": {"Precedence": "bulk"},
+    "x-autoreply": {"X_Autoreply": "yes"},
+    "list": {"List_Id": "<support.lists.example>"},
+    "spam": {"X_Spam_Flag": "YES"},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(AUTOMATED))
+def test_automated_mail_is_recorded_but_never_acknowledged(gateway: Gateway, kind: str) -> None:
+    gateway.ingest(make_email(message_id=f"<{kind}@x>", **AUTOMATED[kind]))
+    gateway.drain()
+    assert outcomes(gateway) == ["discard"]
+    assert gateway.tickets() == []
+    assert gateway.outbox() == []
+
+
+def test_bounces_from_the_null_sender_are_never_answered(gateway: Gateway) -> None:
+    gateway.ingest(make_email(sender="MAILER-DAEMON@mx.example", subject="Undeliverable"),
+                   mail_from="")
+    gateway.drain()
+    assert outcomes(gateway) == ["discard"]
+    assert gateway.outbox() == []
+
+
+def test_our_own_mail_coming_back_is_discarded(gateway: Gateway) -> None:
+    gateway.ingest(make_email(message_id="<abc@support.example.com>", sender="x@y.example"))
+    gateway.drain()
+    assert outcomes(gateway) == ["discard"]
+
+
+def test_a_thousand_auto_replies_from_one_address_produce_no_outgoing_mail(
+    gateway: Gateway,
+) -> None:
+    for i in range(1000):
+        gateway.ingest(make_email(subject="Out of office", body=f"I am away ({i}).",
+                                  sender="away@customer.example", message_id=f"<ooo{i}@x>",
+                                  Auto_Submitted="auto-replied"))
+    gateway.drain()
+    assert len(gateway.intakes()) == 1000
+    assert set(outcomes(gateway)) == {"discard"}
+    assert gateway.outbox() == []
+
+
+def test_acknowledgements_to_one_recipient_are_rate_limited(gateway: Gateway) -> None:
+    for i in range(8):
+        gateway.ingest(make_email(body=f"Separate problem number {i}", message_id=f"<rl{i}@x>"))
+    gateway.drain()
+    statuses = [r.status for r in gateway.outbox()]
+    assert statuses.count("pending") == 5  # per_recipient_limit in the sample config
+    assert statuses.count("suppressed") == 3
+
+
+@pytest.fixture
+def poisoned() -> Iterator[Callable[[], None]]:
+    """A stage that raises for one particular message, as a bug in a stage would.
+
+    Yields the "fix": calling it restores the real stage, as deploying a fix would.
+    """
+    original = classify_stage.to_input
+
+    def explode(message):  # type: ignore[no-untyped-def]
+        if "POISON" in message.subject:
+            raise RuntimeError("boom in the classifier adapter")
+        return original(message)
+
+    def fix() -> None:
+        classify_stage.to_input = original
+
+    classify_stage.to_input = explode
+    yield fix
+    fix()
+
+
+def test_a_poison_message_is_quarantined_after_three_tries_and_the_rest_flow(
+    gateway: Gateway, poisoned: Callable[[], None]
+) -> None:
+    gateway.ingest(make_email(subject="POISON", message_id="<p@x>"))
+    for i in range(3):
+        gateway.ingest(make_email(body=f"fine message {i}", message_id=f"<ok{i}@x>"))
+    gateway.drain()
+    assert len(gateway.tickets()) == 3
+    (record,) = gateway.spool.quarantined()
+    assert record.attempts == 3
+    assert record.stage == "classify"
+    assert "boom in the classifier adapter" in record.error
+    assert gateway.spool.depth() == 0
+
+
+def test_a_quarantined_message_replayed_after_the_fix_becomes_a_ticket(
+    gateway: Gateway, poisoned: Callable[[], None]
+) -> None:
+    gateway.ingest(make_email(subject="POISON", message_id="<p2@x>"))
+    gateway.drain()
+    (record,) = gateway.spool.quarantined()
+    poisoned()  # the fix is deployed
+    assert gateway.spool.replay(record.id)
+    gateway.drain()
+    assert len(gateway.tickets()) == 1
+    assert gateway.spool.quarantine_count() == 0
+
+
+def test_the_same_spool_entry_processed_twice_is_a_no_op(gateway: Gateway) -> None:
+    """A crash after commit but before the spool entry is removed re-runs it harmlessly."""
+    gateway.ingest(make_email())
+    entry = gateway.spool.claim()
+    assert entry is not None
+    raw = gateway.spool.read_raw(entry)
+    from gateway.pipeline import process
+
+    first = process(raw, entry.envelope, entry.id, gateway.box.current, gateway.worker.sessions,
+                    gateway.worker.blobs)
+    again = process(raw, entry.envelope, entry.id, gateway.box.current, gateway.worker.sessions,
+                    gateway.worker.blobs)
+    assert (first.outcome, again.outcome) == ("ticket", "already-processed")
+    assert len(gateway.tickets()) == 1
