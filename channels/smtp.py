@@ -130,50 +130,51 @@ class ListenerConfig:
     hostname: str
 
 
-async def start_listener(
-    handler: IntakeHandler, cfg: ListenerConfig
-) -> asyncio.Server:
-    """Bind and serve in the running loop. Returns the server (its sockets give the real port)."""
-    protocol_class = LMTP if cfg.lmtp else SMTP
-    active = 0
+@dataclass
+class _SessionCount:
+    active: int = 0
 
-    def factory() -> Any:
-        nonlocal active
-        smtp = protocol_class(
+
+def _capped(base: type[SMTP], count: _SessionCount, limit: int, stats: ChannelStats) -> type[SMTP]:
+    """aiosmtpd has no session cap; a thin subclass answers 421 past `limit` and closes."""
+
+    class Capped(base):  # type: ignore[valid-type,misc]
+        _served = False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            count.active += 1
+            stats.sessions = count.active
+            if count.active > limit:
+                transport.write(b"421 4.7.0 Too many connections; try again later\r\n")  # type: ignore[attr-defined]
+                transport.close()
+                return
+            self._served = True
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            count.active -= 1
+            stats.sessions = count.active
+            if self._served:
+                super().connection_lost(error)
+
+    return Capped
+
+
+async def start_listener(handler: IntakeHandler, cfg: ListenerConfig) -> asyncio.Server:
+    """Bind and serve in the running loop. Returns the server (its sockets give the real port)."""
+    protocol = _capped(LMTP if cfg.lmtp else SMTP, _SessionCount(), cfg.max_sessions, handler.stats)
+
+    def factory() -> SMTP:
+        return protocol(
             handler,
             data_size_limit=cfg.max_message_bytes,
             enable_SMTPUTF8=True,
             hostname=cfg.hostname,
             timeout=cfg.timeout_seconds,
-            # aiosmtpd's "decode_data=False" keeps original bytes: we spool what was sent.
+            # decode_data=False keeps the original bytes: we spool exactly what was sent.
             decode_data=False,
             ident="Intake Gateway",
         )
-        original_made = smtp.connection_made
-        original_lost = smtp.connection_lost
-        served = False
-
-        def connection_made(transport: asyncio.BaseTransport) -> None:
-            nonlocal active, served
-            active += 1
-            handler.stats.sessions = active
-            if active > cfg.max_sessions:
-                transport.write(b"421 4.7.0 Too many connections; try again later\r\n")  # type: ignore[attr-defined]
-                transport.close()
-                return
-            served = True
-            original_made(transport)
-
-        def connection_lost(exc: Exception | None) -> None:
-            nonlocal active
-            active -= 1
-            handler.stats.sessions = active
-            if served:
-                original_lost(exc)
-
-        smtp.connection_made = connection_made
-        smtp.connection_lost = connection_lost
-        return smtp
 
     loop = asyncio.get_running_loop()
     return await loop.create_server(factory, host=cfg.host, port=cfg.port, reuse_address=True)

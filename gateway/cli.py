@@ -17,10 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from gateway.config.errors import ConfigError
-from gateway.config.loader import Settings, default_config_dir, load
+from gateway.config.loader import Settings, default_config_dir, load_lenient
 
 STATUSES = ("new", "open", "waiting", "resolved", "closed", "reopened")
 
@@ -34,7 +32,11 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load(Path(args.config))
+    """Settings for operators' commands: only gateway.toml must be valid (see load_lenient)."""
+    settings, problems = load_lenient(Path(args.config))
+    for problem in problems:
+        print(f"warning: config problem (run check-config): {problem}", file=sys.stderr)
+    return settings
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -90,18 +92,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(box, index=args.index, run_outbox=args.index == 0 and not args.drain)
     signal.signal(signal.SIGHUP, lambda *_: worker.reload_requested.set())
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
-    _ensure_schema(runtime.settings.database_url, worker, storage_unavailable)
+    status_path: Path | None = None
+    if not args.drain:
+        status_dir = runtime.settings.state_dir / "status"
+        status_dir.mkdir(parents=True, exist_ok=True)
+        status_path = status_dir / f"worker-{args.index}.json"
+        worker.write_status(status_path)
+    _ensure_schema(runtime.settings.database_url, worker, storage_unavailable, status_path)
     if args.drain:
         n = worker.drain()
         print(f"processed {n} spool entries")
         return 0
-    status_dir = runtime.settings.state_dir / "status"
-    status_dir.mkdir(parents=True, exist_ok=True)
-    worker.run(status_dir / f"worker-{args.index}.json")
+    worker.run(status_path)
     return 0
 
 
-def _ensure_schema(url: str, worker: Any, unavailable: Any) -> None:
+def _ensure_schema(url: str, worker: Any, unavailable: Any, status_path: Path | None) -> None:
     """Bring the schema up to date, waiting for the database if it is down (intake goes on)."""
     from gateway.storage.db import upgrade
 
@@ -109,13 +115,19 @@ def _ensure_schema(url: str, worker: Any, unavailable: Any) -> None:
     while not worker.stopping.is_set():
         try:
             upgrade(url)
+            worker.stats.storage_down_since = None
             return
         except Exception as exc:
             if not unavailable(exc):
                 raise
             logging.getLogger("gateway.worker").error("database unavailable at start: %s", exc)
+            worker.stats.last_error = f"storage unavailable: {exc}"
+            if worker.stats.storage_down_since is None:
+                worker.stats.storage_down_since = time.time()
+            if status_path is not None:
+                worker.write_status(status_path)
             worker.stopping.wait(delay)
-            delay = min(10.0, delay * 2)
+            delay = min(5.0, delay * 2)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -160,13 +172,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     d = out.get("daemon", {})
     for name, addr in d.get("listeners", {}).items():
         ch = d.get("channels", {}).get(name, {})
-        print(f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
-              f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}")
+        print(
+            f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
+            f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}"
+        )
     print(f"spool depth:  {out['spool_depth']}")
     print(f"quarantine:   {out['quarantine']}")
     for w in out["workers"]:
-        print(f"worker {w['index']}:     processed={w['processed']} lag={w['lag_seconds']}s "
-              f"failures={w['failures']} last_error={w['last_error']}")
+        print(
+            f"worker {w['index']}:     processed={w['processed']} lag={w['lag_seconds']}s "
+            f"failures={w['failures']} last_error={w['last_error']}"
+        )
     if d.get("config_error"):
         print(f"config error: {d['config_error']}")
     return 0
@@ -199,8 +215,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             sources = [("stdin", sys.stdin.buffer.read(g.limits.max_message_bytes + 1))]
         for source, raw in sources:
             result = ingest(
-                spool, raw, recipient=args.recipient, sender=args.sender,
-                max_bytes=g.limits.max_message_bytes, source=source,
+                spool,
+                raw,
+                recipient=args.recipient,
+                sender=args.sender,
+                max_bytes=g.limits.max_message_bytes,
+                source=source,
             )
             if result.code != 0 or not args.quiet:
                 print(result.detail, file=sys.stderr if result.code else sys.stdout)
@@ -228,8 +248,10 @@ def cmd_tickets(args: argparse.Namespace) -> int:
             return 0
         for t in tickets:
             flags = ("H" if t.held else "-") + ("J" if t.jump_queue else "-")
-            print(f"{t.reference:10} {flags} {t.severity:8} {t.status:9} {t.account_id:16.16} "
-                  f"{t.channel:6} {t.subject[:60]}")
+            print(
+                f"{t.reference:10} {flags} {t.severity:8} {t.status:9} {t.account_id:16.16} "
+                f"{t.channel:6} {t.subject[:60]}"
+            )
     return 0
 
 
@@ -246,13 +268,19 @@ def cmd_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"{data['reference']}  {data['status']}  severity={data['severity']}  "
-          f"jump_queue={'yes' if data['jump_queue'] else 'no'}  queue={data['queue']}")
-    print(f"account={data['account']} plan={data['plan']} contact={data['contact']} "
-          f"channel={data['channel']}")
+    print(
+        f"{data['reference']}  {data['status']}  severity={data['severity']}  "
+        f"jump_queue={'yes' if data['jump_queue'] else 'no'}  queue={data['queue']}"
+    )
+    print(
+        f"account={data['account']} plan={data['plan']} contact={data['contact']} "
+        f"channel={data['channel']}"
+    )
     print(f"subject: {data['subject']}")
-    print(f"created {data['created_at']}  updated {data['updated_at']}  "
-          f"messages={data['message_count']}")
+    print(
+        f"created {data['created_at']}  updated {data['updated_at']}  "
+        f"messages={data['message_count']}"
+    )
     classifier = data["explanation"].get("classifier", {})
     if classifier:
         print(f"classifier: {classifier.get('explanation')}")
@@ -288,8 +316,12 @@ def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with _session(settings) as session:
         error = set_severity(
-            session, args.ref, args.level, settings.severity.levels,
-            actor=args.actor, reason=args.reason,
+            session,
+            args.ref,
+            args.level,
+            settings.severity.levels,
+            actor=args.actor,
+            reason=args.reason,
         )
     if error:
         print(error, file=sys.stderr)
@@ -306,8 +338,10 @@ def cmd_spool(args: argparse.Namespace) -> int:
     try:
         if args.spool_cmd == "list":
             for e in spool.pending():
-                print(f"{e.id}  {e.envelope.channel:6} attempts={e.attempts} {e.size:>9}B "
-                      f"from={e.envelope.mail_from or '-'}")
+                print(
+                    f"{e.id}  {e.envelope.channel:6} attempts={e.attempts} {e.size:>9}B "
+                    f"from={e.envelope.mail_from or '-'}"
+                )
             return 0
         if args.spool_cmd == "show":
             entry = spool.get(args.id)
@@ -316,12 +350,33 @@ def cmd_spool(args: argparse.Namespace) -> int:
                 if record is None:
                     print(f"no spool entry {args.id}", file=sys.stderr)
                     return 1
-                print(json.dumps({"id": record.id, "quarantined": True, "stage": record.stage,
-                                  "error": record.error, "attempts": record.attempts,
-                                  "envelope": record.envelope.to_json()}, indent=2, default=str))
+                print(
+                    json.dumps(
+                        {
+                            "id": record.id,
+                            "quarantined": True,
+                            "stage": record.stage,
+                            "error": record.error,
+                            "attempts": record.attempts,
+                            "envelope": record.envelope.to_json(),
+                        },
+                        indent=2,
+                        default=str,
+                    )
+                )
                 return 0
-            print(json.dumps({"id": entry.id, "attempts": entry.attempts, "size": entry.size,
-                              "envelope": entry.envelope.to_json()}, indent=2, default=str))
+            print(
+                json.dumps(
+                    {
+                        "id": entry.id,
+                        "attempts": entry.attempts,
+                        "size": entry.size,
+                        "envelope": entry.envelope.to_json(),
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
             head = spool.read_raw(entry)[:2000].decode("utf-8", "replace")
             print(head)
             return 0
@@ -349,8 +404,10 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
     try:
         if args.q_cmd == "list":
             for r in spool.quarantined():
-                print(f"{r.id}  {r.envelope.channel:6} attempts={r.attempts} stage={r.stage} "
-                      f"error={r.error[:120]}")
+                print(
+                    f"{r.id}  {r.envelope.channel:6} attempts={r.attempts} stage={r.stage} "
+                    f"error={r.error[:120]}"
+                )
             return 0
         return _replay(spool, args.id)
     finally:
@@ -371,16 +428,21 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Intake Gateway")
-    p.add_argument("--config", default=str(default_config_dir()),
-                   help="config directory (default: $GATEWAY_CONFIG or ./config)")
+    p.add_argument(
+        "--config",
+        default=str(default_config_dir()),
+        help="config directory (default: $GATEWAY_CONFIG or ./config)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
 
     sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
-    sub.add_parser("check-config", help="validate the config; exit 1 on any problem"
-                   ).set_defaults(func=cmd_check_config)
-    sub.add_parser("reload", help="make the running daemon re-read its config (SIGHUP)"
-                   ).set_defaults(func=cmd_reload)
+    sub.add_parser("check-config", help="validate the config; exit 1 on any problem").set_defaults(
+        func=cmd_check_config
+    )
+    sub.add_parser(
+        "reload", help="make the running daemon re-read its config (SIGHUP)"
+    ).set_defaults(func=cmd_reload)
     s = sub.add_parser("status", help="listeners, spool depth, quarantine, worker lag, errors")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
@@ -422,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--actor", default=os.environ.get("USER", "cli"))
     s.set_defaults(func=cmd_ticket_set_severity)
 
-    sp = sub.add_parser("spool", help="inspect the spool").add_subparsers(dest="spool_cmd",
-                                                                          required=True)
+    sp = sub.add_parser("spool", help="inspect the spool").add_subparsers(
+        dest="spool_cmd", required=True
+    )
     sp.add_parser("list")
     s = sp.add_parser("show")
     s.add_argument("id")
@@ -432,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("list", "show", "replay"):
         sp.choices[name].set_defaults(func=cmd_spool)
 
-    q = sub.add_parser("quarantine", help="poison messages").add_subparsers(dest="q_cmd",
-                                                                             required=True)
+    q = sub.add_parser("quarantine", help="poison messages").add_subparsers(
+        dest="q_cmd", required=True
+    )
     q.add_parser("list").set_defaults(func=cmd_quarantine)
     s = q.add_parser("replay")
     s.add_argument("id", help="entry id, or 'all'")
@@ -459,6 +523,3 @@ def main(argv: list[str] | None = None) -> int:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-_ = time  # imported for callers that patch time in tests

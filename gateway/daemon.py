@@ -71,8 +71,16 @@ class Daemon:
         self._acceptance = acceptance(box)
 
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "gateway", "--config", str(self.config_dir), "worker",
-               "--index", str(index)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--config",
+            str(self.config_dir),
+            "worker",
+            "--index",
+            str(index),
+        ]
         return subprocess.Popen(cmd)  # same process group: kill -9 of the group takes all
 
     async def run(self) -> int:
@@ -95,8 +103,10 @@ class Daemon:
         servers: list[asyncio.Server] = []
         if g.smtp.enabled:
             self.handler = IntakeHandler(
-                self.spool, lambda: self._acceptance,
-                channel="lmtp" if g.smtp.lmtp else "smtp", lmtp=g.smtp.lmtp,
+                self.spool,
+                lambda: self._acceptance,
+                channel="lmtp" if g.smtp.lmtp else "smtp",
+                lmtp=g.smtp.lmtp,
             )
             server = await start_listener(
                 self.handler,

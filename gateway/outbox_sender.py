@@ -48,7 +48,9 @@ def build_email(row: OutboxRow, outbound: OutboundSection, instance: str) -> Ema
     return msg
 
 
-def claim(sessions: sessionmaker[Session], instance: str, now: datetime, limit: int = 20) -> list[int]:
+def claim(
+    sessions: sessionmaker[Session], instance: str, now: datetime, limit: int = 20
+) -> list[int]:
     with sessions.begin() as session:
         # Rows whose lease ran out were being sent by a process that died: send them again.
         session.execute(
@@ -74,9 +76,7 @@ def claim(sessions: sessionmaker[Session], instance: str, now: datetime, limit: 
         return ids
 
 
-def send_due(
-    sessions: sessionmaker[Session], outbound: OutboundSection, instance: str
-) -> int:
+def send_due(sessions: sessionmaker[Session], outbound: OutboundSection, instance: str) -> int:
     """Send what is due; return how many were delivered."""
     if not outbound.enabled:
         return 0

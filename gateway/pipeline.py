@@ -92,8 +92,17 @@ def process(
         lap("persist")
         crash_point("after-ack-before-persist")
         result = persist(
-            sessions, blobs, raw, message, customer, automated, threaded, verdict, decision,
-            runtime.persist, now,
+            sessions,
+            blobs,
+            raw,
+            message,
+            customer,
+            automated,
+            threaded,
+            verdict,
+            decision,
+            runtime.persist,
+            now,
         )
         lap("done")
     except StageError:

@@ -61,8 +61,9 @@ def _convert(problem: object) -> ConfigProblem:
     rule = getattr(problem, "rule", None)
     key = getattr(problem, "key", None)
     where = f"rule {rule}" + (f".{key}" if key else "") if rule else key
-    return ConfigProblem(file, where, str(getattr(problem, "message", problem)),
-                         getattr(problem, "line", None))
+    return ConfigProblem(
+        file, where, str(getattr(problem, "message", problem)), getattr(problem, "line", None)
+    )
 
 
 def load_runtime(config_dir: Path, generation: int = 1, *, with_classifier: bool = True) -> Runtime:
@@ -122,7 +123,9 @@ class RuntimeBox:
                 return False
             for section in RESTART_ONLY:
                 if getattr(old.settings.gateway, section) != getattr(new.settings.gateway, section):
-                    log.warning("[%s] changed in gateway.toml: takes effect after a restart", section)
+                    log.warning(
+                        "[%s] changed in gateway.toml: takes effect after a restart", section
+                    )
             self.current = new
             self.last_error = None
             log.info("config reloaded (generation %d)", new.generation)

@@ -8,9 +8,7 @@ clearly reported skip.
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -112,13 +110,3 @@ def shared_mail() -> Path:
             pytest.fail(f"{path} is missing under CI=true")
         pytest.skip(f"{path} is absent (shared data is not on this machine)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-_ = (re, shutil)

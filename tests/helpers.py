@@ -22,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 def pg_available() -> bool:
     try:
         import psycopg
@@ -121,17 +130,16 @@ class CapturingRelay:
                 relay.recipients.append(list(envelope.rcpt_tos))
                 return "250 OK"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=0)
+        # aiosmtpd's Controller cannot bind port 0 (it connects to itself to check readiness).
+        self._port = free_port()
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self._port)
 
     def start(self) -> None:
         self.controller.start()
 
     @property
     def port(self) -> int:
-        server = self.controller.server
-        assert server is not None
-        port: int = server.sockets[0].getsockname()[1]
-        return port
+        return self._port
 
     def stop(self) -> None:
         self.controller.stop()
@@ -186,6 +194,9 @@ class DaemonProcess:
         data: dict[str, Any] = json.loads((self.state / "status" / "daemon.json").read_text())
         return data
 
+    def worker_status(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in (self.state / "status").glob("worker-*.json")]
+
     @property
     def smtp_port(self) -> int:
         return int(self.status()["listeners"]["smtp"].rsplit(":", 1)[1])
@@ -219,8 +230,13 @@ class DaemonProcess:
             pass
 
 
-def gateway_cli(config: Path, *args: str, stdin: bytes | None = None,
-                env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
+def gateway_cli(
+    config: Path,
+    *args: str,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "gateway", "--config", str(config), *args],
         input=stdin,
@@ -246,17 +262,26 @@ class Gateway:
         self.worker = Worker(self.box, run_outbox=False)
         self.spool = self.worker.spool
 
-    def ingest(self, raw: bytes, channel: str = "smtp", mail_from: str | None = None,
-               channel_key: str | None = None) -> str:
+    def ingest(
+        self,
+        raw: bytes,
+        channel: str = "smtp",
+        mail_from: str | None = None,
+        channel_key: str | None = None,
+    ) -> str:
         from datetime import UTC, datetime
 
         from gateway.spool import Envelope
 
         return self.spool.enqueue(
             raw,
-            Envelope(channel=channel, received_at=datetime.now(UTC),
-                     mail_from=mail_from if mail_from is not None else "sender@example.net",
-                     recipients=("support@example.com",), channel_key=channel_key),
+            Envelope(
+                channel=channel,
+                received_at=datetime.now(UTC),
+                mail_from=mail_from if mail_from is not None else "sender@example.net",
+                recipients=("support@example.com",),
+                channel_key=channel_key,
+            ),
         )
 
     def drain(self) -> int:

@@ -22,7 +22,9 @@ def test_a_message_becomes_exactly_one_ticket_and_its_redelivery_a_recorded_dupl
     gateway.ingest(raw)
     gateway.drain()
     # The same mail again, as a redelivery: another hop added a header, line endings changed.
-    gateway.ingest(b"Received: from relay2 by mx; Mon, 23 Nov 2026\r\n" + raw.replace(b"\n", b"\r\n"))
+    gateway.ingest(
+        b"Received: from relay2 by mx; Mon, 23 Nov 2026\r\n" + raw.replace(b"\n", b"\r\n")
+    )
     gateway.drain()
     tickets = gateway.tickets()
     assert len(tickets) == 1
@@ -72,8 +74,14 @@ def test_a_reply_to_our_acknowledgement_threads_by_its_message_id(gateway: Gatew
     gateway.ingest(make_email())
     gateway.drain()
     ack = gateway.outbox()[0]
-    gateway.ingest(make_email(subject="Re: thanks", body="More detail.", message_id="<r@x>",
-                              In_Reply_To=f"<{ack.header_message_id}>"))
+    gateway.ingest(
+        make_email(
+            subject="Re: thanks",
+            body="More detail.",
+            message_id="<r@x>",
+            In_Reply_To=f"<{ack.header_message_id}>",
+        )
+    )
     gateway.drain()
     assert len(gateway.tickets()) == 1
 
@@ -82,8 +90,14 @@ def test_a_stranger_using_another_accounts_ticket_token_gets_a_new_ticket(gatewa
     gateway.ingest(make_email(sender="dana@acme-clinic.example"))
     gateway.drain()
     ref = gateway.tickets()[0].reference
-    gateway.ingest(make_email(subject=f"Re: [#{ref}] add me", body="Let me in.",
-                              sender="mallory@evil.example", message_id="<evil@x>"))
+    gateway.ingest(
+        make_email(
+            subject=f"Re: [#{ref}] add me",
+            body="Let me in.",
+            sender="mallory@evil.example",
+            message_id="<evil@x>",
+        )
+    )
     gateway.drain()
     tickets = gateway.tickets()
     assert len(tickets) == 2
@@ -95,8 +109,14 @@ def test_a_colleague_from_the_same_account_may_use_the_ticket_token(gateway: Gat
     gateway.ingest(make_email(sender="dana@acme-clinic.example"))
     gateway.drain()
     ref = gateway.tickets()[0].reference
-    gateway.ingest(make_email(subject=f"Re: [#{ref}]", body="Same problem here.",
-                              sender="frontdesk@acme-clinic.example", message_id="<fd@x>"))
+    gateway.ingest(
+        make_email(
+            subject=f"Re: [#{ref}]",
+            body="Same problem here.",
+            sender="frontdesk@acme-clinic.example",
+            message_id="<fd@x>",
+        )
+    )
     gateway.drain()
     assert len(gateway.tickets()) == 1
     assert outcomes(gateway) == ["ticket", "follow-up"]
@@ -146,8 +166,9 @@ def test_automated_mail_is_recorded_but_never_acknowledged(gateway: Gateway, kin
 
 
 def test_bounces_from_the_null_sender_are_never_answered(gateway: Gateway) -> None:
-    gateway.ingest(make_email(sender="MAILER-DAEMON@mx.example", subject="Undeliverable"),
-                   mail_from="")
+    gateway.ingest(
+        make_email(sender="MAILER-DAEMON@mx.example", subject="Undeliverable"), mail_from=""
+    )
     gateway.drain()
     assert outcomes(gateway) == ["discard"]
     assert gateway.outbox() == []
@@ -163,9 +184,15 @@ def test_a_thousand_auto_replies_from_one_address_produce_no_outgoing_mail(
     gateway: Gateway,
 ) -> None:
     for i in range(1000):
-        gateway.ingest(make_email(subject="Out of office", body=f"I am away ({i}).",
-                                  sender="away@customer.example", message_id=f"<ooo{i}@x>",
-                                  Auto_Submitted="auto-replied"))
+        gateway.ingest(
+            make_email(
+                subject="Out of office",
+                body=f"I am away ({i}).",
+                sender="away@customer.example",
+                message_id=f"<ooo{i}@x>",
+                Auto_Submitted="auto-replied",
+            )
+        )
     gateway.drain()
     assert len(gateway.intakes()) == 1000
     assert set(outcomes(gateway)) == {"discard"}
@@ -238,9 +265,21 @@ def test_the_same_spool_entry_processed_twice_is_a_no_op(gateway: Gateway) -> No
     raw = gateway.spool.read_raw(entry)
     from gateway.pipeline import process
 
-    first = process(raw, entry.envelope, entry.id, gateway.box.current, gateway.worker.sessions,
-                    gateway.worker.blobs)
-    again = process(raw, entry.envelope, entry.id, gateway.box.current, gateway.worker.sessions,
-                    gateway.worker.blobs)
+    first = process(
+        raw,
+        entry.envelope,
+        entry.id,
+        gateway.box.current,
+        gateway.worker.sessions,
+        gateway.worker.blobs,
+    )
+    again = process(
+        raw,
+        entry.envelope,
+        entry.id,
+        gateway.box.current,
+        gateway.worker.sessions,
+        gateway.worker.blobs,
+    )
     assert (first.outcome, again.outcome) == ("ticket", "already-processed")
     assert len(gateway.tickets()) == 1

@@ -1,4 +1,4 @@
-"""Config problems as values: every error names the file, the key and, where we can find it, the line.
+"""Config problems as values: each error names the file, the key and, where found, the line.
 
 Owns the shape of a config error and how it reads to an admin. Never raises on its own: loaders
 collect problems so `gateway check-config` can print all of them at once.

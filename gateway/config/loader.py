@@ -9,6 +9,7 @@ touches the database: `check-config` and SIGHUP reload run exactly this and noth
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,9 @@ def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any] | No
     except FileNotFoundError:
         problems.append(ConfigProblem(path.name, None, "file is missing"))
     except tomllib.TOMLDecodeError as exc:
-        line = getattr(exc, "lineno", None)
+        # Python 3.11's TOMLDecodeError has no lineno attribute; its message carries the line.
+        found = re.search(r"at line (\d+)", str(exc))
+        line = int(found.group(1)) if found else None
         problems.append(ConfigProblem(path.name, None, f"not valid TOML: {exc}", line))
     except OSError as exc:
         problems.append(ConfigProblem(path.name, None, f"cannot be read: {exc.strerror}"))
@@ -146,7 +149,9 @@ def _load_templates(directory: Path, problems: list[ConfigProblem]) -> Templates
             text = path.read_text(encoding="utf-8")
             if not text.startswith("Subject:"):
                 problems.append(
-                    ConfigProblem(f"templates/{path.name}", None, "must start with a Subject: line", 1)
+                    ConfigProblem(
+                        f"templates/{path.name}", None, "must start with a Subject: line", 1
+                    )
                 )
                 continue
             texts.append(((parts[0], parts[1]), text))
@@ -155,12 +160,19 @@ def _load_templates(directory: Path, problems: list[ConfigProblem]) -> Templates
 
 def _cross_check(
     directory: Path,
-    customers: CustomersFile,
-    plans: PlansFile,
-    severity: SeverityFile,
+    customers: CustomersFile | None,
+    plans: PlansFile | None,
+    severity: SeverityFile | None,
     templates: Templates,
     problems: list[ConfigProblem],
 ) -> None:
+    """Checks across files, each run when the files it needs are themselves valid."""
+    if severity is not None:
+        _check_severity(directory, severity, problems)
+    if templates.get("acknowledgement", "en") is None:
+        problems.append(ConfigProblem("templates/acknowledgement.en.txt", None, "file is missing"))
+    if customers is None or plans is None:
+        return
     plan_names = [p.name for p in plans.plan] or ["none"]
     if len(set(plan_names)) != len(plan_names):
         problems.append(ConfigProblem("plans.toml", "plan", "plan names must be unique"))
@@ -170,8 +182,12 @@ def _cross_check(
         key = f"account[{i}]"
         if account.id in seen:
             problems.append(
-                ConfigProblem("customers.toml", f"{key}.id", f"duplicate account id {account.id!r}",
-                              find_line(cpath, "id"))
+                ConfigProblem(
+                    "customers.toml",
+                    f"{key}.id",
+                    f"duplicate account id {account.id!r}",
+                    find_line(cpath, "id"),
+                )
             )
         seen.add(account.id)
         if account.plan not in plan_names:
@@ -183,6 +199,9 @@ def _cross_check(
                     find_line(cpath, "plan"),
                 )
             )
+
+
+def _check_severity(directory: Path, severity: SeverityFile, problems: list[ConfigProblem]) -> None:
     spath = directory / "severity.toml"
     if not severity.levels:
         problems.append(ConfigProblem("severity.toml", "levels", "must name at least one level"))
@@ -195,10 +214,33 @@ def _cross_check(
                 find_line(spath, "default"),
             )
         )
-    if templates.get("acknowledgement", "en") is None:
-        problems.append(
-            ConfigProblem("templates/acknowledgement.en.txt", None, "file is missing")
-        )
+
+
+def load_lenient(directory: Path) -> tuple[Settings, list[ConfigProblem]]:
+    """For operators' read commands (`tickets`, `show`, `spool`): only gateway.toml must be
+    valid; a broken policy file falls back to defaults and is returned as a warning, so an admin
+    can still look at the queue while fixing a typo. Never used by the daemon."""
+    try:
+        return load(directory), []
+    except ConfigError as exc:
+        if any(p.file == "gateway.toml" for p in exc.problems):
+            raise
+        problems = exc.problems
+    gateway = _load_file(directory, "gateway.toml", GatewayConfig, [])
+    severity = _load_file(directory, "severity.toml", SeverityFile, []) or SeverityFile()
+    assert gateway is not None
+    settings = Settings(
+        directory=directory.absolute(),
+        gateway=gateway,
+        customers=CustomersFile(),
+        plans=PlansFile(),
+        severity=severity,
+        calendars=CalendarsFile(),
+        routing=RoutingFile(),
+        templates=Templates(()),
+        rules_dir=directory.absolute() / "rules.d",
+    )
+    return settings, problems
 
 
 def load(directory: Path) -> Settings:
@@ -213,8 +255,7 @@ def load(directory: Path) -> Settings:
     calendars = _load_file(directory, "calendars.toml", CalendarsFile, problems)
     routing = _load_file(directory, "routing.toml", RoutingFile, problems)
     templates = _load_templates(directory, problems)
-    if customers is not None and plans is not None and severity is not None:
-        _cross_check(directory, customers, plans, severity, templates, problems)
+    _cross_check(directory, customers, plans, severity, templates, problems)
     if problems:
         raise ConfigError(problems)
     assert gateway and customers and plans and severity and calendars and routing

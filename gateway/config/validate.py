@@ -162,7 +162,9 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def build(cls: type[T], table: Mapping[str, Any], path: Path) -> tuple[T | None, list[ConfigProblem]]:
+def build(
+    cls: type[T], table: Mapping[str, Any], path: Path
+) -> tuple[T | None, list[ConfigProblem]]:
     """Build `cls` from `table` (parsed from `path`); return it, or None and the problems."""
     col = _Collector(path)
     result = _build(cls, table, "", col)

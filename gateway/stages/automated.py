@@ -51,8 +51,9 @@ def check_automated(
             return Automated("auto-reply", f"{name} header present")
     precedence = (message.header("precedence") or "").strip().lower()
     if precedence in ("bulk", "junk", "list", "auto_reply"):
-        return Automated("list" if precedence == "list" else "auto-reply",
-                         f"Precedence: {precedence}")
+        return Automated(
+            "list" if precedence == "list" else "auto-reply", f"Precedence: {precedence}"
+        )
     for name in ("list-id", "list-unsubscribe", "list-post"):
         if message.header(name) is not None:
             return Automated("list", f"mailing-list header {name}")

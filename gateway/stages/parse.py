@@ -156,7 +156,11 @@ def _walk(msg: Message, max_attachment: int) -> tuple[str, list[Attachment], lis
         ctype = part.get_content_type()
         disposition = (part.get("Content-Disposition") or "").lower()
         filename = part.get_filename()
-        if ctype in ("text/plain", "text/html") and "attachment" not in disposition and not filename:
+        if (
+            ctype in ("text/plain", "text/html")
+            and "attachment" not in disposition
+            and not filename
+        ):
             text = _payload_text(part)
             (plain if ctype == "text/plain" else htmls).append(text)
             continue

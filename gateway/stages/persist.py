@@ -77,8 +77,9 @@ def persist(
     for attempt in range(3):
         try:
             with sessions.begin() as session:
-                return _write(session, message, customer, automated, thread, verdict,
-                              decision, ctx, now)
+                return _write(
+                    session, message, customer, automated, thread, verdict, decision, ctx, now
+                )
         except IntegrityError:
             # Another worker or instance claimed the same dedup key (or spool id) between our
             # check and our insert. Run again: this time we see its row and record a duplicate.
@@ -103,7 +104,9 @@ def _write(
     ).scalar_one_or_none()
     if done is not None:
         # This very spool entry was committed before a crash kept it in the spool.
-        return Persisted("already-processed", None, f"spool entry already recorded as {done.outcome}")
+        return Persisted(
+            "already-processed", None, f"spool entry already recorded as {done.outcome}"
+        )
     first = session.execute(
         select(Intake).where(Intake.first_key == message.dedup_key)
     ).scalar_one_or_none()
@@ -117,7 +120,8 @@ def _write(
         instance=ctx.instance,
     )
     if first is not None:
-        ticket_ref = session.get(Ticket, first.ticket_id).reference if first.ticket_id else None
+        first_ticket = session.get(Ticket, first.ticket_id) if first.ticket_id else None
+        ticket_ref = first_ticket.reference if first_ticket else None
         intake.outcome = "duplicate"
         intake.duplicate_of = first.id
         intake.ticket_id = first.ticket_id
@@ -198,7 +202,9 @@ def _write(
             )
         )
     for reply in decision.replies:
-        _queue_reply(session, reply.template, message, customer, automated, ticket, intake, ctx, now)
+        _queue_reply(
+            session, reply.template, message, customer, automated, ticket, intake, ctx, now
+        )
     return Persisted(kind, ticket.reference if ticket else None, outcome.reason)
 
 
@@ -219,8 +225,15 @@ def _ticket_for(
             ticket.updated_at = now
             if thread.kind == "reopen":
                 session.add(
-                    TicketEvent(ticket_id=ticket.id, kind="status", old=ticket.status,
-                                new="reopened", reason=thread.reason, actor="gateway", at=now)
+                    TicketEvent(
+                        ticket_id=ticket.id,
+                        kind="status",
+                        old=ticket.status,
+                        new="reopened",
+                        reason=thread.reason,
+                        actor="gateway",
+                        at=now,
+                    )
                 )
                 ticket.status = "reopened"
                 ticket.closed_at = None
@@ -229,9 +242,15 @@ def _ticket_for(
                 # A follow-up may raise a ticket's severity (the customer says it got worse),
                 # never lower it: an agent lowers severity, with a reason.
                 session.add(
-                    TicketEvent(ticket_id=ticket.id, kind="severity", old=ticket.severity,
-                                new=decision.severity, reason=verdict.explain(),
-                                actor="classifier", at=now)
+                    TicketEvent(
+                        ticket_id=ticket.id,
+                        kind="severity",
+                        old=ticket.severity,
+                        new=decision.severity,
+                        reason=verdict.explain(),
+                        actor="classifier",
+                        at=now,
+                    )
                 )
                 ticket.severity = decision.severity
                 ticket.severity_rank = rank
@@ -318,7 +337,9 @@ def _queue_reply(
             )
     session.add(
         OutboxRow(
-            header_message_id=draft.header_message_id if draft else f"suppressed-{intake.id}-{template}@{ctx.mail_domain}",
+            header_message_id=draft.header_message_id
+            if draft
+            else f"suppressed-{intake.id}-{template}@{ctx.mail_domain}",
             ticket_id=ticket.id if ticket else None,
             intake_id=intake.id,
             kind=template,

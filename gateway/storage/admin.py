@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.storage.models import Message, SeverityLabel, Ticket, TicketEvent
+from gateway.storage.models import Message, SeverityLabel, TicketEvent
 from gateway.storage.queries import find_ticket
 
 
@@ -21,8 +21,17 @@ def set_status(session: Session, ref: str, status: str, *, actor: str, reason: s
     if ticket is None:
         return f"no ticket {ref}"
     now = datetime.now(UTC)
-    session.add(TicketEvent(ticket_id=ticket.id, kind="status", old=ticket.status, new=status,
-                            reason=reason, actor=actor, at=now))
+    session.add(
+        TicketEvent(
+            ticket_id=ticket.id,
+            kind="status",
+            old=ticket.status,
+            new=status,
+            reason=reason,
+            actor=actor,
+            at=now,
+        )
+    )
     ticket.status = status
     ticket.updated_at = now
     ticket.closed_at = now if status in ("resolved", "closed") else None
@@ -44,13 +53,28 @@ def set_severity(
     first = session.execute(
         select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id).limit(1)
     ).scalar_one_or_none()
-    session.add(TicketEvent(ticket_id=ticket.id, kind="severity", old=ticket.severity, new=level,
-                            reason=reason, actor=actor, at=now))
+    session.add(
+        TicketEvent(
+            ticket_id=ticket.id,
+            kind="severity",
+            old=ticket.severity,
+            new=level,
+            reason=reason,
+            actor=actor,
+            at=now,
+        )
+    )
     session.add(
         SeverityLabel(
-            ticket_id=ticket.id, level=level, previous=ticket.severity, reason=reason,
-            actor=actor, subject=ticket.subject, text=(first.text if first else "")[:8192],
-            channel=ticket.channel, at=now,
+            ticket_id=ticket.id,
+            level=level,
+            previous=ticket.severity,
+            reason=reason,
+            actor=actor,
+            subject=ticket.subject,
+            text=(first.text if first else "")[:8192],
+            channel=ticket.channel,
+            at=now,
         )
     )
     ticket.severity = level

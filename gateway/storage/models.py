@@ -88,7 +88,9 @@ class Intake(Base):
     # Set only on the first intake of a dedup key; NULL on duplicates. The unique constraint on
     # it is the exactly-once guarantee.
     first_key: Mapped[str | None] = mapped_column(String(512), unique=True)
-    outcome: Mapped[str] = mapped_column(String(16))  # ticket|follow-up|duplicate|discard|reject|hold
+    outcome: Mapped[str] = mapped_column(
+        String(16)
+    )  # ticket|follow-up|duplicate|discard|reject|hold
     reason: Mapped[str] = mapped_column(Text, default="")
     channel: Mapped[str] = mapped_column(String(32))
     sender: Mapped[str] = mapped_column(String(320), default="")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+
 from gateway.storage.db import make_engine
 from gateway.storage.models import Base
 

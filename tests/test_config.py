@@ -1,0 +1,124 @@
+"""Admins' config: every problem named by file, key and line; a bad reload keeps the old config."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load
+from gateway.runtime import RuntimeBox, load_runtime
+from tests.helpers import ROOT, DaemonProcess, gateway_cli, make_email, wait_for
+
+
+def problems_of(config: Path) -> list[str]:
+    try:
+        load(config)
+    except ConfigError as exc:
+        return [str(p) for p in exc.problems]
+    return []
+
+
+def test_the_shipped_sample_config_is_valid() -> None:
+    out = gateway_cli(ROOT / "config", "check-config")
+    assert out.returncode == 0, out.stderr.decode()
+
+
+def test_a_typoed_key_is_named_with_file_section_and_line(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    path = config / "gateway.toml"
+    path.write_text(path.read_text().replace("max_sessions = 200", "max_sesions = 200"))
+    out = gateway_cli(config, "check-config")
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "max_sesions" in t)
+    assert f"gateway.toml:{line}: smtp.max_sesions: unknown key" in err
+
+
+def test_a_wrong_type_is_named_with_file_and_key(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    path = config / "gateway.toml"
+    path.write_text(re.sub(r"(?m)^max_attempts = 3$", 'max_attempts = "three"', path.read_text()))
+    assert any(
+        "gateway.toml" in p and "spool.max_attempts: must be an integer" in p
+        for p in problems_of(config)
+    )
+
+
+def test_a_missing_required_file_is_named(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    (config / "gateway.toml").unlink()
+    out = gateway_cli(config, "check-config")
+    assert out.returncode == 1
+    assert "gateway.toml: file is missing" in out.stderr.decode()
+
+
+def test_check_config_prints_every_problem_at_once(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    (config / "customers.toml").write_text(
+        '[[account]]\nid = "a"\nplan = "platinum"\ncolour = "red"\n'
+    )
+    (config / "severity.toml").write_text('levels = ["p1", "p2"]\ndefault = "normal"\n')
+    found = problems_of(config)
+    assert any("account[0].colour: unknown key" in p for p in found)
+    assert any("severity.toml" in p and "default" in p for p in found)
+
+
+def test_a_customer_on_an_unknown_plan_is_named(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    (config / "customers.toml").write_text('[[account]]\nid = "a"\nplan = "platinum"\n')
+    (problem,) = problems_of(config)
+    assert problem == (
+        "customers.toml:3: account[0].plan: unknown plan 'platinum' "
+        "(plans: none, basic, growth, custom)"
+    )
+
+
+def test_invalid_toml_names_the_file_and_line(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    (config / "plans.toml").write_text('[[plan]]\nname = "basic\n')
+    (problem,) = problems_of(config)
+    assert problem.startswith("plans.toml:2: not valid TOML")
+
+
+def test_a_bad_file_on_reload_keeps_the_running_config(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    box = RuntimeBox(config, load_runtime(config))
+    before = box.current
+    (config / "routing.toml").write_text("default_queue = 42\n")
+    assert box.reload() is False
+    assert box.current is before
+    assert box.last_error and "routing.toml" in box.last_error
+    (config / "routing.toml").write_text('default_queue = "tier2"\n')
+    assert box.reload() is True
+    assert box.current.policy.default_queue == "tier2"
+    assert box.current.generation == before.generation + 1
+
+
+def test_sighup_applies_a_good_change_and_survives_a_bad_one(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    daemon = DaemonProcess(config).start()
+    try:
+        (config / "routing.toml").write_text('default_queue = "night-shift"\n')
+        daemon.sighup()
+        wait_for(lambda: daemon.status()["config_generation"] == 2)
+        wait_for(lambda: all(w["config_generation"] == 2 for w in daemon.worker_status()))
+        (config / "routing.toml").write_text("default_queue = [\n")  # broken
+        daemon.sighup()
+        wait_for(lambda: daemon.status()["config_error"])
+        assert "routing.toml" in daemon.status()["config_error"]
+        assert daemon.send(make_email()) == {}
+
+        def queue() -> object:
+            out = gateway_cli(config, "tickets", "--json")
+            data = json.loads(out.stdout) if out.returncode == 0 else []
+            return data[0]["queue"] if data else None
+
+        assert wait_for(queue) == "night-shift"  # the good config, still in force
+        assert daemon.proc is not None and daemon.proc.poll() is None
+    finally:
+        daemon.stop()

@@ -1,0 +1,221 @@
+"""The SMTP channel's contract, over real TCP with smtplib: 250 only after the spool has the
+message, 550 for strangers' recipients, 552 for oversize, 4xx for our own faults."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import smtplib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
+from gateway.spool import Spool
+from tests.helpers import CapturingRelay, DaemonProcess, make_email, wait_for
+
+
+class Listener:
+    """The SMTP listener in a background event loop, over a spool we control."""
+
+    def __init__(self, spool: Spool, max_bytes: int = 1_000_000, lmtp: bool = False) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.handler = IntakeHandler(
+            spool,
+            lambda: Acceptance(frozenset({"support@example.com"}), frozenset({"help.example"})),
+            lmtp=lmtp,
+        )
+        cfg = ListenerConfig("127.0.0.1", 0, lmtp, 3, 30, max_bytes, "test.example")
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            start_listener(self.handler, cfg), self.loop
+        ).result(10)
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        async def shutdown() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+def listener_factory(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
+    made: list[tuple[Listener, Spool]] = []
+
+    def factory(write_fault: Callable[[], None] | None = None, **kw: object) -> Listener:
+        spool = Spool(tmp_path / f"spool{len(made)}", write_fault=write_fault)
+        listener = Listener(spool, **kw)  # type: ignore[arg-type]
+        made.append((listener, spool))
+        return listener
+
+    yield factory
+    for listener, spool in made:
+        listener.close()
+        spool.close()
+
+
+def send(port: int, raw: bytes, to: str = "support@example.com") -> dict[str, tuple[int, bytes]]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        return client.sendmail("customer@client.example", [to], raw)
+
+
+def test_250_comes_only_after_the_message_is_in_the_spool(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory()
+    with smtplib.SMTP("127.0.0.1", listener.port, timeout=10) as client:
+        client.ehlo()
+        client.mail("customer@client.example")
+        client.rcpt("support@example.com")
+        code, reply = client.data(make_email())
+    assert code == 250
+    entry_id = reply.decode().rsplit(" ", 1)[1]
+    spool = listener.handler.spool
+    entry = spool.get(entry_id)
+    assert entry is not None, "the 250 named an entry that is not durable in the spool"
+    # smtplib sends CRLF line endings and ends the data with one; the content is otherwise ours.
+    received = spool.read_raw(entry).replace(b"\r\n", b"\n").rstrip()
+    assert received == make_email().replace(b"\r\n", b"\n").rstrip()
+    assert entry.envelope.recipients == ("support@example.com",)
+
+
+def test_recipients_we_do_not_serve_get_550_and_we_are_never_an_open_relay(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory()
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(listener.port, make_email(), to="victim@elsewhere.example")
+    code, text = refused.value.recipients["victim@elsewhere.example"]
+    assert code == 550 and text.startswith(b"5.1.1")
+    # A whole served domain is accepted.
+    assert send(listener.port, make_email(), to="anyone@help.example") == {}
+    assert listener.handler.spool.depth() == 1
+
+
+def test_a_message_over_the_size_limit_gets_552(listener_factory: Callable[..., Listener]) -> None:
+    listener = listener_factory(max_bytes=10_000)
+    with pytest.raises(smtplib.SMTPResponseException) as exc:
+        send(listener.port, make_email(body="x" * 20_000))
+    assert exc.value.smtp_code == 552
+    assert listener.handler.spool.depth() == 0
+
+
+def _fault(err: int) -> Callable[[], None]:
+    def fail() -> None:
+        raise OSError(err, "injected")
+
+    return fail
+
+
+def test_a_full_spool_answers_452_and_nothing_is_queued(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory(write_fault=_fault(errno.ENOSPC))
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(listener.port, make_email())
+    assert exc.value.smtp_code == 452
+    assert listener.handler.spool.depth() == 0
+
+
+def test_an_unwritable_spool_answers_451_and_nothing_half_written_is_processed(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory(write_fault=_fault(errno.EIO))
+    with pytest.raises(smtplib.SMTPDataError) as exc:
+        send(listener.port, make_email())
+    assert exc.value.smtp_code == 451
+    spool = listener.handler.spool
+    assert spool.claim() is None
+    assert spool.depth() == 0
+
+
+def test_intake_recovers_when_the_spool_is_writable_again(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    broken = {"on": True}
+
+    def fault() -> None:
+        if broken["on"]:
+            raise OSError(errno.ENOSPC, "disk full")
+
+    listener = listener_factory(write_fault=fault)
+    with pytest.raises(smtplib.SMTPDataError):
+        send(listener.port, make_email())
+    broken["on"] = False
+    assert send(listener.port, make_email()) == {}
+    assert listener.handler.spool.depth() == 1
+
+
+def test_sessions_over_the_cap_get_421(listener_factory: Callable[..., Listener]) -> None:
+    listener = listener_factory()
+    clients = [smtplib.SMTP("127.0.0.1", listener.port, timeout=10) for _ in range(3)]
+    try:
+        with pytest.raises(smtplib.SMTPConnectError) as exc:
+            smtplib.SMTP("127.0.0.1", listener.port, timeout=10)
+        assert exc.value.smtp_code == 421
+    finally:
+        for c in clients:
+            c.quit()
+
+
+def test_lmtp_mode_answers_once_per_recipient(listener_factory: Callable[..., Listener]) -> None:
+    listener = listener_factory(lmtp=True)
+    client = smtplib.LMTP("127.0.0.1", listener.port)
+    try:
+        refused = client.sendmail(
+            "c@client.example", ["support@example.com", "x@help.example"], make_email()
+        )
+    finally:
+        client.quit()
+    assert refused == {}
+    assert listener.handler.spool.depth() == 1
+
+
+# ---- the real daemon -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def daemon(make_config: Callable[..., Path], relay: CapturingRelay) -> Iterator[DaemonProcess]:
+    config = make_config(outbound__enabled=True, outbound__relay_port=relay.port)
+    d = DaemonProcess(config).start()
+    yield d
+    d.stop()
+
+
+def ticket_count(d: DaemonProcess) -> int:
+    import json
+
+    from tests.helpers import gateway_cli
+
+    out = gateway_cli(d.config, "tickets", "--json", "--all")
+    assert out.returncode == 0, out.stderr
+    return len(json.loads(out.stdout))
+
+
+def test_an_email_over_smtp_becomes_one_ticket_and_one_acknowledgement(
+    daemon: DaemonProcess, relay: CapturingRelay
+) -> None:
+    raw = make_email(subject="Lab orders failing", body="Lab ordering fails at random.")
+    assert daemon.send(raw, sender="dana@acme-clinic.example") == {}
+    wait_for(lambda: ticket_count(daemon) == 1)
+    wait_for(lambda: len(relay.messages) == 1, timeout=30)
+    ack = relay.messages[0]
+    assert b"Auto-Submitted: auto-replied" in ack
+    assert b"[#T-000001]" in ack
+    assert relay.recipients[0] == ["dana@acme-clinic.example"]
+    # The same message again over SMTP: still one ticket, and no second acknowledgement.
+    assert daemon.send(raw) == {}
+    wait_for(lambda: daemon.status()["spool_depth"] == 0)
+    import time
+
+    time.sleep(1.5)
+    assert ticket_count(daemon) == 1
+    assert len(relay.messages) == 1
