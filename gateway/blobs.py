@@ -8,10 +8,25 @@ touches the database.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn: Callable[[int], int] = libc.syncfs
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_syncfs = _load_syncfs()
 
 
 class BlobStore:
@@ -42,6 +57,46 @@ class BlobStore:
             finally:
                 os.close(fd)
         return digest
+
+    def put_many(self, items: list[tuple[bytes, str]]) -> None:
+        """Write several blobs and make them durable with one filesystem sync.
+
+        Each is written to a temp file and renamed; then one syncfs(2) of the blob filesystem
+        makes every file and directory entry durable at once (a batch of 32 messages costs one
+        sync, not 64 fsyncs). Without syncfs, falls back to fsync per file and per directory.
+        """
+        pending: list[tuple[Path, Path, bytes]] = []
+        for data, digest in items:
+            target = self.path(digest)
+            if target.exists() or any(t == target for t, _, _ in pending):
+                continue
+            pending.append((target, target.parent / f".tmp-{secrets.token_hex(6)}", data))
+        if not pending:
+            return
+        use_syncfs = self.fsync and _syncfs is not None
+        for target, tmp, data in pending:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                if self.fsync and not use_syncfs:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        if not self.fsync:
+            return
+        if use_syncfs:
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                if _syncfs(fd) != 0:  # type: ignore[misc]
+                    raise OSError(ctypes.get_errno(), "syncfs failed")
+            finally:
+                os.close(fd)
+            return
+        for directory in {t.parent for t, _, _ in pending}:
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def get(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()

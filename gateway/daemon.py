@@ -18,10 +18,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
 
+from channels.imap import PollerThread, start_pollers
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
 from gateway.runtime import RuntimeBox
 from gateway.spool import Spool
@@ -68,6 +70,8 @@ class Daemon:
         self.spool: Spool | None = None
         self.handler: IntakeHandler | None = None
         self.listeners: dict[str, str] = {}
+        self.imap_stop = threading.Event()  # IMAP: set in run()'s finally
+        self.imap_threads: list[PollerThread] = []
         self._acceptance = acceptance(box)
 
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
@@ -124,6 +128,12 @@ class Daemon:
             host, port = server.sockets[0].getsockname()[:2]
             self.listeners["lmtp" if g.smtp.lmtp else "smtp"] = f"{host}:{port}"
             log.info("%s listening on %s:%s", "LMTP" if g.smtp.lmtp else "SMTP", host, port)
+        # --- IMAP mailboxes (channels/imap.py): one polling thread each -------------------------
+        self.imap_threads = start_pollers(settings, self.spool, self.imap_stop)
+        for thread in self.imap_threads:
+            box = thread.poller.box
+            self.listeners[f"imap:{box.name}"] = f"{box.host}:{box.port}/{box.folder}"
+        # --- end IMAP -----------------------------------------------------------------------------
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
@@ -140,6 +150,9 @@ class Daemon:
             for server in servers:
                 server.close()
                 await server.wait_closed()
+            self.imap_stop.set()  # IMAP: pollers leave IDLE within a second and log out
+            for thread in self.imap_threads:
+                await asyncio.to_thread(thread.join, 15)
             for proc in self.workers:
                 proc.terminate()
             for proc in self.workers:
@@ -189,10 +202,16 @@ class Daemon:
                     "last_error": stats.last_error,
                 }
                 for name in self.listeners
+                if not name.startswith("imap:")
             }
             if stats
             else {},
         }
+        # IMAP: each mailbox's own counters (MailboxStats) under channels["imap:<name>"].
+        channels = data["channels"]
+        assert isinstance(channels, dict)
+        for thread in self.imap_threads:
+            channels[thread.poller.channel] = thread.poller.stats.as_dict()
         path = self.status_dir / "daemon.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))

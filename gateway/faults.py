@@ -15,6 +15,7 @@ POINTS = (
     "after-spool-before-ack",
     "after-ack-before-persist",
     "mid-transaction",
+    "before-commit",
     "mid-outbox-send",
 )
 

@@ -1,20 +1,34 @@
 """The one path every message takes, from spool entry to committed ticket.
 
-Owns the order of the stages and the per-stage CPU timings (for `bench/`). Each stage is a
-plain function in `gateway/stages/`; only `persist` writes. Raising from here means "this
-attempt failed"; the worker decides between retry, quarantine and defer.
+Owns the order of the stages, batching, and the per-stage timings (for `bench/`). Each stage is
+a plain function in `gateway/stages/`; only `persist.record` writes.
+
+A batch is one database transaction (one durable commit for up to `workers.batch_size`
+messages) with one SAVEPOINT per message, so one bad message rolls back alone. Threading runs
+inside that transaction, so a reply later in the same batch finds the ticket an earlier message
+just opened. Blobs for the whole batch are made durable before the transaction starts. Storage
+errors (the database is down) escape as `StorageUnavailableError` for the worker to defer the
+whole batch; anything else fails only its own message with the stage that raised.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import FrameType
 
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.blobs import BlobStore
 from gateway.faults import crash_point
+from gateway.message import ParsedMessage
 from gateway.runtime import Runtime
 from gateway.spool import Envelope
 from gateway.stages.automated import check_automated
@@ -22,13 +36,13 @@ from gateway.stages.classify import classify
 from gateway.stages.decide import decide
 from gateway.stages.identify import identify
 from gateway.stages.parse import parse
-from gateway.stages.persist import Persisted, persist
+from gateway.stages.persist import Persisted, record
 from gateway.stages.thread import thread
 from gateway.storage.queries import SessionThreadLookup
 
 
 class StageError(Exception):
-    """A stage raised; carries which one, for the quarantine record."""
+    """A stage raised for one message; carries which one, for the quarantine record."""
 
     def __init__(self, stage: str, error: BaseException) -> None:
         self.stage = stage
@@ -36,15 +50,185 @@ class StageError(Exception):
         super().__init__(f"{stage}: {type(error).__name__}: {error}")
 
 
+class StorageUnavailableError(Exception):
+    """The database cannot be reached: defer the whole batch, never count it against mail."""
+
+
+class MessageTimeoutError(Exception):
+    pass
+
+
+def storage_unavailable(error: BaseException) -> bool:
+    """Is this the database being down (Defer), rather than this message being bad?"""
+    if isinstance(error, OperationalError | PoolTimeoutError):
+        return True
+    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise MessageTimeoutError in the main thread after `seconds` (no-op in other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(_sig: int, _frame: FrameType | None) -> None:
+        raise MessageTimeoutError(f"processing took longer than {seconds:g}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 @dataclass
 class Timings:
-    """Accumulated CPU-ish wall time per stage, in seconds (single-threaded worker)."""
+    """Accumulated wall time per stage, in seconds (the worker is single-threaded)."""
 
     totals: dict[str, float] = field(default_factory=dict)
     count: int = 0
 
     def add(self, stage: str, seconds: float) -> None:
         self.totals[stage] = self.totals.get(stage, 0.0) + seconds
+
+
+@dataclass(frozen=True)
+class Job:
+    raw: bytes
+    envelope: Envelope
+    spool_id: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    spool_id: str
+    persisted: Persisted | None
+    error: StageError | None
+
+
+class _Clock:
+    def __init__(self, timings: Timings | None) -> None:
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings.add(stage, now - self.t)
+            self.t = now
+
+
+def process_batch(
+    jobs: list[Job],
+    runtime: Runtime,
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    timings: Timings | None = None,
+    now: datetime | None = None,
+) -> list[JobResult]:
+    now = now or datetime.now(UTC)
+    settings = runtime.settings
+    limit = settings.gateway.limits.per_message_seconds
+    results: dict[str, JobResult] = {}
+    parsed: list[tuple[Job, ParsedMessage]] = []
+    clock = _Clock(timings)
+    for job in jobs:
+        try:
+            with time_limit(limit):
+                message = parse(
+                    job.raw,
+                    job.envelope,
+                    job.spool_id,
+                    settings.gateway.limits.max_attachment_bytes,
+                )
+        except (Exception, MessageTimeoutError) as exc:
+            results[job.spool_id] = JobResult(job.spool_id, None, StageError("parse", exc))
+            continue
+        parsed.append((job, message))
+    clock.lap("parse")
+    if parsed:
+        items = [(job.raw, m.raw_sha256) for job, m in parsed]
+        items += [(a.content, a.sha256) for _, m in parsed for a in m.attachments if a.content]
+        blobs.put_many(items)  # durable before the transaction that names them
+        clock.lap("blobs")
+        try:
+            with sessions.begin() as session:
+                for job, message in parsed:
+                    results[job.spool_id] = _one(session, job, message, runtime, now, limit, clock)
+                crash_point("before-commit")
+            clock.lap("commit")
+        except (Exception, MessageTimeoutError) as exc:
+            if storage_unavailable(exc):
+                raise StorageUnavailableError(str(exc)) from exc
+            raise
+    if timings is not None:
+        timings.count += len(jobs)
+    return [results[job.spool_id] for job in jobs]
+
+
+def _one(
+    session: Session,
+    job: Job,
+    message: ParsedMessage,
+    runtime: Runtime,
+    now: datetime,
+    limit: float,
+    clock: _Clock,
+) -> JobResult:
+    settings = runtime.settings
+    for attempt in range(2):
+        stage = "identify"
+        try:
+            with time_limit(limit), session.begin_nested():
+                customer = identify(message, runtime.directory)
+                stage = "automated"
+                automated = check_automated(
+                    message,
+                    own_domain=settings.gateway.gateway.mail_domain,
+                    trust_spam_headers=settings.gateway.automated.trust_spam_headers,
+                )
+                clock.lap("identify")
+                stage = "thread"
+                threaded = thread(
+                    message, customer, SessionThreadLookup(session), now, runtime.reopen_window
+                )
+                clock.lap("thread")
+                stage = "classify"
+                verdict = classify(message, customer, runtime.engine, settings.severity.default)
+                clock.lap("classify")
+                stage = "decide"
+                decision = decide(
+                    message, customer, verdict, threaded, automated, now, runtime.policy
+                )
+                stage = "persist"
+                crash_point("after-ack-before-persist")
+                persisted = record(
+                    session,
+                    message,
+                    customer,
+                    automated,
+                    threaded,
+                    verdict,
+                    decision,
+                    runtime.persist,
+                    now,
+                )
+                clock.lap("persist")
+                return JobResult(job.spool_id, persisted, None)
+        except IntegrityError as exc:
+            # A twin (another worker or instance) claimed the same dedup key between our check
+            # and our insert; the savepoint is rolled back. Once more: now we see its row and
+            # record a duplicate.
+            if attempt == 1:
+                return JobResult(job.spool_id, None, StageError(stage, exc))
+        except (Exception, MessageTimeoutError) as exc:
+            if storage_unavailable(exc):
+                raise
+            return JobResult(job.spool_id, None, StageError(stage, exc))
+    raise AssertionError("unreachable")
 
 
 def process(
@@ -57,58 +241,11 @@ def process(
     timings: Timings | None = None,
     now: datetime | None = None,
 ) -> Persisted:
-    now = now or datetime.now(UTC)
-    settings = runtime.settings
-    stage = "parse"
-    t = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal t, stage
-        if timings is not None:
-            t2 = time.perf_counter()
-            timings.add(stage, t2 - t)
-            t = t2
-        stage = name
-
-    try:
-        message = parse(raw, envelope, spool_id, settings.gateway.limits.max_attachment_bytes)
-        lap("identify")
-        customer = identify(message, runtime.directory)
-        lap("automated")
-        automated = check_automated(
-            message,
-            own_domain=settings.gateway.gateway.mail_domain,
-            trust_spam_headers=settings.gateway.automated.trust_spam_headers,
-        )
-        lap("thread")
-        with sessions() as session:
-            threaded = thread(
-                message, customer, SessionThreadLookup(session), now, runtime.reopen_window
-            )
-        lap("classify")
-        verdict = classify(message, customer, runtime.engine, settings.severity.default)
-        lap("decide")
-        decision = decide(message, customer, verdict, threaded, automated, now, runtime.policy)
-        lap("persist")
-        crash_point("after-ack-before-persist")
-        result = persist(
-            sessions,
-            blobs,
-            raw,
-            message,
-            customer,
-            automated,
-            threaded,
-            verdict,
-            decision,
-            runtime.persist,
-            now,
-        )
-        lap("done")
-    except StageError:
-        raise
-    except Exception as exc:
-        raise StageError(stage, exc) from exc
-    if timings is not None:
-        timings.count += 1
-    return result
+    """One message through the path (a batch of one); raises StageError on failure."""
+    (result,) = process_batch(
+        [Job(raw, envelope, spool_id)], runtime, sessions, blobs, timings, now
+    )
+    if result.error is not None:
+        raise result.error
+    assert result.persisted is not None
+    return result.persisted

@@ -11,61 +11,26 @@ sender on a thread. Never accepts network input.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import random
-import signal
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import outbox_sender
 from gateway.blobs import BlobStore
-from gateway.pipeline import StageError, Timings, process
+from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
+from gateway.pipeline import storage_unavailable as storage_unavailable
 from gateway.runtime import RuntimeBox
-from gateway.spool import Spool
+from gateway.spool import Entry, Spool
 from gateway.storage.db import make_engine, session_factory
 
 log = logging.getLogger(__name__)
-
-
-class MessageTimeoutError(Exception):
-    pass
-
-
-def storage_unavailable(error: BaseException) -> bool:
-    """Is this the database being down (Defer), rather than this message being bad?"""
-    if isinstance(error, OperationalError | PoolTimeoutError):
-        return True
-    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise MessageTimeoutError in the main thread after `seconds` (no-op elsewhere)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(_sig: int, _frame: FrameType | None) -> None:
-        raise MessageTimeoutError(f"processing took longer than {seconds:g}s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -92,7 +57,7 @@ class Worker:
             max_attempts=settings.gateway.spool.max_attempts,
         )
         self.blobs = BlobStore(settings.state_dir / "blobs", fsync=settings.gateway.spool.fsync)
-        self.engine = make_engine(settings.database_url)
+        self.engine = make_engine(settings.database_url, immediate=True)
         self.sessions: sessionmaker[Session] = session_factory(self.engine)
         self.stats = WorkerStats()
         self.timings = Timings()
@@ -101,66 +66,85 @@ class Worker:
         self.run_outbox = run_outbox
         self._backoff = 0.0
 
-    # -- one entry --------------------------------------------------------------------------
+    # -- one batch ------------------------------------------------------------------------
+
+    def _claim_batch(self, size: int) -> list[Entry]:
+        entries: list[Entry] = []
+        while len(entries) < size:
+            entry = self.spool.claim()
+            if entry is None:
+                break
+            entries.append(entry)
+        return entries
 
     def step(self) -> bool:
-        """Process one entry if there is one. Returns False when the spool was empty."""
+        """Process one batch if there is work. Returns False when the spool was empty."""
         if self.reload_requested.is_set():
             self.reload_requested.clear()
             self.box.reload()
-        entry = self.spool.claim()
-        if entry is None:
-            return False
         runtime = self.box.current
+        entries = self._claim_batch(runtime.settings.gateway.workers.batch_size)
+        if not entries:
+            return False
         started = time.monotonic()
-        self.stats.last_entry_age = max(0.0, time.time() - entry.envelope.received_at.timestamp())
+        jobs: list[Job] = []
+        by_id: dict[str, Entry] = {}
+        for entry in entries:
+            self.stats.last_entry_age = max(
+                0.0, time.time() - entry.envelope.received_at.timestamp()
+            )
+            try:
+                jobs.append(Job(self.spool.read_raw(entry), entry.envelope, entry.id))
+                by_id[entry.id] = entry
+            except Exception as exc:  # the entry itself cannot be read
+                self._failed(entry, "spool", exc)
         try:
-            raw = self.spool.read_raw(entry)
-            with time_limit(runtime.settings.gateway.limits.per_message_seconds):
-                result = process(
-                    raw, entry.envelope, entry.id, runtime, self.sessions, self.blobs, self.timings
-                )
-        except StageError as exc:
-            self._failed(entry, exc.stage, exc.error)
+            results = process_batch(jobs, runtime, self.sessions, self.blobs, self.timings)
+        except StorageUnavailableError as exc:
+            self._defer([by_id[j.spool_id] for j in jobs], str(exc))
             return True
-        except MessageTimeoutError as exc:
-            self._failed(entry, "timeout", exc)
+        except Exception as exc:  # the batch as a whole failed (e.g. blob disk): count it
+            for job in jobs:
+                self._failed(by_id[job.spool_id], "batch", exc)
             return True
-        except Exception as exc:  # reading the entry itself failed
-            self._failed(entry, "spool", exc)
-            return True
-        self.spool.complete(entry)
         self._backoff = 0.0
         self.stats.storage_down_since = None
-        self.stats.processed += 1
-        self.stats.outcomes[result.outcome] = self.stats.outcomes.get(result.outcome, 0) + 1
-        self.stats.max_seconds = max(self.stats.max_seconds, time.monotonic() - started)
-        log.info(
-            "%s %s -> %s %s (%s)",
-            entry.envelope.channel,
-            entry.id,
-            result.outcome,
-            result.reference or "",
-            result.reason[:200],
-        )
+        for result in results:
+            entry = by_id[result.spool_id]
+            if result.error is not None:
+                self._failed(entry, result.error.stage, result.error.error)
+                continue
+            assert result.persisted is not None
+            self.spool.complete(entry)
+            outcome = result.persisted
+            self.stats.processed += 1
+            self.stats.outcomes[outcome.outcome] = self.stats.outcomes.get(outcome.outcome, 0) + 1
+            log.info(
+                "%s %s -> %s %s (%s)",
+                entry.envelope.channel,
+                entry.id,
+                outcome.outcome,
+                outcome.reference or "",
+                outcome.reason[:200],
+            )
+        per_message = (time.monotonic() - started) / max(1, len(jobs))
+        self.stats.max_seconds = max(self.stats.max_seconds, per_message)
         return True
 
-    def _failed(self, entry: object, stage: str, error: BaseException) -> None:
-        from gateway.spool import Entry
-
-        assert isinstance(entry, Entry)
-        text = f"{type(error).__name__}: {error}"[:2000]
-        if storage_unavailable(error):
-            # Defer: the message is fine, the database is not. Never counts as an attempt.
+    def _defer(self, entries: list[Entry], text: str) -> None:
+        """Defer: the messages are fine, the database is not. Never counts as an attempt."""
+        for entry in entries:
             self.spool.release(entry)
-            self.stats.deferrals += 1
-            self.stats.last_error = f"storage unavailable: {text}"
-            if self.stats.storage_down_since is None:
-                self.stats.storage_down_since = time.time()
-                log.error("database unavailable, deferring intake: %s", text)
-            self._backoff = min(10.0, max(0.2, self._backoff * 2))
-            self.stopping.wait(self._backoff * (0.5 + random.random() / 2))
-            return
+        self.stats.deferrals += len(entries)
+        self.stats.last_error = f"storage unavailable: {text}"[:2000]
+        if self.stats.storage_down_since is None:
+            self.stats.storage_down_since = time.time()
+            log.error("database unavailable, deferring intake: %s", text)
+        self._backoff = min(10.0, max(0.2, self._backoff * 2))
+        self.stopping.wait(self._backoff * (0.5 + random.random() / 2))
+
+    def _failed(self, entry: Entry, stage: str, error: BaseException) -> None:
+        text = f"{type(error).__name__}: {error}"[:2000]
         self.stats.failures += 1
         self.stats.last_error = f"{stage}: {text}"
         quarantined = self.spool.fail(entry, stage=stage, error=text)

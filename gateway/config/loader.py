@@ -201,6 +201,39 @@ def _cross_check(
             )
 
 
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _check_imap(directory: Path, gateway: GatewayConfig, problems: list[ConfigProblem]) -> None:
+    """[[imap]] mailboxes: unique names, plaintext only to this host and only when asked for,
+    and no folder that would make the poller take its own processed or quarantined mail."""
+    gpath = directory / "gateway.toml"
+    seen: set[str] = set()
+    for i, box in enumerate(gateway.imap):
+        key = f"imap[{i}]"
+
+        def problem(leaf: str, message: str, key: str = key) -> None:
+            problems.append(
+                ConfigProblem("gateway.toml", f"{key}.{leaf}", message, find_line(gpath, leaf))
+            )
+
+        if box.name in seen:
+            problem("name", f"duplicate mailbox name {box.name!r}")
+        seen.add(box.name)
+        if box.tls == "plain" and box.host.lower() not in _LOCAL_HOSTS:
+            problem(
+                "tls",
+                f'"plain" sends the password in clear text; it is only allowed to localhost, '
+                f'not {box.host!r} (use "implicit" or "starttls")',
+            )
+        elif box.tls == "plain" and not box.allow_plaintext:
+            problem("tls", '"plain" also needs allow_plaintext = true')
+        if box.after_intake == "move" and box.processed_folder == box.folder:
+            problem("processed_folder", "must differ from folder")
+        if box.quarantine_folder == box.folder:
+            problem("quarantine_folder", "must differ from folder")
+
+
 def _check_severity(directory: Path, severity: SeverityFile, problems: list[ConfigProblem]) -> None:
     spath = directory / "severity.toml"
     if not severity.levels:
@@ -256,6 +289,8 @@ def load(directory: Path) -> Settings:
     routing = _load_file(directory, "routing.toml", RoutingFile, problems)
     templates = _load_templates(directory, problems)
     _cross_check(directory, customers, plans, severity, templates, problems)
+    if gateway is not None:
+        _check_imap(directory, gateway, problems)
     if problems:
         raise ConfigError(problems)
     assert gateway and customers and plans and severity and calendars and routing

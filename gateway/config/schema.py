@@ -7,6 +7,7 @@ Never reads files or environment variables (see `loader`), never decides busines
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,6 +64,8 @@ class WorkersSection:
     processes: int = field(default=1, metadata=check(lambda v: None if v >= 0 else "must be >= 0"))
     # Seconds between spool scans when idle.
     poll_seconds: float = field(default=0.05, metadata=check(positive))
+    # Messages per database transaction (one durable commit, one blob sync per batch).
+    batch_size: int = field(default=32, metadata=check(positive))
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,51 @@ class HttpSection:
     port: int = field(default=8080, metadata=check(port))
 
 
+# ---- [[imap]] in gateway.toml: mailboxes the IMAP channel polls (channels/imap.py) ----------
+
+
+def _mailbox_name(v: str) -> str | None:
+    if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", v):
+        return None
+    return "must be lowercase letters, digits, '-' or '_' (it names status, cursor and password)"
+
+
+@dataclass(frozen=True)
+class ImapMailbox:
+    # Names the mailbox in logs, `gateway status` (imap:<name>) and its cursor. The password
+    # comes from $GATEWAY_IMAP_PASSWORD_<NAME> (upper case, '-' as '_') or the credential
+    # `imap-<name>`, never from this file.
+    name: str = field(metadata=check(_mailbox_name))
+    host: str
+    username: str
+    port: int = field(default=993, metadata=check(port))
+    # "implicit": TLS from the first byte (port 993). "starttls": upgrade on port 143; it MUST
+    # succeed, we never log in in plaintext when the server does not offer it. "plain": no TLS,
+    # only to localhost/127.0.0.1/::1 and only with allow_plaintext = true.
+    tls: Literal["implicit", "starttls", "plain"] = "implicit"
+    allow_plaintext: bool = False
+    # PEM file of CA certificates to trust instead of the system store (a private server's CA).
+    ca_file: str = ""
+    # Folder we take mail from.
+    folder: str = "INBOX"
+    # After the message is in the spool: "move" it to processed_folder (created if missing), or
+    # "flag" it \Seen and leave it where it is.
+    after_intake: Literal["move", "flag"] = "move"
+    processed_folder: str = "Processed"
+    # Where a message goes that cannot be fetched max_attempts times, or is over
+    # limits.max_message_bytes, so it never blocks the mailbox (created if missing).
+    quarantine_folder: str = "Quarantine"
+    max_attempts: int = field(default=3, metadata=check(positive))
+    # UIDs per FETCH: bounds memory whatever the backlog.
+    batch_size: int = field(default=50, metadata=check(positive))
+    # Seconds between checks when the server has no IDLE (or idle = false).
+    poll_seconds: float = field(default=60.0, metadata=check(positive))
+    # Use IMAP IDLE (RFC 2177) when the server offers it: new mail arrives within a second.
+    idle: bool = True
+    # The addresses this mailbox serves (the spooled envelope's recipients).
+    recipients: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = GatewaySection()
@@ -135,6 +183,8 @@ class GatewayConfig:
     automated: AutomatedSection = AutomatedSection()
     webhooks: HttpSection = HttpSection()
     api: HttpSection = HttpSection(port=8081)
+    # [[imap]] tables, one per mailbox (see ImapMailbox).
+    imap: tuple[ImapMailbox, ...] = ()
 
 
 # ---- customers.toml -------------------------------------------------------------------------
@@ -212,9 +262,27 @@ class RoutingFile:
 
 @dataclass(frozen=True)
 class CalendarDef:
+    # One business-hours calendar for SLA clocks, checked by `gateway.calendars.check_calendars`.
+    # IANA timezone name ("America/New_York", "Europe/Berlin", "UTC"); hours are local wall-clock
+    # time there, so 08:00-18:00 stays 08:00-18:00 on both DST change days.
     timezone: str = "UTC"
+    # Open at every instant of every day, holidays included (a 24/7 line). Leave out hours,
+    # holidays and holiday_country when true.
+    always: bool = False
+    # Weekly hours: keys mon, tue, wed, thu, fri, sat, sun or a range such as "mon-fri"; values
+    # are lists of "HH:MM-HH:MM" intervals (several per day allowed; "24:00" ends the day; an
+    # interval cannot cross midnight). A weekday not listed is closed all day.
+    hours: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Local dates closed all day: TOML dates (2026-12-25) or strings ("2026-12-25").
+    holidays: tuple[object, ...] = ()
+    # Also close on this country's public holidays (ISO code such as "US"), computed by the
+    # optional `holidays` package, which must then be installed (pip install holidays).
+    holiday_country: str = ""
+    # A subdivision of holiday_country for regional holidays ("NY", "BY").
+    holiday_subdivision: str = ""
 
 
 @dataclass(frozen=True)
 class CalendarsFile:
+    # [calendar.<name>] tables; SLA targets name the calendar their clock runs on.
     calendar: dict[str, CalendarDef] = field(default_factory=dict)

@@ -5,8 +5,10 @@ unique constraint before anything else is written, so a redelivery, a replay, th
 SMTP and IMAP, or two instances racing all end as one ticket plus recorded duplicates. In the
 same transaction: the ticket or follow-up, the message, attachment records, every recorded
 reason, and outbox rows (acknowledgements pass the outbox gate and the per-recipient limit
-here, because the limit needs history). Blobs are written durably *before* the commit. A crash
-anywhere before the commit leaves the spool entry to be processed again, harmlessly.
+here, because the limit needs history). `record` runs inside the caller's transaction (the
+pipeline gives each message of a batch its own SAVEPOINT); blobs are made durable *before* that
+transaction commits. A crash anywhere before the commit leaves the spool entry to be processed
+again, harmlessly.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
-from gateway.blobs import BlobStore
 from gateway.config.loader import Templates
 from gateway.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
@@ -56,39 +56,7 @@ class Persisted:
     reason: str
 
 
-def persist(
-    sessions: sessionmaker[Session],
-    blobs: BlobStore,
-    raw: bytes,
-    message: ParsedMessage,
-    customer: Customer,
-    automated: Automated,
-    thread: Thread,
-    verdict: Verdict,
-    decision: Decision,
-    ctx: PersistContext,
-    now: datetime,
-) -> Persisted:
-    # Blobs first, durably: the transaction below may name them.
-    blobs.put(raw, message.raw_sha256)
-    for att in message.attachments:
-        if att.content is not None:
-            blobs.put(att.content, att.sha256)
-    for attempt in range(3):
-        try:
-            with sessions.begin() as session:
-                return _write(
-                    session, message, customer, automated, thread, verdict, decision, ctx, now
-                )
-        except IntegrityError:
-            # Another worker or instance claimed the same dedup key (or spool id) between our
-            # check and our insert. Run again: this time we see its row and record a duplicate.
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
-
-
-def _write(
+def record(
     session: Session,
     message: ParsedMessage,
     customer: Customer,

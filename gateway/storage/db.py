@@ -23,7 +23,8 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, immediate: bool = False) -> Engine:
+    """An engine for `url`. `immediate`: SQLite write transactions lock up front (workers)."""
     if is_sqlite(url):
         db_path = make_url(url).database
         if db_path and db_path != ":memory:":
@@ -32,15 +33,24 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # WAL lets readers (CLI, API) work while the worker writes; NORMAL sync is durable
-            # across process crashes, and the spool covers the rest (it is the source of truth
-            # until persist commits).
+            # Let SQLAlchemy, not pysqlite, decide when a transaction begins: pysqlite's own
+            # implicit BEGIN breaks SAVEPOINT, which persist uses per message in a batch.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            # WAL lets readers (CLI, API) work while the worker writes. synchronous=FULL makes
+            # every commit durable: the worker deletes the spool entry right after commit, so a
+            # commit lost to a power cut would be a message lost (DESIGN promise 1).
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # IMMEDIATE takes the write lock up front: two worker processes never deadlock
+            # upgrading a read transaction to a write one (SQLITE_BUSY without waiting).
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     url_obj = make_url(url)

@@ -1,0 +1,52 @@
+"""Quality on data the model never saw: the shipped eval set (written before training, never
+trained or tuned on) and the real SpamAssassin spam corpus."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from classifiers.engine import Engine
+from classifiers.training import SHIPPED_EVAL, evaluate, is_held_out, load_examples
+from tests.classifiers.conftest import SHIPPED_RULES
+from tests.classifiers.mail_corpus import SPAMASSASSIN, corpus
+
+
+def test_eval_set_urgent_recall_095_precision_085_accuracy_075(default_model_dir: Path) -> None:
+    out = io.StringIO()
+    report = evaluate(default_model_dir, SHIPPED_EVAL, out, rules_dir=SHIPPED_RULES)
+    precision, recall, _, support = report.metric("urgent")
+    assert support >= 30
+    assert recall >= 0.95, out.getvalue()
+    assert precision >= 0.85, out.getvalue()
+    assert report.accuracy >= 0.75, out.getvalue()
+
+
+def test_eval_set_shares_no_message_with_the_training_corpus() -> None:
+    from classifiers.training import SHIPPED_TRAIN
+
+    train = {(e.subject, e.body) for e in load_examples(SHIPPED_TRAIN)}
+    assert not [e for e in load_examples(SHIPPED_EVAL) if (e.subject, e.body) in train]
+
+
+def test_eval_set_has_all_levels_channels_and_traps() -> None:
+    examples = load_examples(SHIPPED_EVAL)
+    assert {e.level for e in examples} == {"urgent", "high", "normal", "low"}
+    assert {e.channel for e in examples} == {"email", "sms", "voicemail"}
+    assert any(e.level == "low" and "URGENT" in e.subject for e in examples)
+    assert 0 < sum(is_held_out(e) for e in examples) < len(examples)
+
+
+@pytest.mark.skipif(not SPAMASSASSIN.is_dir(),
+                    reason=f"shared data not found at {SPAMASSASSIN} (CI has it)")
+def test_at_most_half_a_percent_of_real_spam_jumps_the_queue(engine: Engine) -> None:
+    total, jumped = 0, []
+    for path, inp in corpus("spam-1", "spam-2"):
+        total += 1
+        verdict = engine.classify(inp)
+        if verdict.jump_queue:
+            jumped.append(f"{path.name}: {verdict.explain()}")
+    assert total > 1800
+    assert len(jumped) <= 0.005 * total, "\n".join(jumped)
