@@ -190,7 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from channels.pipe import EX_TEMPFAIL, ingest
-    from gateway.spool import Spool
+    from gateway.spool import Spool, SpoolError
 
     try:
         settings = _settings(args)
@@ -198,12 +198,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         _print_config_error(exc)
         return EX_TEMPFAIL  # the MTA keeps the mail while the admin fixes the config
     g = settings.gateway
-    spool = Spool(
-        settings.spool_dir,
-        fsync=g.spool.fsync,
-        high_water_bytes=g.spool.high_water_mib * 1024 * 1024,
-        min_free_bytes=g.spool.min_free_mib * 1024 * 1024,
-    )
+    try:
+        spool = Spool(
+            settings.spool_dir,
+            fsync=g.spool.fsync,
+            high_water_bytes=g.spool.high_water_mib * 1024 * 1024,
+            min_free_bytes=g.spool.min_free_mib * 1024 * 1024,
+        )
+    except (SpoolError, OSError) as exc:
+        # Our fault, never the sender's: the MTA must keep the mail and retry.
+        print(f"spool unavailable, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
     worst = 0
     sources: list[tuple[str, bytes]]
     try:
@@ -414,6 +419,101 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         spool.close()
 
 
+def cmd_classify(args: argparse.Namespace) -> int:
+    """The verdict for a message, creating nothing (how an admin tests a rule)."""
+    from datetime import UTC, datetime
+
+    from gateway.runtime import load_runtime
+    from gateway.spool import Envelope
+    from gateway.stages.classify import classify
+    from gateway.stages.identify import identify
+    from gateway.stages.parse import parse
+
+    runtime = load_runtime(Path(args.config))
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    channel = {"email": "smtp", "sms": "twilio-sms", "voicemail": "twilio-voice"}[args.channel]
+    if args.channel != "email" and b":" not in raw.split(b"\n", 1)[0]:
+        raw = b"Subject: \n\n" + raw  # a bare SMS or transcript: text only
+    envelope = Envelope(channel=channel, received_at=datetime.now(UTC))
+    message = parse(raw, envelope, "classify", runtime.settings.gateway.limits.max_attachment_bytes)
+    customer = identify(message, runtime.directory)
+    verdict = classify(message, customer, runtime.engine, runtime.settings.severity.default)
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.explain())
+    return 0
+
+
+def _labels(settings: Settings) -> list[Any]:
+    """Agents' severity corrections, as training examples."""
+    from sqlalchemy import select
+
+    from classifiers.types import LabelledExample
+    from gateway.stages.classify import channel_kind
+    from gateway.storage.models import SeverityLabel
+
+    with _session(settings) as session:
+        rows = session.execute(select(SeverityLabel).order_by(SeverityLabel.id)).scalars()
+        latest: dict[int, SeverityLabel] = {}
+        for row in rows:  # the last correction of a ticket is its label
+            latest[row.ticket_id] = row
+    return [
+        LabelledExample(
+            subject=r.subject, body=r.text, level=r.level, channel=channel_kind(r.channel)
+        )
+        for r in latest.values()
+    ]
+
+
+def _classifier_settings(settings: Settings) -> Any:
+    from classifiers.settings import parse_classifier_table
+
+    csettings, problems = parse_classifier_table(
+        settings.severity.classifier, settings.severity.levels, "severity.toml"
+    )
+    if csettings is None:
+        from gateway.runtime import convert_problem
+
+        raise ConfigError([convert_problem(p) for p in problems])
+    return csettings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from classifiers.training import train
+    from gateway.runtime import model_dir
+
+    settings = load_lenient(Path(args.config))[0]
+    labels = [] if args.no_labels else _labels(settings)
+    print(f"training on the shipped corpus plus {len(labels)} agent label(s)")
+    report = train(
+        model_dir(settings),
+        labels,
+        settings=_classifier_settings(settings),
+        force=args.force,
+        out=sys.stdout,
+    )
+    print(("installed " if report.installed else "not installed: ") + report.reason)
+    if report.installed:
+        print("run `gateway reload` to make the running daemon use it")
+    return 0 if report.installed or not args.force else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifiers.training import evaluate
+    from gateway.runtime import model_dir
+
+    settings = load_lenient(Path(args.config))[0]
+    evaluate(
+        model_dir(settings),
+        Path(args.data),
+        sys.stdout,
+        rules_dir=None if args.model_only else settings.rules_dir,
+        settings=_classifier_settings(settings),
+    )
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from gateway.storage.db import upgrade
 
@@ -502,6 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
     s = q.add_parser("replay")
     s.add_argument("id", help="entry id, or 'all'")
     s.set_defaults(func=cmd_quarantine)
+
+    s = sub.add_parser("classify", help="the classifier's verdict for a message; creates nothing")
+    s.add_argument("file", help="message file, or - for stdin")
+    s.add_argument("--channel", choices=("email", "sms", "voicemail"), default="email")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("train", help="retrain the model from the shipped corpus + agents' labels")
+    s.add_argument("--force", action="store_true", help="install even if not better")
+    s.add_argument("--no-labels", action="store_true", help="ignore agents' corrections")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="precision/recall/F1 and confusion on a labelled file")
+    s.add_argument("--data", required=True, help="CSV or JSONL with subject, body, level")
+    s.add_argument("--model-only", action="store_true", help="the model alone, without rules")
+    s.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)

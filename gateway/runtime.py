@@ -48,15 +48,15 @@ def classifier_problems(settings: Settings) -> tuple[Engine | None, list[ConfigP
     csettings, problems = parse_classifier_table(
         settings.severity.classifier, settings.severity.levels, "severity.toml"
     )
-    found = [_convert(p) for p in problems]
+    found = [convert_problem(p) for p in problems]
     if csettings is None:
         return None, found
     engine, more = build_engine(settings.rules_dir, csettings, model_dir(settings))
-    found.extend(_convert(p) for p in more)
+    found.extend(convert_problem(p) for p in more)
     return engine, found
 
 
-def _convert(problem: object) -> ConfigProblem:
+def convert_problem(problem: object) -> ConfigProblem:
     file = str(getattr(problem, "file", "?"))
     rule = getattr(problem, "rule", None)
     key = getattr(problem, "key", None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.calendars import check_calendars
 from gateway.config.errors import ConfigError, ConfigProblem, find_line
 from gateway.config.schema import (
     CalendarsFile,
@@ -286,6 +287,8 @@ def load(directory: Path) -> Settings:
     plans = _load_file(directory, "plans.toml", PlansFile, problems)
     severity = _load_file(directory, "severity.toml", SeverityFile, problems)
     calendars = _load_file(directory, "calendars.toml", CalendarsFile, problems)
+    if calendars is not None:
+        problems.extend(check_calendars(calendars, directory / "calendars.toml"))
     routing = _load_file(directory, "routing.toml", RoutingFile, problems)
     templates = _load_templates(directory, problems)
     _cross_check(directory, customers, plans, severity, templates, problems)

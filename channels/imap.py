@@ -1,0 +1,651 @@
+"""The IMAP channel: take mail out of an existing mailbox, spool it, only then move or flag it.
+
+Owns the IMAP contract for each `[[imap]]` mailbox (one thread each, so one broken mailbox never
+stalls another or any other channel):
+
+* Messages are fetched by UID with ``BODY.PEEK[]`` (RFC 3501 6.4.5), so fetching never sets
+  \\Seen by accident, and the exact raw bytes are spooled: the spine's dedup key then makes a
+  message seen twice (crash between spool and move, the same mail in two mailboxes, or by SMTP
+  and IMAP) one ticket.
+* The server is told (MOVE to ``processed_folder`` or STORE +FLAGS \\Seen) ONLY AFTER
+  ``spool.enqueue`` returned (DESIGN promise 1). The competitors' bugs (django-helpdesk #209,
+  Zammad #1662) come from doing this the other way round.
+* A spool that cannot be written is a temporary failure: the message stays unseen and in place,
+  the poller backs off and retries; it is never quarantined for that.
+* A message that cannot be fetched ``max_attempts`` times, or is over ``limits.max_message_bytes``,
+  is moved to ``quarantine_folder`` on the server (log line + ``stats.quarantined``): one poison
+  message never blocks the mailbox (DESIGN promise 3).
+* Memory stays bounded whatever the backlog: UIDs are searched, sizes fetched first
+  (RFC822.SIZE), bodies fetched ``batch_size`` UIDs (and at most ``_MAX_FETCH_BYTES``) at a time.
+* The cursor (UIDVALIDITY, last UID) is bookkeeping only, kept in memory and written to
+  ``channel_state`` when the database is reachable. With the database down intake goes on; a
+  lost or stale cursor only costs a rescan, which the dedup key makes harmless. A UIDVALIDITY
+  change (RFC 3501 2.3.1.1: old UIDs mean nothing) triggers that rescan.
+* IDLE (RFC 2177) when the server offers it, re-issued every ``IDLE_RENEW_SECONDS`` (well before
+  the RFC's 29 minutes: NATs and proxies drop quiet connections sooner); polling otherwise.
+* Any connection or server error: disconnect, capped exponential backoff with jitter, reconnect.
+* ``tls = "starttls"`` MUST succeed: if the server does not offer STARTTLS we refuse to log in
+  (the password never crosses the network in clear text); "plain" is for localhost only.
+
+Never parses, classifies or writes tickets; its only database use is the cursor, through
+:class:`gateway.storage.channel_state.ChannelStateStore`.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+
+from gateway.config.loader import Settings, secret
+from gateway.config.schema import ImapMailbox
+from gateway.faults import crash_point
+from gateway.spool import Envelope, Spool, SpoolError
+from gateway.storage.channel_state import ChannelStateStore
+
+__all__ = [
+    "IDLE_RENEW_SECONDS",
+    "MailboxPoller",
+    "MailboxStats",
+    "PollerThread",
+    "StartTlsRequiredError",
+    "mailbox_password",
+    "start_pollers",
+]
+
+log = logging.getLogger(__name__)
+
+# RFC 2177: clients SHOULD re-issue IDLE at least every 29 minutes; middleboxes are less patient.
+IDLE_RENEW_SECONDS: Final = 300.0
+# Cap on the bytes of one FETCH, besides batch_size UIDs: memory stays bounded with big mail.
+_MAX_FETCH_BYTES: Final = 64 * 1024 * 1024
+# Socket timeout for every command except IDLE (which polls the socket itself).
+_SOCKET_TIMEOUT_S: Final = 60.0
+# While idling, how often we look at the stop event and at a cursor waiting for the database.
+_IDLE_SLICE_S: Final = 1.0
+_LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+_SEEN: Final = b"\\Seen"
+_DELETED: Final = b"\\Deleted"
+
+# A dropped connection, a TLS failure or imaplib's "abort": reconnect, never blame a message.
+# (imaplib.IMAP4.abort subclasses IMAP4.error, so it must be tested first.)
+_CONNECTION_ERRORS: Final = (OSError, imaplib.IMAP4.abort, EOFError)
+
+Fault = Callable[[str, int], None]
+
+
+class StartTlsRequiredError(Exception):
+    """tls = "starttls" but the server did not offer it: we refuse to log in in plaintext."""
+
+
+class MailboxError(Exception):
+    """The mailbox cannot be served as configured (no password, plaintext refused, ...)."""
+
+
+@dataclass
+class MailboxStats:
+    """What `gateway status` shows for `imap:<name>`; written by the poller thread only."""
+
+    accepted: int = 0  # messages spooled
+    acknowledged: int = 0  # messages moved/flagged after spooling
+    quarantined: int = 0  # messages moved to the quarantine folder
+    fetch_failures: int = 0  # per-message fetch failures (counted towards quarantine)
+    temp_failures: int = 0  # spool writes refused: messages left in place, retried later
+    reconnects: int = 0  # sessions ended by an error and retried after a backoff
+    rescans: int = 0  # UIDVALIDITY changes
+    connected: bool = False
+    idle: bool = False  # in an IDLE-capable session
+    uidvalidity: int | None = None
+    last_uid: int = 0
+    cursor_pending: bool = False  # cursor not yet written to the database (it is down)
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Cursor:
+    uidvalidity: int | None = None
+    last_uid: int = 0
+
+    def encode(self) -> str:
+        return f"{self.uidvalidity or 0}:{self.last_uid}"
+
+    @classmethod
+    def decode(cls, text: str) -> _Cursor:
+        validity, _, last = text.partition(":")
+        return cls(int(validity) or None, int(last))
+
+
+class _CursorKeeper:
+    """The cursor in memory, mirrored to channel_state when the database lets us."""
+
+    KEY: Final = "cursor"
+
+    def __init__(self, store: ChannelStateStore | None, channel: str, stats: MailboxStats) -> None:
+        self.store = store
+        self.channel = channel
+        self.stats = stats
+        self.cursor = _Cursor()
+        self.loaded = store is None
+        self.dirty = False
+
+    def load(self) -> None:
+        if self.loaded or self.store is None:
+            return
+        try:
+            text = self.store.get(self.channel, self.KEY)
+        except Exception as exc:  # database down: a rescan is harmless, intake must go on
+            log.warning("%s: cannot read the cursor (%s); rescanning instead", self.channel, exc)
+            return
+        self.loaded = True
+        if text:
+            try:
+                self.cursor = _Cursor.decode(text)
+            except ValueError:
+                log.warning("%s: unreadable cursor %r; rescanning", self.channel, text)
+
+    def update(self, cursor: _Cursor) -> None:
+        if cursor != self.cursor:
+            self.cursor = cursor
+            self.dirty = True
+        self.stats.uidvalidity = cursor.uidvalidity
+        self.stats.last_uid = cursor.last_uid
+
+    def flush(self) -> None:
+        self.stats.cursor_pending = self.dirty and self.store is not None
+        if not self.dirty or self.store is None:
+            return
+        try:
+            self.store.set(self.channel, self.KEY, self.cursor.encode())
+        except Exception as exc:
+            log.debug("%s: cursor not written (%s); keeping it in memory", self.channel, exc)
+            return
+        self.dirty = False
+        self.stats.cursor_pending = False
+
+
+class _SpoolUnavailableError(Exception):
+    """The spool refused a write: leave the rest where it is and back off."""
+
+
+def mailbox_password(name: str) -> str | None:
+    """$GATEWAY_IMAP_PASSWORD_<NAME> (upper case, '-' as '_'), else credential `imap-<name>`."""
+    return secret(f"imap-{name}", "GATEWAY_IMAP_PASSWORD_" + name.upper().replace("-", "_"))
+
+
+class MailboxPoller:
+    """One mailbox: connect, drain new mail into the spool, idle or poll, reconnect on errors."""
+
+    def __init__(
+        self,
+        box: ImapMailbox,
+        spool: Spool,
+        *,
+        password: str | None,
+        max_message_bytes: int,
+        store: ChannelStateStore | None = None,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        idle_renew_seconds: float = IDLE_RENEW_SECONDS,
+        fault: Fault | None = None,
+    ) -> None:
+        self.box = box
+        self.spool = spool
+        self.password = password
+        self.max_message_bytes = max_message_bytes
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.idle_renew_seconds = idle_renew_seconds
+        # Test seam, like Spool(write_fault=...): called as fault("fetch", uid) before a message
+        # is spooled and fault("ack", uid) before the server is told; raising simulates failure.
+        self.fault = fault
+        self.stats = MailboxStats()
+        self.channel = f"imap:{box.name}"
+        self.keeper = _CursorKeeper(store, self.channel, self.stats)
+        self._attempts: dict[int, int] = {}  # UID -> failed fetches (reset on UIDVALIDITY change)
+        self._done: set[int] = set()  # handled UIDs above the cursor (a failure sits below them)
+        self._rescan = False  # flag mode: no trustworthy cursor, look at UNSEEN instead
+
+    @property
+    def name(self) -> str:
+        return self.box.name
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve the mailbox until ``stop`` is set. Never raises."""
+        failures = 0
+        while not stop.is_set():
+            client: Any = None
+            try:
+                client = self._open()
+                failures = 0
+                self._serve(client, stop)
+            except Exception as exc:
+                failures += 1
+                self.stats.reconnects += 1
+                self._error(exc)
+                delay = self._backoff(failures)
+                log.warning("%s: %s; reconnecting in %.1fs", self.channel, exc, delay)
+                stop.wait(delay)
+            finally:
+                self._close(client)
+        self.keeper.flush()
+        log.info("%s: stopped", self.channel)
+
+    def poll_once(self) -> None:
+        """Connect, take everything new, disconnect (tests and one-shot use). Never raises for a
+        full spool (that is recorded in stats); raises connection and login errors."""
+        client = self._open()
+        try:
+            self._drain(client, threading.Event())
+        except _SpoolUnavailableError:
+            pass
+        finally:
+            self._close(client)
+            self.keeper.flush()
+
+    # ------------------------------------------------------------------ session
+
+    def _open(self) -> Any:
+        box = self.box
+        if self.password is None:
+            raise MailboxError(
+                f"no password: set $GATEWAY_IMAP_PASSWORD_{box.name.upper().replace('-', '_')} "
+                f"or the credential imap-{box.name}"
+            )
+        if box.tls == "plain" and not (box.allow_plaintext and box.host.lower() in _LOCAL_HOSTS):
+            # The loader refuses this too; checked again because a password is about to be sent.
+            raise MailboxError("plaintext IMAP is only allowed to localhost with allow_plaintext")
+        context = None
+        if box.tls != "plain":
+            context = ssl.create_default_context(cafile=box.ca_file or None)
+        client = IMAPClient(
+            box.host,
+            port=box.port,
+            ssl=box.tls == "implicit",
+            ssl_context=context,
+            timeout=_SOCKET_TIMEOUT_S,
+        )
+        try:
+            if box.tls == "starttls":
+                # Capabilities from the greeting: a server (or a man in the middle) that does not
+                # offer STARTTLS gets no login at all, never a plaintext fallback.
+                if not client.has_capability("STARTTLS"):
+                    raise StartTlsRequiredError(
+                        f"{box.host}:{box.port} does not offer STARTTLS; refusing to log in "
+                        "in plaintext"
+                    )
+                client.starttls(context)
+            try:
+                client.login(box.username, self.password)
+            except LoginError as exc:
+                raise MailboxError(f"login as {box.username!r} refused: {exc}") from exc
+            self._prepare_folders(client)
+            self._select(client)
+        except BaseException:
+            self._close(client)
+            raise
+        self.stats.connected = True
+        log.info("%s: connected to %s:%s (%s)", self.channel, box.host, box.port, box.tls)
+        return client
+
+    def _close(self, client: Any) -> None:
+        self.stats.connected = False
+        self.stats.idle = False
+        if client is None:
+            return
+        try:
+            client.logout()
+        except Exception:
+            try:
+                client.shutdown()
+            except Exception:
+                pass
+
+    def _prepare_folders(self, client: Any) -> None:
+        wanted = [self.box.quarantine_folder]
+        if self.box.after_intake == "move":
+            wanted.append(self.box.processed_folder)
+        for folder in wanted:
+            if not client.folder_exists(folder):
+                try:
+                    client.create_folder(folder)
+                    log.info("%s: created folder %r", self.channel, folder)
+                except imaplib.IMAP4.abort:
+                    raise
+                except imaplib.IMAP4.error:
+                    if not client.folder_exists(folder):  # else: created meanwhile by another
+                        raise
+
+    def _select(self, client: Any) -> None:
+        info = client.select_folder(self.box.folder)
+        validity = int(info[b"UIDVALIDITY"])
+        self.keeper.load()
+        cursor = self.keeper.cursor
+        if cursor.uidvalidity != validity:
+            if cursor.uidvalidity is not None:
+                # RFC 3501 2.3.1.1: the folder was rebuilt and old UIDs mean nothing. Start over;
+                # what we spooled before is recognised by the dedup key, not by its UID.
+                log.warning(
+                    "%s: UIDVALIDITY changed from %s to %s; rescanning %r",
+                    self.channel,
+                    cursor.uidvalidity,
+                    validity,
+                    self.box.folder,
+                )
+                self.stats.rescans += 1
+            self._attempts.clear()
+            self._done.clear()
+            self._rescan = True
+            self.keeper.update(_Cursor(validity, 0))
+        else:
+            self.keeper.update(cursor)
+
+    def _serve(self, client: Any, stop: threading.Event) -> None:
+        use_idle = self.box.idle and client.has_capability("IDLE")
+        self.stats.idle = use_idle
+        spool_failures = 0
+        while not stop.is_set():
+            try:
+                self._drain(client, stop)
+                spool_failures = 0
+            except _SpoolUnavailableError:
+                # Temporary (DESIGN promise 1): the messages stay unseen in place. Keep the
+                # connection; back off before trying again.
+                spool_failures += 1
+                stop.wait(self._backoff(spool_failures))
+                client.noop()
+                continue
+            self.keeper.flush()
+            if use_idle:
+                self._idle(client, stop)
+            else:
+                stop.wait(self.box.poll_seconds)
+                if not stop.is_set():
+                    client.noop()
+
+    def _idle(self, client: Any, stop: threading.Event) -> None:
+        client.idle()
+        done = False
+        try:
+            deadline = time.monotonic() + self.idle_renew_seconds
+            while not stop.is_set() and time.monotonic() < deadline:
+                started = time.monotonic()
+                responses = client.idle_check(timeout=_IDLE_SLICE_S)
+                if any(_is_bye(r) for r in responses):
+                    raise ConnectionError("server closed the connection (BYE)")
+                if responses:
+                    break  # EXISTS, EXPUNGE, ...: look again (a keep-alive costs one SEARCH)
+                if time.monotonic() - started < _IDLE_SLICE_S / 2:
+                    break  # readable but nothing parsed: EOF; idle_done/NOOP will tell
+                if self.keeper.dirty:
+                    self.keeper.flush()
+            done = True
+        finally:
+            if done:
+                client.idle_done()
+            else:
+                try:
+                    client.idle_done()
+                except Exception:
+                    pass
+
+    # ------------------------------------------------------------------ intake
+
+    def _candidates(self, client: Any) -> list[int]:
+        cursor = self.keeper.cursor
+        if self._rescan and self.box.after_intake == "flag":
+            # No trustworthy cursor in flag mode: what we took before is \Seen.
+            found = client.search(["UNSEEN", "NOT", "DELETED"])
+        else:
+            found = client.search(["UID", f"{cursor.last_uid + 1}:*", "NOT", "DELETED"])
+        # "n:*" always matches the highest UID, even below n (RFC 3501 6.4.8): filter.
+        return sorted(
+            int(uid) for uid in found if int(uid) > cursor.last_uid and int(uid) not in self._done
+        )
+
+    def _drain(self, client: Any, stop: threading.Event) -> None:
+        """Take every new message, batch by batch, until none is left."""
+        while not stop.is_set():
+            uids = self._candidates(client)
+            if not uids:
+                self._rescan = False
+                return
+            batch = uids[: self.box.batch_size]
+            try:
+                self._process_batch(client, batch)
+            finally:
+                self._advance(batch)
+            self.keeper.flush()
+
+    def _process_batch(self, client: Any, batch: list[int]) -> None:
+        """Spool and acknowledge what we can of ``batch``; UIDs dealt with go to ``_done``."""
+        sizes = client.fetch(batch, ["RFC822.SIZE"])
+        groups: list[list[int]] = [[]]
+        group_bytes = 0
+        for uid in batch:
+            if uid not in sizes:
+                self._done.add(uid)  # expunged meanwhile (by a person or another client)
+                continue
+            size = int(sizes[uid].get(b"RFC822.SIZE", 0))
+            if size > self.max_message_bytes:
+                self._quarantine(
+                    client,
+                    uid,
+                    f"{size} bytes is over limits.max_message_bytes ({self.max_message_bytes})",
+                )
+                self._done.add(uid)
+                continue
+            if groups[-1] and group_bytes + size > _MAX_FETCH_BYTES:
+                groups.append([])
+                group_bytes = 0
+            groups[-1].append(uid)
+            group_bytes += size
+        for group in groups:
+            if group:
+                self._take(client, group)
+
+    def _take(self, client: Any, uids: list[int]) -> None:
+        bodies = self._fetch_bodies(client, uids)
+        spooled: list[int] = []
+        spool_error: SpoolError | None = None
+        validity = self.keeper.cursor.uidvalidity
+        for uid in uids:
+            body = bodies.get(uid)
+            try:
+                if self.fault is not None:
+                    self.fault("fetch", uid)
+                if isinstance(body, Exception):
+                    raise body
+                if body is None:
+                    raise LookupError("the server returned no body")
+            except _CONNECTION_ERRORS:
+                raise
+            except Exception as exc:
+                if self._failed(client, uid, exc):
+                    self._done.add(uid)
+                continue
+            envelope = Envelope(
+                channel="imap",
+                received_at=datetime.now(UTC),
+                mail_from=None,
+                recipients=tuple(r.lower() for r in self.box.recipients),
+                peer=self.channel,
+                meta=(
+                    ("imap_uid", str(uid)),
+                    ("imap_mailbox", self.box.name),
+                    ("uidvalidity", str(validity)),
+                ),
+            )
+            try:
+                self.spool.enqueue(body, envelope)
+            except SpoolError as exc:
+                self.stats.temp_failures += 1
+                self._error(exc)
+                log.error("%s: spool refused UID %s, leaving it unseen: %s", self.channel, uid, exc)
+                spool_error = exc
+                break
+            self.stats.accepted += 1
+            spooled.append(uid)
+        if spooled:
+            crash_point("imap-after-spool-before-ack")
+            self._acknowledge(client, spooled)
+            self._done.update(spooled)
+        if spool_error is not None:
+            raise _SpoolUnavailableError(str(spool_error))
+
+    def _fetch_bodies(self, client: Any, uids: list[int]) -> dict[int, bytes | Exception]:
+        """Raw bytes by UID. A failed batch FETCH is retried UID by UID, so one unreadable
+        message only fails itself."""
+        try:
+            return _bodies(client.fetch(uids, ["BODY.PEEK[]"]))
+        except _CONNECTION_ERRORS:
+            raise
+        except imaplib.IMAP4.error:
+            if len(uids) == 1:
+                raise
+        out: dict[int, bytes | Exception] = {}
+        for uid in uids:
+            try:
+                out.update(_bodies(client.fetch([uid], ["BODY.PEEK[]"])))
+            except _CONNECTION_ERRORS:
+                raise
+            except imaplib.IMAP4.error as exc:
+                out[uid] = exc
+        return out
+
+    def _acknowledge(self, client: Any, uids: list[int]) -> None:
+        """Only ever called with UIDs whose spool write has returned (DESIGN promise 1)."""
+        if self.fault is not None:
+            for uid in uids:
+                self.fault("ack", uid)
+        if self.box.after_intake == "move":
+            self._move(client, uids, self.box.processed_folder)
+        else:
+            client.add_flags(uids, [_SEEN], silent=True)
+        self.stats.acknowledged += len(uids)
+
+    def _failed(self, client: Any, uid: int, exc: Exception) -> bool:
+        """Count a failed fetch; quarantine at max_attempts. True if the message was moved."""
+        attempts = self._attempts.get(uid, 0) + 1
+        self._attempts[uid] = attempts
+        self.stats.fetch_failures += 1
+        self._error(exc)
+        log.warning(
+            "%s: UID %s failed (%d/%d): %s", self.channel, uid, attempts, self.box.max_attempts, exc
+        )
+        if attempts < self.box.max_attempts:
+            return False
+        self._quarantine(client, uid, f"failed {attempts} times: {exc}")
+        return True
+
+    def _quarantine(self, client: Any, uid: int, reason: str) -> None:
+        self._move(client, [uid], self.box.quarantine_folder)
+        self._attempts.pop(uid, None)
+        self.stats.quarantined += 1
+        self.stats.last_error = f"UID {uid} quarantined: {reason}"
+        log.error(
+            "%s: moved UID %s to %r: %s", self.channel, uid, self.box.quarantine_folder, reason
+        )
+
+    def _move(self, client: Any, uids: list[int], folder: str) -> None:
+        if client.has_capability("MOVE"):  # RFC 6851: atomic
+            client.move(uids, folder)
+            return
+        # COPY, then delete only these UIDs (UIDPLUS, RFC 4315) or, lacking it, EXPUNGE. A crash
+        # in between leaves a copy in both folders: the dedup key absorbs the refetch.
+        client.copy(uids, folder)
+        client.add_flags(uids, [_DELETED], silent=True)
+        if client.has_capability("UIDPLUS"):
+            client.uid_expunge(uids)
+        else:
+            client.expunge()
+
+    def _advance(self, batch: list[int]) -> None:
+        """Move the cursor over the handled prefix of ``batch``; handled UIDs past a failure
+        stay in ``_done`` so they are not fetched again."""
+        cursor = self.keeper.cursor
+        last = cursor.last_uid
+        for uid in batch:
+            if uid not in self._done:
+                break
+            last = uid
+        self._done = {uid for uid in self._done if uid > last}
+        self.keeper.update(_Cursor(cursor.uidvalidity, last))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _backoff(self, failures: int) -> float:
+        """Capped exponential backoff with jitter (so many gateways do not reconnect in step)."""
+        ceiling = min(self.backoff_cap, self.backoff_base * 2.0 ** min(failures - 1, 30))
+        return ceiling * random.uniform(0.5, 1.0)
+
+    def _error(self, exc: BaseException) -> None:
+        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+
+
+def _bodies(response: dict[Any, Any]) -> dict[int, bytes | Exception]:
+    out: dict[int, bytes | Exception] = {}
+    for uid, data in response.items():
+        body = data.get(b"BODY[]")
+        if isinstance(body, bytes):
+            out[int(uid)] = body
+    return out
+
+
+def _is_bye(response: Any) -> bool:
+    return isinstance(response, tuple) and bool(response) and response[0] == b"BYE"
+
+
+class PollerThread(threading.Thread):
+    """A daemon thread running one :class:`MailboxPoller` until ``stop`` is set."""
+
+    def __init__(self, poller: MailboxPoller, stop: threading.Event) -> None:
+        super().__init__(name=poller.channel, daemon=True)
+        self.poller = poller
+        self.stop = stop
+
+    def run(self) -> None:
+        self.poller.run(self.stop)
+
+
+def start_pollers(
+    settings: Settings,
+    spool: Spool,
+    stop: threading.Event,
+    *,
+    store: ChannelStateStore | None = None,
+) -> list[PollerThread]:
+    """One started thread per `[[imap]]` mailbox (none when there are none)."""
+    if not settings.gateway.imap:
+        return []
+    if store is None:
+        from gateway.storage.db import make_engine
+
+        store = ChannelStateStore(make_engine(settings.database_url))
+    threads = []
+    for box in settings.gateway.imap:
+        poller = MailboxPoller(
+            box,
+            spool,
+            password=mailbox_password(box.name),
+            max_message_bytes=settings.gateway.limits.max_message_bytes,
+            store=store,
+        )
+        thread = PollerThread(poller, stop)
+        thread.start()
+        threads.append(thread)
+    return threads

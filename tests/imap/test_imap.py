@@ -1,0 +1,477 @@
+"""The IMAP channel's contract, against a real Dovecot over TCP: the server is told (move/flag)
+only after the spool has the message, a full spool leaves mail unseen in place, a poison message
+goes to Quarantine without blocking the rest, and a message seen twice is still one ticket."""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from channels.imap import MailboxPoller, PollerThread, StartTlsRequiredError
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load
+from gateway.spool import Spool
+from gateway.storage.channel_state import ChannelStateStore
+from gateway.storage.db import make_engine, upgrade
+from tests.helpers import ROOT, DaemonProcess, Gateway, configure, gateway_cli, make_email, wait_for
+from tests.imap.conftest import PASSWORD, RECIPIENT, Dovecot
+
+Poller = Callable[..., MailboxPoller]
+Run = Callable[[MailboxPoller], PollerThread]
+
+
+def spooled(spool: Spool) -> list[tuple[Any, bytes]]:
+    """(envelope, raw) of every entry waiting in the spool, oldest first."""
+    out = []
+    for path in sorted(spool.incoming_dir.glob("*.msg")):
+        header, _, raw = path.read_bytes().partition(b"\n")
+        out.append((json.loads(header)["envelope"], raw))
+    return out
+
+
+def mail(n: int, **kw: Any) -> bytes:
+    """A message as an IMAP server stores it (RFC 5322 CRLF line endings)."""
+    raw = make_email(subject=f"Printer {n} offline", message_id=f"<m{n}@acme.example>", **kw)
+    return raw.replace(b"\n", b"\r\n")
+
+
+# ---------------------------------------------------------------------------- the happy path
+
+
+def test_mail_in_inbox_becomes_one_spool_entry_and_moves_to_processed_only_after(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    raw = mail(1)
+    dovecot.append(user, raw)
+    seen_at_ack: list[int] = []
+
+    def fault(step: str, uid: int) -> None:
+        if step == "ack":  # the server is about to be told: the spool must have it already
+            seen_at_ack.append(len(spooled(spool)))
+            assert dovecot.folder(user, "INBOX"), "moved before the spool write returned"
+
+    poller = make_poller(fault=fault)
+    poller.poll_once()
+
+    assert seen_at_ack == [1]
+    ((envelope, body),) = spooled(spool)
+    assert body == raw  # the exact bytes: the dedup key depends on them
+    assert envelope["channel"] == "imap"
+    assert envelope["mail_from"] is None
+    assert envelope["recipients"] == [RECIPIENT]
+    assert envelope["peer"] == "imap:support"
+    meta = dict(envelope["meta"])
+    assert meta["imap_uid"] == "1" and meta["imap_mailbox"] == "support" and meta["uidvalidity"]
+    assert dovecot.folder(user, "INBOX") == {}
+    assert [m[0] for m in dovecot.folder(user, "Processed").values()] == [raw]
+    assert poller.stats.accepted == 1 and poller.stats.acknowledged == 1
+
+
+def test_flag_mode_sets_seen_and_leaves_the_message_in_place(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    dovecot.append(user, mail(1))
+    make_poller(after_intake="flag").poll_once()
+    ((_raw, flags),) = dovecot.folder(user, "INBOX").values()
+    assert b"\\Seen" in flags
+    assert len(spooled(spool)) == 1
+    # Nothing new: a second pass takes nothing again.
+    make_poller(after_intake="flag").poll_once()
+    assert len(spooled(spool)) == 1
+
+
+def test_fetching_never_marks_a_message_seen_by_itself(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    """BODY.PEEK[]: with the acknowledgement failing, the message must still be unseen."""
+    dovecot.append(user, mail(1))
+
+    def fault(step: str, uid: int) -> None:
+        if step == "ack":
+            raise RuntimeError("injected: crash before the flag")
+
+    with pytest.raises(RuntimeError):
+        make_poller(after_intake="flag", fault=fault).poll_once()
+    ((_raw, flags),) = dovecot.folder(user, "INBOX").values()
+    assert b"\\Seen" not in flags
+
+
+# ---------------------------------------------------------------------------- exactly once
+
+
+def test_a_message_fetched_twice_after_a_crash_between_spool_and_move_makes_one_ticket(
+    dovecot: Dovecot, user: str, make_poller: Poller, gateway: Gateway
+) -> None:
+    raw = mail(1)
+    dovecot.append(user, raw)
+
+    def crash(step: str, uid: int) -> None:
+        if step == "ack":
+            raise RuntimeError("injected: the poller dies between spool and move")
+
+    with pytest.raises(RuntimeError):
+        make_poller(spool=gateway.spool, fault=crash).poll_once()
+    assert len(dovecot.folder(user, "INBOX")) == 1  # not moved: it will be fetched again
+    make_poller(spool=gateway.spool).poll_once()
+    assert dovecot.folder(user, "INBOX") == {}
+    assert len(spooled(gateway.spool)) == 2
+
+    gateway.drain()
+    assert len(gateway.tickets()) == 1
+    assert len(gateway.intakes()) == 2  # the second one recorded as a duplicate, not dropped
+
+
+def test_the_same_mail_by_smtp_and_by_imap_makes_one_ticket(
+    dovecot: Dovecot, user: str, make_poller: Poller, gateway: Gateway
+) -> None:
+    raw = mail(7)
+    gateway.ingest(raw, channel="smtp")
+    dovecot.append(user, raw)
+    make_poller(spool=gateway.spool).poll_once()
+    gateway.drain()
+    assert len(gateway.tickets()) == 1
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_a_spool_that_fails_leaves_the_message_unseen_in_inbox(
+    dovecot: Dovecot, user: str, make_poller: Poller, tmp_path: Path
+) -> None:
+    dovecot.append(user, mail(1), mail(2))
+
+    def unwritable() -> None:
+        raise OSError(errno.EIO, "injected: disk error")
+
+    broken = Spool(tmp_path / "broken", fsync=False, min_free_bytes=0, write_fault=unwritable)
+    try:
+        poller = make_poller(spool=broken)
+        poller.poll_once()
+        assert poller.stats.temp_failures == 1 and poller.stats.quarantined == 0
+        assert "disk error" in (poller.stats.last_error or "")
+    finally:
+        broken.close()
+    inbox = dovecot.folder(user, "INBOX")
+    assert len(inbox) == 2 and all(b"\\Seen" not in flags for _raw, flags in inbox.values())
+    assert dovecot.folder(user, "Processed") == {}
+    assert dovecot.folder(user, "Quarantine") == {}
+
+
+def test_a_full_spool_is_retried_and_never_quarantines(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, run_poller: Run
+) -> None:
+    dovecot.append(user, mail(1))
+    calls = {"n": 0}
+
+    def full_three_times() -> None:
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise OSError(errno.ENOSPC, "injected: no space left")
+
+    spool._write_fault = full_three_times  # the spool's own fault seam
+    poller = make_poller(max_attempts=1)
+    run_poller(poller)
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=20)
+    wait_for(lambda: dovecot.folder(user, "Processed"), timeout=10)
+    assert poller.stats.temp_failures == 3
+    assert poller.stats.quarantined == 0 and dovecot.folder(user, "Quarantine") == {}
+
+
+def test_a_poison_message_goes_to_quarantine_and_the_next_one_flows(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    poison, good = mail(1), mail(2)
+    dovecot.append(user, poison, good)
+
+    def unreadable(step: str, uid: int) -> None:
+        if step == "fetch" and uid == 1:
+            raise ValueError("injected: the server cannot read this message")
+
+    poller = make_poller(fault=unreadable, max_attempts=3)
+    poller.poll_once()
+
+    assert [raw for _env, raw in spooled(spool)] == [good]
+    assert [m[0] for m in dovecot.folder(user, "Quarantine").values()] == [poison]
+    assert [m[0] for m in dovecot.folder(user, "Processed").values()] == [good]
+    assert dovecot.folder(user, "INBOX") == {}
+    assert poller.stats.quarantined == 1 and poller.stats.fetch_failures == 3
+
+
+def test_a_message_over_the_size_limit_is_quarantined_without_fetching_its_body(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    big = mail(1, body="x" * 50_000)
+    dovecot.append(user, big, mail(2))
+    fetched: list[int] = []
+    poller = make_poller(
+        max_message_bytes=20_000,
+        fault=lambda step, uid: fetched.append(uid) if step == "fetch" else None,
+    )
+    poller.poll_once()
+    assert fetched == [2]
+    assert len(dovecot.folder(user, "Quarantine")) == 1
+    assert len(spooled(spool)) == 1
+    assert poller.stats.quarantined == 1
+
+
+def test_a_database_that_is_down_does_not_stop_intake(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    down = ChannelStateStore(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    dovecot.append(user, mail(1))
+    poller = make_poller(store=down)
+    poller.poll_once()
+    assert len(spooled(spool)) == 1
+    assert dovecot.folder(user, "INBOX") == {}
+    assert poller.stats.cursor_pending  # kept in memory, written when the database is back
+    down.engine.dispose()
+
+
+# ---------------------------------------------------------------------------- cursor
+
+
+def test_the_cursor_is_kept_in_channel_state(
+    dovecot: Dovecot, user: str, make_poller: Poller, database_url: str
+) -> None:
+    upgrade(database_url)
+    store = ChannelStateStore(make_engine(database_url))
+    try:
+        dovecot.append(user, mail(1), mail(2))
+        make_poller(store=store, after_intake="flag").poll_once()
+        validity, last = (store.get("imap:support", "cursor") or "").split(":")
+        assert int(validity) > 0 and last == "2"
+        store.set("imap:support", "other", "x")
+        store.set("imap:support", "other", "y")
+        assert store.get("imap:support", "other") == "y"
+        assert store.get("imap:nobody", "cursor") is None
+    finally:
+        store.engine.dispose()
+
+
+def test_a_uidvalidity_change_rescans_the_folder_without_doubling_tickets(
+    dovecot: Dovecot, user: str, make_poller: Poller, gateway: Gateway
+) -> None:
+    store = ChannelStateStore(make_engine(gateway.settings.database_url))
+    try:
+        dovecot.append(user, mail(1))
+        make_poller(spool=gateway.spool, store=store, after_intake="flag").poll_once()
+        # The folder was "rebuilt": another UIDVALIDITY, and a last UID far beyond the new mail.
+        store.set("imap:support", "cursor", "1:999999")
+        dovecot.append(user, mail(2))
+        poller = make_poller(spool=gateway.spool, store=store, after_intake="flag")
+        poller.poll_once()
+        assert poller.stats.rescans == 1
+        assert len(spooled(gateway.spool)) == 2  # the new one found; the old one not refetched
+        gateway.drain()
+        assert len(gateway.tickets()) == 2
+        assert len(gateway.intakes()) == 2
+    finally:
+        store.engine.dispose()
+
+
+def test_a_backlog_of_300_messages_drains_in_batches(
+    dovecot: Dovecot,
+    user: str,
+    make_poller: Poller,
+    spool: Spool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dovecot.append(user, *(mail(n) for n in range(300)))
+    body_fetches: list[int] = []
+    real_fetch = IMAPClient.fetch
+
+    def counting_fetch(self: Any, messages: Any, data: Any, modifiers: Any = None) -> Any:
+        if "BODY.PEEK[]" in data:
+            body_fetches.append(len(messages))
+        return real_fetch(self, messages, data, modifiers)
+
+    monkeypatch.setattr(IMAPClient, "fetch", counting_fetch)
+    make_poller(batch_size=50).poll_once()
+    assert len(spooled(spool)) == 300
+    assert dovecot.folder(user, "INBOX") == {}
+    assert max(body_fetches) <= 50 and len(body_fetches) >= 6
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+def test_idle_spools_a_message_appended_while_the_poller_idles(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, run_poller: Run
+) -> None:
+    poller = make_poller(poll_seconds=600)  # only IDLE can bring it in quickly
+    run_poller(poller)
+    wait_for(lambda: poller.stats.connected and poller.stats.idle, timeout=10)
+    time.sleep(0.3)  # let it enter IDLE
+    started = time.monotonic()
+    dovecot.append(user, mail(1))
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=10)
+    assert time.monotonic() - started < 10
+    wait_for(lambda: poller.stats.acknowledged == 1, timeout=10)
+
+
+def test_polling_takes_mail_when_idle_is_off(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, run_poller: Run
+) -> None:
+    poller = make_poller(idle=False, poll_seconds=0.2)
+    run_poller(poller)
+    wait_for(lambda: poller.stats.connected, timeout=10)
+    dovecot.append(user, mail(1))
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=10)
+    assert not poller.stats.idle
+
+
+def test_the_poller_reconnects_after_the_server_drops_the_connection(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, run_poller: Run
+) -> None:
+    poller = make_poller()
+    run_poller(poller)
+    wait_for(lambda: poller.stats.connected and poller.stats.idle, timeout=10)
+    time.sleep(0.3)
+    dovecot.kick(user)
+    dovecot.append(user, mail(1))
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=20)
+    wait_for(lambda: poller.stats.reconnects >= 1, timeout=10)
+    wait_for(lambda: dovecot.folder(user, "INBOX") == {}, timeout=10)
+
+
+def test_a_mailbox_with_a_wrong_password_does_not_stop_another(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, run_poller: Run
+) -> None:
+    bad = make_poller(password="wrong", username=user + "x")
+    good = make_poller()
+    run_poller(bad)
+    run_poller(good)
+    dovecot.append(user, mail(1))
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=10)
+    wait_for(lambda: bad.stats.reconnects >= 2, timeout=10)
+    assert "refused" in (bad.stats.last_error or "")
+    assert not bad.stats.connected
+
+
+def test_starttls_required_but_not_offered_refuses_to_log_in_in_plaintext(
+    dovecot: Dovecot, user: str, make_poller: Poller, run_poller: Run
+) -> None:
+    poller = make_poller(tls="starttls", allow_plaintext=False)
+    with pytest.raises(StartTlsRequiredError):
+        poller.poll_once()
+    run_poller(poller)
+    wait_for(lambda: "STARTTLS" in (poller.stats.last_error or ""), timeout=10)
+    assert not poller.stats.connected
+    assert f"user=<{user}>" not in dovecot.log()  # no login was ever attempted
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+def test_tls_mailboxes_verify_the_server_and_take_mail(
+    dovecot_tls: Dovecot, user: str, make_poller: Poller, spool: Spool, tls: str
+) -> None:
+    assert dovecot_tls.cert is not None and dovecot_tls.tls_port is not None
+    with IMAPClient(
+        "127.0.0.1", port=dovecot_tls.tls_port, ssl=True, ssl_context=_ctx(dovecot_tls)
+    ) as c:
+        c.login(user, PASSWORD)
+        c.append("INBOX", mail(1))
+    port = dovecot_tls.port if tls == "starttls" else dovecot_tls.tls_port
+    poller = make_poller(
+        server=dovecot_tls, tls=tls, port=port, ca_file=str(dovecot_tls.cert), allow_plaintext=False
+    )
+    poller.poll_once()
+    assert len(spooled(spool)) == 1
+    # Without our CA the certificate is refused: no silent downgrade to "unverified".
+    untrusted = make_poller(server=dovecot_tls, tls=tls, port=port, allow_plaintext=False)
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        untrusted.poll_once()
+
+
+def _ctx(server: Dovecot) -> Any:
+    import ssl
+
+    return ssl.create_default_context(cafile=str(server.cert))
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def _config_with_imap(tmp_path: Path, table: str) -> Path:
+    config = configure(ROOT / "config", tmp_path / "config", tmp_path / "state")
+    with open(config / "gateway.toml", "a") as fh:
+        fh.write("\n" + table)
+    return config
+
+
+def test_plain_imap_to_a_remote_host_is_a_config_error_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
+    config = _config_with_imap(
+        tmp_path,
+        '[[imap]]\nname = "support"\nhost = "imap.example.com"\nusername = "u"\n'
+        'tls = "plain"\nallow_plaintext = true\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load(config)
+    (problem,) = info.value.problems
+    assert problem.file == "gateway.toml" and problem.key == "imap[0].tls"
+    assert "localhost" in problem.message
+
+
+def test_an_imap_table_with_an_unknown_key_or_bad_name_is_rejected(tmp_path: Path) -> None:
+    config = _config_with_imap(
+        tmp_path, '[[imap]]\nname = "Support Desk"\nhost = "h"\nusername = "u"\nfolders = "x"\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load(config)
+    keys = {p.key for p in info.value.problems}
+    assert keys == {"imap[0].name", "imap[0].folders"}
+
+
+def test_the_sample_config_has_no_mailbox_and_loads() -> None:
+    assert load(ROOT / "config").gateway.imap == ()
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+def test_the_daemon_turns_mail_in_an_imap_mailbox_into_a_ticket(
+    dovecot: Dovecot, user: str, make_config: Callable[..., Path]
+) -> None:
+    config = make_config()
+    with open(config / "gateway.toml", "a") as fh:
+        fh.write(
+            f'\n[[imap]]\nname = "help-desk"\nhost = "127.0.0.1"\nport = {dovecot.port}\n'
+            f'tls = "plain"\nallow_plaintext = true\nusername = "{user}"\n'
+            f'recipients = ["{RECIPIENT}"]\n'
+        )
+    daemon = DaemonProcess(config, env={"GATEWAY_IMAP_PASSWORD_HELP_DESK": PASSWORD})
+    daemon.start()
+    try:
+        assert daemon.status()["listeners"]["imap:help-desk"].endswith("/INBOX")
+        dovecot.append(user, mail(1))
+
+        def tickets() -> list[Any]:
+            out = gateway_cli(config, "tickets", "--json", "--all")
+            assert out.returncode == 0, out.stderr
+            found: list[Any] = json.loads(out.stdout)
+            return found
+
+        (ticket,) = wait_for(tickets, timeout=30, interval=0.3)
+        assert ticket["channel"] == "imap"
+        wait_for(lambda: dovecot.folder(user, "Processed"), timeout=10)
+        status = wait_for(
+            lambda: (
+                daemon.status()["channels"].get("imap:help-desk", {}).get("accepted") == 1
+                and daemon.status()
+            ),
+            timeout=10,
+        )
+        assert status["channels"]["imap:help-desk"]["connected"] is True
+        assert "smtp" in status["channels"]  # the SMTP listener's counters are untouched
+        out = gateway_cli(config, "status")
+        assert b"imap:help-desk" in out.stdout
+    finally:
+        daemon.stop()

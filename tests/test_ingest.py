@@ -1,0 +1,239 @@
+"""`gateway ingest`, the MTA pipe transport, through the real CLI in subprocesses: its sysexits
+contract (0 durable, 65 not a message, 75 try again later) and what `worker --drain` makes of it.
+
+The MTA acts on nothing but the exit code: 0 makes it forget the message, 65 bounces it, 75 keeps
+it queued. So 75 must cover every fault of ours (spool, config), 65 only faults of the input."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.config.loader import load
+from gateway.spool import Spool
+from tests.conftest import SHARED_DATA
+from tests.helpers import Gateway, gateway_cli, make_email
+
+EX_OK, EX_DATAERR, EX_TEMPFAIL = 0, 65, 75
+OLE_HEADER = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+OUTLOOK_MSG = SHARED_DATA / "mail" / "spamscope" / "tests" / "mails" / "mail_outlook_1"
+
+TICKET_FIELDS = {
+    "schema",
+    "reference",
+    "status",
+    "severity",
+    "jump_queue",
+    "channel",
+    "account",
+    "contact",
+    "plan",
+    "subject",
+    "created_at",
+    "updated_at",
+    "first_response_due",
+    "resolution_due",
+    "explanation",
+    "message_count",
+}
+
+
+def spool_of(config: Path) -> Spool:
+    return Spool(load(config).spool_dir)
+
+
+def pending(config: Path) -> int:
+    spool = spool_of(config)
+    try:
+        return spool.depth()
+    finally:
+        spool.close()
+
+
+def outlook_msg() -> bytes:
+    """The Outlook .msg from the shared corpus when present, else a synthetic compound file."""
+    if OUTLOOK_MSG.is_file() and OUTLOOK_MSG.read_bytes().startswith(OLE_HEADER):
+        return OUTLOOK_MSG.read_bytes()
+    return OLE_HEADER + bytes(24) + b"\x3e\x00\x03\x00\xfe\xff" + bytes(4000)
+
+
+# ---- exit codes -------------------------------------------------------------------------------
+
+
+def test_a_message_on_stdin_exits_0_and_is_one_spool_entry(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    result = gateway_cli(config, "ingest", "--recipient", "Support@Example.com", stdin=make_email())
+    assert result.returncode == EX_OK, result.stderr.decode()
+    assert b"queued as" in result.stdout
+    spool = spool_of(config)
+    try:
+        (entry,) = spool.pending()
+        assert spool.read_raw(entry) == make_email()  # byte for byte
+        assert entry.envelope.channel == "pipe"
+        assert entry.envelope.recipients == ("support@example.com",)
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "stdin"),
+    [
+        ("empty input", b""),
+        ("blank lines only", b"\n\r\n\n"),
+        ("an Outlook .msg", None),
+        ("text without a header", b"Hello,\n\nthe printer is broken again.\n\nDana\n"),
+    ],
+)
+def test_input_that_is_not_a_message_exits_65_with_a_reason_and_spools_nothing(
+    make_config: Callable[..., Path], name: str, stdin: bytes | None
+) -> None:
+    config = make_config()
+    result = gateway_cli(config, "ingest", stdin=outlook_msg() if stdin is None else stdin)
+    assert result.returncode == EX_DATAERR, name
+    assert b"not an RFC 5322 message" in result.stderr
+    assert b"Traceback" not in result.stderr
+    assert pending(config) == 0
+
+
+def test_a_message_over_max_message_bytes_exits_65(make_config: Callable[..., Path]) -> None:
+    config = make_config(limits__max_message_bytes=4096)
+    big = make_email(body="x" * 8000)
+    result = gateway_cli(config, "ingest", stdin=big)
+    assert result.returncode == EX_DATAERR
+    assert b"over the 4096-byte message limit" in result.stderr
+    assert pending(config) == 0
+    # Just under the limit is fine.
+    assert gateway_cli(config, "ingest", stdin=make_email()).returncode == EX_OK
+
+
+def test_an_unwritable_spool_incoming_directory_exits_75(make_config: Callable[..., Path]) -> None:
+    """As root, chmod stops nothing: a regular file where `incoming/` belongs does."""
+    config = make_config()
+    spool_dir = load(config).spool_dir
+    spool_dir.mkdir(parents=True)
+    (spool_dir / "incoming").write_bytes(b"not a directory")
+    result = gateway_cli(config, "ingest", stdin=make_email())
+    assert result.returncode == EX_TEMPFAIL, result.stderr.decode()[-600:]
+    assert b"Traceback" not in result.stderr
+
+
+def test_a_spool_path_that_is_a_file_exits_75(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    spool_dir = load(config).spool_dir
+    spool_dir.parent.mkdir(parents=True, exist_ok=True)
+    spool_dir.write_bytes(b"not a directory")
+    result = gateway_cli(config, "ingest", stdin=make_email())
+    assert result.returncode == EX_TEMPFAIL, result.stderr.decode()[-600:]
+    assert b"Traceback" not in result.stderr
+
+
+def test_a_full_spool_exits_75(make_config: Callable[..., Path]) -> None:
+    # More free space demanded than any disk has: the spool refuses as if the disk were full.
+    config = make_config(spool__min_free_mib=1024 * 1024 * 1024)
+    result = gateway_cli(config, "ingest", stdin=make_email())
+    assert result.returncode == EX_TEMPFAIL, result.stderr.decode()[-600:]
+    assert b"try again later" in result.stderr
+    assert pending(config) == 0
+
+
+def test_a_config_typo_exits_75_so_the_mta_retries_while_the_admin_fixes_it(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    toml = config / "gateway.toml"
+    toml.write_text(toml.read_text().replace("max_attempts = 3", "max_atempts = 3", 1))
+    result = gateway_cli(config, "ingest", stdin=make_email())
+    assert result.returncode == EX_TEMPFAIL
+    assert b"spool.max_atempts: unknown key" in result.stderr
+    assert b"gateway.toml" in result.stderr
+
+
+def test_a_config_that_is_not_toml_exits_75(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    (config / "gateway.toml").write_text((config / "gateway.toml").read_text() + "\noops = [\n")
+    assert gateway_cli(config, "ingest", stdin=make_email()).returncode == EX_TEMPFAIL
+
+
+def test_several_files_in_one_call_spool_the_messages_and_exit_with_the_worst_code(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    good = tmp_path / "good.eml"
+    good.write_bytes(make_email())
+    other = tmp_path / "other.eml"
+    other.write_bytes(make_email(message_id="<m2@acme-clinic.example>", body="Second."))
+    binary = tmp_path / "outlook.msg"
+    binary.write_bytes(outlook_msg())
+    config = make_config()
+    result = gateway_cli(config, "ingest", "--quiet", str(good), str(binary), str(other))
+    assert result.returncode == EX_DATAERR
+    assert result.stderr.decode().strip() == f"{binary}: not an RFC 5322 message (no header block)"
+    assert pending(config) == 2
+
+
+# ---- then the worker --------------------------------------------------------------------------
+
+
+def test_worker_drain_turns_a_piped_message_into_a_ticket_with_the_documented_json(
+    make_config: Callable[..., Path], database_url: str
+) -> None:
+    config = make_config(storage__url=database_url)
+    assert gateway_cli(config, "ingest", stdin=make_email()).returncode == EX_OK
+    drained = gateway_cli(config, "worker", "--drain")
+    assert drained.returncode == 0, drained.stderr.decode()[-2000:]
+    assert drained.stdout.strip() == b"processed 1 spool entries"
+    assert pending(config) == 0
+
+    listed = gateway_cli(config, "tickets", "--json")
+    assert listed.returncode == 0, listed.stderr.decode()[-2000:]
+    (ticket,) = json.loads(listed.stdout)
+    assert set(ticket) >= TICKET_FIELDS
+    assert ticket["schema"] == 1
+    assert ticket["reference"].startswith("T-")
+    assert ticket["status"] == "new"
+    assert ticket["channel"] == "pipe"
+    assert ticket["subject"] == "Printer offline"
+    assert ticket["contact"] == "dana@acme-clinic.example"
+    assert ticket["message_count"] == 1
+    assert isinstance(ticket["jump_queue"], bool)
+    assert isinstance(ticket["explanation"], dict)
+    for field in ("created_at", "updated_at", "first_response_due", "resolution_due"):
+        if ticket[field] is not None:
+            assert datetime.fromisoformat(ticket[field]).utcoffset() is not None, field
+    assert ticket["created_at"] is not None
+
+
+def test_a_bounce_piped_with_an_empty_sender_is_recorded_but_never_ticketed(
+    make_config: Callable[..., Path],
+) -> None:
+    """Postfix passes `--sender ${sender}`, which is empty for bounces."""
+    config = make_config()
+    raw = make_email(sender="MAILER-DAEMON@mx.example", subject="Undelivered Mail")
+    assert gateway_cli(config, "ingest", "--sender", "", stdin=raw).returncode == EX_OK
+    assert gateway_cli(config, "worker", "--drain").returncode == 0
+    listed = gateway_cli(config, "tickets", "--json", "--all")
+    assert json.loads(listed.stdout) == []
+
+
+def test_a_message_ingest_accepted_becomes_a_ticket_even_with_oversized_header_values(
+    gateway: Gateway,
+) -> None:
+    """Exit 0 promised the MTA we have it; an overlong Message-ID or display name (spam has
+    both) must not make the database refuse the row and quarantine the message."""
+    gateway.ingest(make_email(message_id="<" + "a" * 600 + "@spam.example>"), channel="pipe")
+    gateway.ingest(
+        make_email(
+            sender='"' + "N" * 250 + '" <stranger@unknown.example>',
+            message_id="<long-name@unknown.example>",
+            body="A long display name.",
+        ),
+        channel="pipe",
+    )
+    gateway.drain()
+    assert [(r.stage, r.error[:160]) for r in gateway.spool.quarantined()] == []
+    assert [i.outcome for i in gateway.intakes()] == ["ticket", "ticket"]
