@@ -121,6 +121,7 @@ class CapturingRelay:
     def __init__(self) -> None:
         self.messages: list[bytes] = []
         self.recipients: list[list[str]] = []
+        self.stopped = False
 
         relay = self
 
@@ -142,7 +143,9 @@ class CapturingRelay:
         return self._port
 
     def stop(self) -> None:
-        self.controller.stop()
+        if not self.stopped:
+            self.stopped = True
+            self.controller.stop()
 
 
 class DaemonProcess:

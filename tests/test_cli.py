@@ -1,0 +1,154 @@
+"""The operator's commands, run as an operator runs them: a real `gateway` process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Gateway, gateway_cli, make_email
+
+
+@pytest.fixture
+def config_with_tickets(make_config: Callable[..., Path]) -> Path:
+    config = make_config()
+    gw = Gateway(config)
+    gw.ingest(
+        make_email(subject="Export question", body="How do I export to CSV?", message_id="<q@x>")
+    )
+    gw.ingest(
+        make_email(
+            subject="Everything is down",
+            body="None of our staff can open the application since 7am.",
+            message_id="<d@x>",
+        )
+    )
+    gw.drain()
+    gw.close()
+    return config
+
+
+def test_tickets_are_listed_in_queue_order_most_urgent_first(config_with_tickets: Path) -> None:
+    out = gateway_cli(config_with_tickets, "tickets", "--json")
+    assert out.returncode == 0, out.stderr
+    tickets = json.loads(out.stdout)
+    assert [t["subject"] for t in tickets] == ["Everything is down", "Export question"]
+    assert tickets[0]["jump_queue"] is True
+    assert all(t["schema"] == 1 for t in tickets)
+
+
+def test_show_explains_why_a_ticket_got_its_severity(config_with_tickets: Path) -> None:
+    out = gateway_cli(config_with_tickets, "show", "T-000002")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    assert "severity=urgent" in text
+    assert "classifier: severity=urgent score=" in text
+    assert "hits=" in text and "model=" in text
+    assert "identify" in text and "thread" in text
+
+
+def test_set_severity_records_who_and_why_as_a_classifier_label(config_with_tickets: Path) -> None:
+    out = gateway_cli(
+        config_with_tickets,
+        "ticket",
+        "set-severity",
+        "T-000001",
+        "normal",
+        "--reason",
+        "customer needs it for a meeting",
+        "--actor",
+        "sam",
+    )
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(gateway_cli(config_with_tickets, "show", "T-000001", "--json").stdout)
+    assert shown["severity"] == "normal"
+    gw = Gateway(config_with_tickets)
+    try:
+        from sqlalchemy import select
+
+        from gateway.storage.models import SeverityLabel, TicketEvent
+
+        with gw.session() as s:
+            (label,) = s.execute(select(SeverityLabel)).scalars()
+            (event,) = s.execute(select(TicketEvent)).scalars()
+        assert (label.level, label.actor, label.reason) == (
+            "normal",
+            "sam",
+            "customer needs it for a meeting",
+        )
+        assert "CSV" in label.text
+        assert (event.kind, event.new, event.actor) == ("severity", "normal", "sam")
+    finally:
+        gw.close()
+
+
+def test_set_severity_refuses_a_level_not_on_the_scale_and_a_missing_reason(
+    config_with_tickets: Path,
+) -> None:
+    out = gateway_cli(
+        config_with_tickets, "ticket", "set-severity", "T-000001", "critical", "--reason", "x"
+    )
+    assert out.returncode == 1 and b"unknown level" in out.stderr
+    out = gateway_cli(
+        config_with_tickets, "ticket", "set-severity", "T-000001", "high", "--reason", " "
+    )
+    assert out.returncode == 1 and b"reason is required" in out.stderr
+
+
+def test_set_status_closes_and_the_closed_ticket_leaves_the_queue(
+    config_with_tickets: Path,
+) -> None:
+    out = gateway_cli(config_with_tickets, "ticket", "set-status", "T-000002", "resolved")
+    assert out.returncode == 0, out.stderr
+    open_refs = [
+        t["reference"]
+        for t in json.loads(gateway_cli(config_with_tickets, "tickets", "--json").stdout)
+    ]
+    assert open_refs == ["T-000001"]
+
+
+def test_show_of_an_unknown_ticket_says_so(config_with_tickets: Path) -> None:
+    out = gateway_cli(config_with_tickets, "show", "T-999999")
+    assert out.returncode == 1 and b"no ticket T-999999" in out.stderr
+
+
+def test_status_reports_spool_and_quarantine(config_with_tickets: Path) -> None:
+    out = gateway_cli(config_with_tickets, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["spool_depth"] == 0 and data["quarantine"] == 0 and data["running"] is False
+
+
+def test_quarantine_list_and_replay_all(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    gw = Gateway(config)
+    entry_id = gw.ingest(make_email())
+    entry = gw.spool.claim()
+    assert entry is not None and entry.id == entry_id
+    gw.spool.quarantine(entry, stage="classify", error="RuntimeError: boom")
+    gw.close()
+    listed = gateway_cli(config, "quarantine", "list")
+    assert entry_id in listed.stdout.decode() and b"stage=classify" in listed.stdout
+    assert gateway_cli(config, "quarantine", "replay", "all").returncode == 0
+    assert entry_id in gateway_cli(config, "spool", "list").stdout.decode()
+    assert gateway_cli(config, "quarantine", "replay", "nope").returncode == 1
+
+
+def test_classify_prints_the_verdict_without_creating_a_ticket(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config()
+    msg = tmp_path / "m.eml"
+    msg.write_bytes(
+        make_email(
+            subject="URGENT: how do I export to CSV?", body="How do I export the report to CSV?"
+        )
+    )
+    out = gateway_cli(config, "classify", "--json", str(msg))
+    assert out.returncode == 0, out.stderr
+    verdict = json.loads(out.stdout)
+    assert verdict["jump_queue"] is False and verdict["severity"] != "urgent"
+    assert {"severity", "jump_queue", "score", "hits", "model_version"} <= verdict.keys()
+    assert not (tmp_path / "state" / "gateway.db").exists()
