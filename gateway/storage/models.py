@@ -72,8 +72,76 @@ class Ticket(Base):
     linked_from_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     explanation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # -- policy (routing, SLA, escalation) --------------------------------------------------
+    emergency: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An emergency whose billing acknowledgement is recorded: first in the queue.
+    emergency_acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    routing_rule: Mapped[str] = mapped_column(String(128), default="")
+    tags: Mapped[list[str]] = mapped_column(JSON, default=list)
+    assignee_hint: Mapped[str] = mapped_column(String(200), default="")
+    calendar: Mapped[str] = mapped_column(String(64), default="")
+    first_response_minutes: Mapped[int | None] = mapped_column(Integer)
+    resolution_minutes: Mapped[int | None] = mapped_column(Integer)
+    first_response_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the ticket started waiting on the customer (its resolution clock is paused).
+    waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    escalation_level: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index("ix_tickets_queue_order", "held", "jump_queue", "severity_rank"),)
+
+
+class TicketPause(Base):
+    """A span in which the ticket waited on the customer: its resolution clock did not run."""
+
+    __tablename__ = "ticket_pauses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EscalationEvent(Base):
+    """One escalation step taken for one ticket. Unique per (ticket, target, step): each step
+    happens once, however often or on however many instances the scheduler runs."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (UniqueConstraint("ticket_id", "target", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    target: Mapped[str] = mapped_column(String(32))  # first_response | resolution | activity
+    step: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # near | breach | linger
+    reason: Mapped[str] = mapped_column(Text)
+    notify: Mapped[str] = mapped_column(String(320), default="")
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CustomerAccount(Base):
+    """Accounts imported with `gateway customers import` (customers.toml serves small shops)."""
+
+    __tablename__ = "customer_accounts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    plan: Mapped[str] = mapped_column(String(64))
+    language: Mapped[str] = mapped_column(String(16), default="en")
+    domains: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class CustomerContact(Base):
+    __tablename__ = "customer_contacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    phone: Mapped[str | None] = mapped_column(String(32), index=True)
+    emergency_authorised: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Intake(Base):
