@@ -101,7 +101,10 @@ def is_open(cal: Calendar, instant: dt.datetime) -> bool:
     _require_aware(instant, "instant")
     if cal.always:
         return True
-    local = instant.astimezone(cal.zone)
+    # Through UTC: astimezone() to the zone an instant already carries is a no-op, which would
+    # keep a wall time that does not exist (02:30 on a spring-forward day) instead of the real
+    # instant it denotes (PEP 495).
+    local = instant.astimezone(dt.UTC).astimezone(cal.zone)
     if local.date() in cal.holidays:
         return False
     # Microseconds since local midnight, compared with whole minutes: exact, no float.

@@ -99,6 +99,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         status_path = status_dir / f"worker-{args.index}.json"
         worker.write_status(status_path)
     _ensure_schema(runtime.settings.database_url, worker, storage_unavailable, status_path)
+    # The database is up: add customers imported into it, and re-read them on every reload.
+    from gateway.storage.customers import load_accounts
+
+    box.imported_accounts = lambda: load_accounts(worker.sessions)
+    box.current = load_runtime(Path(args.config), imported_accounts=box.imported_accounts())
     if args.drain:
         n = worker.drain()
         print(f"processed {n} spool entries")
@@ -514,6 +519,64 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.explain import explain
+    from gateway.runtime import load_runtime
+    from gateway.storage.customers import load_accounts
+    from gateway.storage.db import is_sqlite, make_engine, session_factory
+
+    settings = load_lenient(Path(args.config))[0]
+    url = settings.database_url
+    sessions = None
+    accounts = None
+    db_file = Path(url.removeprefix("sqlite:///")) if is_sqlite(url) else None
+    if db_file is None or db_file.exists():
+        try:
+            sessions = session_factory(make_engine(url))
+            accounts = load_accounts(sessions)
+        except Exception as exc:  # explain works without a database; it says so
+            print(
+                f"note: database not readable ({type(exc).__name__}); threading and "
+                "imported customers not checked",
+                file=sys.stderr,
+            )
+            sessions = None
+    runtime = load_runtime(Path(args.config), imported_accounts=accounts)
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    channel = {"email": "smtp", "sms": "twilio-sms", "voice": "twilio-voice"}.get(
+        args.channel, args.channel
+    )
+    result = explain(runtime, raw, channel=channel, at=at, sender=args.sender, sessions=sessions)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_customers_import(args: argparse.Namespace) -> int:
+    from gateway.storage.customers import import_csv
+    from gateway.storage.db import make_engine, session_factory, upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    plan_names = [p.name for p in settings.plans.plan] or ["none"]
+    sessions = session_factory(make_engine(settings.database_url))
+    print(f"importing {args.file}")
+    report = import_csv(sessions, Path(args.file), plan_names, sys.stdout)
+    for line, problem in report.errors:
+        print(f"{args.file}:{line}: {problem}", file=sys.stderr)
+    print(
+        f"{report.rows} rows: {report.accounts} accounts, {report.contacts} contacts imported, "
+        f"{len(report.errors)} rows rejected"
+    )
+    if report.accounts:
+        print("run `gateway reload` so the running daemon knows them")
+    return 1 if report.errors else 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from gateway.storage.db import upgrade
 
@@ -618,6 +681,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="CSV or JSONL with subject, body, level")
     s.add_argument("--model-only", action="store_true", help="the model alone, without rules")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("explain", help="the whole decision for a message; creates nothing")
+    s.add_argument("file", help="message file, or - for stdin")
+    s.add_argument("--channel", default="email", help="email (default), sms, voice")
+    s.add_argument("--from", dest="sender", help="treat the message as sent by this address")
+    s.add_argument("--at", help="decide as at this ISO 8601 time (default: now)")
+    s.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("customers", help="customers in the database").add_subparsers(
+        dest="c_cmd", required=True
+    )
+    s = c.add_parser("import", help="import accounts and contacts from CSV (one row a contact)")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_customers_import)
 
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)

@@ -68,12 +68,15 @@ def render(
     reference: str,
     company: str,
     domain: str,
+    extra: dict[str, str] | None = None,
+    recipient: str | None = None,
 ) -> Draft | None:
     """Fill template `name` in the account's language. None if the template does not exist."""
     text = templates.get(name, customer.language)
     if text is None:
         return None
     values = {
+        **(extra or {}),
         "reference": reference,
         "subject": message.subject or "(no subject)",
         "name": customer.contact_name or message.sender_name or "there",
@@ -87,7 +90,7 @@ def render(
     subject = head.removeprefix("Subject:").strip()
     return Draft(
         kind=name,
-        recipient=message.sender,
+        recipient=recipient or message.sender,
         subject=" ".join(subject.split())[:250],
         body=body.lstrip("\n"),
         header_message_id=new_message_id(domain),

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 from classifiers.engine import Engine, build_engine
 from classifiers.settings import parse_classifier_table
+from gateway.calendars import build_calendars
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.loader import Settings, load
+from gateway.config.schema import Account, CustomersFile
 from gateway.directory import Directory
+from gateway.policy import Plans
+from gateway.routing import build_router
 from gateway.stages.decide import Policy
 from gateway.stages.persist import PersistContext
 
@@ -66,7 +71,15 @@ def convert_problem(problem: object) -> ConfigProblem:
     )
 
 
-def load_runtime(config_dir: Path, generation: int = 1, *, with_classifier: bool = True) -> Runtime:
+def load_runtime(
+    config_dir: Path,
+    generation: int = 1,
+    *,
+    with_classifier: bool = True,
+    imported_accounts: Sequence[Account] | None = None,
+) -> Runtime:
+    """Everything reloadable, validated. `imported_accounts`: customers imported into the
+    database (`gateway customers import`), merged after customers.toml's."""
     settings = load(config_dir)
     engine: Engine | None = None
     if with_classifier:
@@ -75,11 +88,27 @@ def load_runtime(config_dir: Path, generation: int = 1, *, with_classifier: bool
             raise ConfigError(problems)
     g = settings.gateway
     own = tuple(a.lower() for a in (*g.smtp.recipients, g.outbound.from_address) if a)
+    calendars = build_calendars(settings.calendars)
+    plans = Plans.build(settings.plans)
+    router = build_router(
+        settings.routing,
+        [p.name for p in plans.ordered],
+        settings.severity.levels,
+        calendars,
+    )
+    accounts = tuple(settings.customers.account) + tuple(imported_accounts or ())
     return Runtime(
         settings=settings,
-        directory=Directory.build(settings.customers, settings.plans),
+        directory=Directory.build(CustomersFile(account=accounts), settings.plans),
         engine=engine,
-        policy=Policy(default_queue=settings.routing.default_queue, automated=g.automated),
+        policy=Policy(
+            default_queue=settings.routing.default_queue,
+            automated=g.automated,
+            plans=plans,
+            severity=settings.severity,
+            calendars=calendars,
+            router=router,
+        ),
         persist=PersistContext(
             templates=settings.templates,
             company=g.outbound.from_name.removesuffix(" Support") or "Support",
@@ -101,9 +130,16 @@ RESTART_ONLY = ("smtp", "storage", "webhooks", "api", "gateway", "workers")
 class RuntimeBox:
     """Holds the current Runtime. Readers take `box.current` once per message."""
 
-    def __init__(self, config_dir: Path, runtime: Runtime) -> None:
+    def __init__(
+        self,
+        config_dir: Path,
+        runtime: Runtime,
+        imported_accounts: Callable[[], Sequence[Account]] | None = None,
+    ) -> None:
         self.config_dir = config_dir
         self.current = runtime
+        # Reads customers imported into the database; re-read on every reload.
+        self.imported_accounts = imported_accounts
         self.last_error: str | None = None
         self._lock = threading.Lock()
 
@@ -112,7 +148,8 @@ class RuntimeBox:
         with self._lock:
             old = self.current
             try:
-                new = load_runtime(self.config_dir, old.generation + 1)
+                accounts = self.imported_accounts() if self.imported_accounts else None
+                new = load_runtime(self.config_dir, old.generation + 1, imported_accounts=accounts)
             except ConfigError as exc:
                 self.last_error = str(exc)
                 log.error("reload rejected, keeping the running config:\n%s", exc)

@@ -235,6 +235,77 @@ def _check_imap(directory: Path, gateway: GatewayConfig, problems: list[ConfigPr
             problem("quarantine_folder", "must differ from folder")
 
 
+def _check_levels_and_plans(
+    directory: Path,
+    plans: PlansFile | None,
+    severity: SeverityFile | None,
+    calendars: CalendarsFile | None,
+    problems: list[ConfigProblem],
+) -> None:
+    """Level names and calendar names used by plans.toml and severity.toml must exist."""
+    if severity is None:
+        return
+    levels = list(severity.levels)
+    known_calendars = set(calendars.calendar) if calendars is not None else None
+    spath = directory / "severity.toml"
+    for name, level in severity.level.items():
+        if name not in levels:
+            problems.append(
+                ConfigProblem(
+                    "severity.toml",
+                    f"level.{name}",
+                    f"not one of the levels {levels}",
+                    find_line(spath, name),
+                )
+            )
+        if known_calendars is not None and level.calendar not in known_calendars:
+            problems.append(
+                ConfigProblem(
+                    "severity.toml",
+                    f"level.{name}.calendar",
+                    f"unknown calendar {level.calendar!r} (calendars.toml has "
+                    f"{', '.join(sorted(known_calendars)) or 'none'})",
+                    find_line(spath, "calendar"),
+                )
+            )
+    if plans is None:
+        return
+    ppath = directory / "plans.toml"
+    for i, plan in enumerate(plans.plan):
+        if plan.ceiling and plan.ceiling not in levels:
+            problems.append(
+                ConfigProblem(
+                    "plans.toml",
+                    f"plan[{i}].ceiling",
+                    f"{plan.ceiling!r} is not one of the levels {levels}",
+                    find_line(ppath, "ceiling"),
+                )
+            )
+        for lvl, target in plan.sla.items():
+            if lvl not in levels:
+                problems.append(
+                    ConfigProblem(
+                        "plans.toml",
+                        f"plan[{i}].sla.{lvl}",
+                        f"not one of the levels {levels}",
+                        find_line(ppath, lvl),
+                    )
+                )
+            if (
+                target.calendar
+                and known_calendars is not None
+                and target.calendar not in known_calendars
+            ):
+                problems.append(
+                    ConfigProblem(
+                        "plans.toml",
+                        f"plan[{i}].sla.{lvl}.calendar",
+                        f"unknown calendar {target.calendar!r}",
+                        find_line(ppath, "calendar"),
+                    )
+                )
+
+
 def _check_severity(directory: Path, severity: SeverityFile, problems: list[ConfigProblem]) -> None:
     spath = directory / "severity.toml"
     if not severity.levels:
@@ -292,6 +363,7 @@ def load(directory: Path) -> Settings:
     routing = _load_file(directory, "routing.toml", RoutingFile, problems)
     templates = _load_templates(directory, problems)
     _cross_check(directory, customers, plans, severity, templates, problems)
+    _check_levels_and_plans(directory, plans, severity, calendars, problems)
     if gateway is not None:
         _check_imap(directory, gateway, problems)
     if problems:

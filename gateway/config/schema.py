@@ -220,13 +220,31 @@ class CustomersFile:
 
 
 @dataclass(frozen=True)
+class SlaTarget:
+    """Targets in minutes on a calendar; unset keys fall back to the level's own targets."""
+
+    first_response_minutes: int | None = field(default=None, metadata=check(positive))
+    resolution_minutes: int | None = field(default=None, metadata=check(positive))
+    # Name of a calendar in calendars.toml the clock runs on.
+    calendar: str | None = None
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     # Channels this plan may use: email, sms, voice, ...
     channels: tuple[str, ...] = ("email",)
+    # Emergency (billable) support is available on this plan.
     emergency: bool = False
     # What an unentitled channel gets: one polite rejection, or a normal ticket with a note.
     unentitled: Literal["reject", "downgrade"] = "reject"
+    # The most severe level a *lift* may give this plan's tickets: a routing rule's severity
+    # floor never raises a ticket above it. Empty: no ceiling.
+    ceiling: str = ""
+    # Whether this plan's tickets may jump the queue at all.
+    jump_queue: bool = True
+    # Per-level SLA overrides, e.g. [plan.sla.urgent] first_response_minutes = 30.
+    sla: dict[str, SlaTarget] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -239,13 +257,67 @@ class PlansFile:
 
 
 @dataclass(frozen=True)
+class LevelDef:
+    # First response and resolution targets, in minutes of the level's calendar.
+    first_response_minutes: int | None = field(default=None, metadata=check(positive))
+    resolution_minutes: int | None = field(default=None, metadata=check(positive))
+    # The calendar the clock runs on (calendars.toml): business hours, or a 24/7 one.
+    calendar: str = "business"
+    # What customers are told to do at this level (shown in the acknowledgement).
+    action: str = ""
+
+
+# -- [escalation] in severity.toml (gateway/escalation.py, gateway/escalation_scheduler.py) --
+
+
+def _percent(v: int) -> str | None:
+    return None if 0 <= v <= 99 else "must be from 0 to 99 (0 turns near-target warnings off)"
+
+
+def _not_negative(v: float) -> str | None:
+    return None if v >= 0 else "must be 0 or more (0 turns linger escalations off)"
+
+
+def _address(v: str) -> str | None:
+    return None if re.fullmatch(r"[^@\s]+@[^@\s]+", v) else "must be an email address"
+
+
+@dataclass(frozen=True)
+class EscalationStep:
+    # Who is told when a ticket reaches this step ([[escalation.steps]], in order: the first
+    # escalation of a ticket goes to the first step, the next one to the second, and so on; once
+    # past the last step, every further escalation goes to the last step's address).
+    notify: str = field(metadata=check(_address))
+    # A label for the step in notifications and `gateway escalate` ("team lead").
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class EscalationSection:
+    # Escalate as "near" once this percentage of a target's business minutes has elapsed
+    # (and as "breach" at 100 %). 0 turns near-target warnings off.
+    near_percent: int = field(default=80, metadata=check(_percent))
+    # Escalate as "linger" after this many business hours without activity on an open ticket
+    # (time waiting on the customer does not count). 0 turns linger escalations off.
+    linger_hours: float = field(default=24.0, metadata=check(_not_negative))
+    # Seconds between scheduler runs in the daemon (worker 0).
+    interval_seconds: float = field(default=60.0, metadata=check(positive))
+    # [[escalation.steps]] in order. No steps: nobody to tell, escalation is off.
+    steps: tuple[EscalationStep, ...] = ()
+
+
+@dataclass(frozen=True)
 class SeverityFile:
     # The ordered scale, most severe first.
     levels: tuple[str, ...] = ("urgent", "high", "normal", "low")
     # The level a ticket gets when nothing says otherwise.
     default: str = "normal"
+    # Per level: SLA targets, calendar, customer action text. [level.urgent] ...
+    level: dict[str, LevelDef] = field(default_factory=dict)
     # Classifier thresholds; the classifier validates this table itself.
     classifier: dict[str, object] = field(default_factory=dict)
+    # When and whom to escalate to as targets near, breach or a ticket lingers. [escalation]
+    escalation: EscalationSection = EscalationSection()
 
 
 # ---- routing.toml -----------------------------------------------------------------------------

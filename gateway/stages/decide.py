@@ -4,18 +4,34 @@ Owns the plug-in interface `decide(message, customer, verdict, thread, automated
 -> Decision`. Outcomes are typed verbs (DESIGN "The one path"): `Accept` (ticket or follow-up),
 `Reject` (reply, no ticket), `Hold` (ticket held for review/acknowledgement), `Discard` (recorded,
 unanswered). `Defer` is not decided here: it is what the worker does when storage is down.
-Pure: never touches storage or the network. The policy issue grows this module; the spine's
-version applies the configured defaults and the automated-mail rule.
+Pure: never touches storage or the network. In order: machines are discarded; the plan's
+channel entitlement (reject or downgrade); the plan's queue-jump right; routing (queue, tags,
+severity floor capped at the plan's ceiling, notifications); the SLA targets and due times of the
+final severity on the plan; the acknowledgement with the level's action text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from classifiers.types import Verdict
-from gateway.config.schema import AutomatedSection
+from gateway.calendars import Calendar
+from gateway.config.schema import AutomatedSection, SeverityFile
 from gateway.message import Automated, Customer, ParsedMessage, Thread
+from gateway.policy import (
+    DueTimes,
+    Plans,
+    Sla,
+    cap_lift,
+    channel_kind,
+    check_channel_entitlement,
+    due_times,
+    sla_for,
+)
+from gateway.routing import Route, Router, RoutingFacts
+from gateway.routing import route as route_message
 
 
 @dataclass(frozen=True)
@@ -49,10 +65,15 @@ Outcome = Accept | Reject | Hold | Discard
 
 @dataclass(frozen=True)
 class Reply:
-    """A message to send the customer through the outbox gate."""
+    """A message to send through the outbox gate: to the sender, or to staff (`internal`)."""
 
     template: str  # name under templates/, e.g. "acknowledgement"
     reason: str
+    # None: the sender. Internal notifications (routing's notify) name their address.
+    to: str | None = None
+    internal: bool = False
+    # Extra template values, e.g. (("included", "email"),).
+    values: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,12 @@ class Decision:
     billing_intents: tuple[str, ...]
     replies: tuple[Reply, ...]
     reasons: tuple[Reason, ...]
+    # Fields below are only ever added (the ticket JSON and the API read them).
+    emergency: bool = False
+    sla: Sla | None = None
+    first_response_due: datetime | None = None
+    resolution_due: datetime | None = None
+    route: Route | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,10 @@ class Policy:
 
     default_queue: str
     automated: AutomatedSection
+    plans: Plans
+    severity: SeverityFile
+    calendars: Mapping[str, Calendar]
+    router: Router
 
 
 def decide(
@@ -93,34 +124,154 @@ def decide(
     now: datetime,
     policy: Policy,
 ) -> Decision:
-    del now  # SLA clocks and after-hours rules arrive with the policy issue
     reasons = [
         Reason("identify", customer.matched_by, _who(customer)),
         Reason("thread", thread.kind, thread.reason),
         Reason("classify", verdict.severity, verdict.explain()),
     ]
-    replies: list[Reply] = []
-    outcome: Outcome
+    levels = policy.severity.levels
     if automated.is_automated:
         reasons.append(Reason("automated", automated.kind, automated.reason))
+        outcome: Outcome
         if automated.kind == "spam" and policy.automated.spam == "ticket":
             outcome = Accept("upstream spam verdict, ticketed without acknowledgement by config")
         else:
             outcome = Discard(f"automated mail ({automated.kind}): {automated.reason}")
-    else:
-        outcome = Accept(thread.reason)
-        if thread.kind in ("new", "new-linked"):
-            replies.append(Reply("acknowledgement", "a new ticket is acknowledged once"))
+        return Decision(
+            outcome, verdict.severity, False, policy.default_queue, (), (), (), tuple(reasons)
+        )
+
+    plan = policy.plans.get(customer.plan)
+    entitlement = check_channel_entitlement(customer, message.channel, policy.plans)
+    reasons.append(Reason("entitlement", entitlement.action, entitlement.reason))
+    severity = verdict.severity
+    jump = verdict.jump_queue
+    if not entitlement.entitled and entitlement.action == "reject":
+        reply = Reply(
+            "unentitled",
+            "the plan does not include this channel: one polite reply naming those it does",
+            values=(
+                ("channel", entitlement.channel),
+                ("included", ", ".join(entitlement.included)),
+            ),
+        )
+        return Decision(
+            Reject(entitlement.reason),
+            severity,
+            False,
+            policy.default_queue,
+            (),
+            (),
+            (reply,),
+            tuple(reasons),
+        )
+    if not entitlement.entitled:
+        default = policy.severity.default
+        if _rank(levels, severity) < _rank(levels, default):
+            severity = default
+        jump = False
+    if jump and not plan.jump_queue:
+        jump = False
+        reasons.append(Reason("plan", "no-jump", f"plan {plan.name} does not jump the queue"))
+
+    route = route_message(policy.router, _facts(message, customer, severity, jump, verdict, now))
+    reasons.append(Reason("route", route.rule or "default", route.reason))
+    lifted = cap_lift(levels, severity, route.severity_floor, plan.ceiling)
+    if lifted != severity:
+        reasons.append(
+            Reason(
+                "route",
+                "floor",
+                f"severity floor {route.severity_floor} lifts "
+                f"{severity} to {lifted} (plan {plan.name} ceiling "
+                f"{plan.ceiling or 'none'})",
+            )
+        )
+        severity = lifted
+    elif route.severity_floor and _rank(levels, route.severity_floor) < _rank(levels, severity):
+        reasons.append(
+            Reason(
+                "route",
+                "ceiling",
+                f"severity floor {route.severity_floor} not "
+                f"applied above plan {plan.name}'s ceiling {plan.ceiling}",
+            )
+        )
+
+    sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
+    due = due_times(sla, policy.calendars, now)
+    reasons.append(Reason("sla", severity, _sla_text(sla, due)))
+
+    replies: list[Reply] = []
+    if thread.kind in ("new", "new-linked"):
+        replies.append(
+            Reply(
+                "acknowledgement",
+                "a new ticket is acknowledged once",
+                values=(("action", sla.action),),
+            )
+        )
+        for address in route.notify:
+            replies.append(
+                Reply(
+                    "notify",
+                    f"routing rule {route.rule} notifies {address}",
+                    to=address,
+                    internal=True,
+                )
+            )
     return Decision(
-        outcome=outcome,
-        severity=verdict.severity,
-        jump_queue=verdict.jump_queue and not automated.is_automated,
-        queue=policy.default_queue,
+        outcome=Accept(thread.reason),
+        severity=severity,
+        jump_queue=jump,
+        queue=route.queue,
         holds=(),
         billing_intents=(),
         replies=tuple(replies),
         reasons=tuple(reasons),
+        sla=sla,
+        first_response_due=due.first_response,
+        resolution_due=due.resolution,
+        route=route,
     )
+
+
+def _facts(
+    message: ParsedMessage,
+    customer: Customer,
+    severity: str,
+    jump: bool,
+    verdict: Verdict,
+    now: datetime,
+) -> RoutingFacts:
+    return RoutingFacts(
+        channel=channel_kind(message.channel),
+        account_id=customer.account_id,
+        plan=customer.plan,
+        sender=message.sender,
+        recipients=message.recipients,
+        severity=severity,
+        jump_queue=jump,
+        emergency=False,
+        hits=tuple(h.name for h in verdict.hits),
+        text=(message.subject + "\n" + message.text[:8192]),
+        at=now,
+    )
+
+
+def _rank(levels: tuple[str, ...], level: str) -> int:
+    return levels.index(level) if level in levels else len(levels)
+
+
+def _sla_text(sla: Sla, due: DueTimes) -> str:
+    def fmt(minutes: int | None, when: datetime | None) -> str:
+        if minutes is None or when is None:
+            return "none"
+        return f"{minutes} min (due {when.isoformat().replace('+00:00', 'Z')})"
+
+    first = fmt(sla.first_response_minutes, due.first_response)
+    resolution = fmt(sla.resolution_minutes, due.resolution)
+    return f"on calendar {sla.calendar}: first response {first}, resolution {resolution}"
 
 
 def _who(customer: Customer) -> str:

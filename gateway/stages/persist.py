@@ -24,7 +24,7 @@ from gateway.config.loader import Templates
 from gateway.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.outbox import Draft, gate, render
-from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject
+from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -33,6 +33,7 @@ from gateway.storage.models import (
     OutboxRow,
     Ticket,
     TicketEvent,
+    TicketPause,
 )
 
 
@@ -206,6 +207,23 @@ def _ticket_for(
                 ticket.status = "reopened"
                 ticket.closed_at = None
             rank = _rank(ctx.levels, decision.severity)
+            ticket.last_activity_at = now
+            if ticket.waiting_since is not None:
+                # The customer answered: the resolution clock runs again.
+                ticket.waiting_since = None
+                pause = (
+                    session.execute(
+                        select(TicketPause).where(
+                            TicketPause.ticket_id == ticket.id, TicketPause.ended_at.is_(None)
+                        )
+                    )
+                    .scalars()
+                    .first()
+                )
+                if pause is not None:
+                    pause.ended_at = now
+                if ticket.status == "waiting":
+                    ticket.status = "open"
             if rank < ticket.severity_rank:
                 # A follow-up may raise a ticket's severity (the customer says it got worse),
                 # never lower it: an agent lowers severity, with a reason.
@@ -244,6 +262,16 @@ def _ticket_for(
         updated_at=now,
         message_count=1,
         linked_from_id=thread.ticket.id if thread.kind == "new-linked" and thread.ticket else None,
+        emergency=decision.emergency,
+        routing_rule=decision.route.rule if decision.route else "",
+        tags=list(decision.route.tags) if decision.route else [],
+        assignee_hint=decision.route.assignee if decision.route else "",
+        calendar=decision.sla.calendar if decision.sla else "",
+        first_response_minutes=decision.sla.first_response_minutes if decision.sla else None,
+        resolution_minutes=decision.sla.resolution_minutes if decision.sla else None,
+        first_response_due=decision.first_response_due,
+        resolution_due=decision.resolution_due,
+        last_activity_at=now,
         explanation={
             "classifier": verdict.to_json(),
             "reasons": [
@@ -264,7 +292,7 @@ def _rank(levels: tuple[str, ...], level: str) -> int:
 
 def _queue_reply(
     session: Session,
-    template: str,
+    reply: Reply,
     message: ParsedMessage,
     customer: Customer,
     automated: Automated,
@@ -273,10 +301,21 @@ def _queue_reply(
     ctx: PersistContext,
     now: datetime,
 ) -> None:
-    recipient = message.sender.lower()
-    why_not = gate(recipient, automated, ctx.own_addresses, ctx.own_domains)
+    template = reply.template
+    recipient = (reply.to or message.sender).lower()
+    if reply.internal:
+        # Staff notifications: our own domain is expected; only a missing address stops them.
+        why_not = None if "@" in recipient else "no notification address"
+    else:
+        why_not = gate(recipient, automated, ctx.own_addresses, ctx.own_domains)
     draft: Draft | None = None
     if why_not is None:
+        values = dict(reply.values)
+        if ticket is not None:
+            values.setdefault("queue", ticket.queue)
+            values.setdefault("severity", ticket.severity)
+            values.setdefault("account", ticket.account_id)
+            values.setdefault("sender", message.sender)
         draft = render(
             ctx.templates,
             template,
@@ -285,6 +324,8 @@ def _queue_reply(
             ticket.reference if ticket and ticket.reference else "",
             ctx.company,
             ctx.mail_domain,
+            values,
+            recipient,
         )
         if draft is None:
             why_not = f"template {template!r} does not exist"

@@ -76,10 +76,12 @@ class SessionThreadLookup:
 
 
 def queue_order() -> list[ColumnElement[Any]]:
-    """THE queue order, defined once: held tickets last; then tickets that jump the queue; then
-    severity (most severe first); then first-response due time, falling back to age."""
+    """THE queue order, defined once: held tickets last; acknowledged emergencies first; then
+    tickets that jump the queue (decide grants that only to plans that allow it); then severity
+    (most severe first); then first-response due time, falling back to age."""
     return [
         Ticket.held.asc(),
+        Ticket.emergency_acknowledged.desc(),
         Ticket.jump_queue.desc(),
         Ticket.severity_rank.asc(),
         nulls_last(func.coalesce(Ticket.first_response_due, Ticket.created_at).asc()),
@@ -130,6 +132,19 @@ def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> di
         "message_count": ticket.message_count,
         "linked_from": None,
         "explanation": ticket.explanation,
+        "emergency": ticket.emergency,
+        "emergency_acknowledged": ticket.emergency_acknowledged,
+        "routing_rule": ticket.routing_rule or None,
+        "tags": list(ticket.tags or []),
+        "assignee_hint": ticket.assignee_hint or None,
+        "sla": {
+            "calendar": ticket.calendar or None,
+            "first_response_minutes": ticket.first_response_minutes,
+            "resolution_minutes": ticket.resolution_minutes,
+            "first_response_at": _iso(ticket.first_response_at),
+            "waiting_since": _iso(ticket.waiting_since),
+            "escalation_level": ticket.escalation_level,
+        },
     }
     if ticket.linked_from_id:
         linked = session.get(Ticket, ticket.linked_from_id)

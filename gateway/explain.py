@@ -1,0 +1,107 @@
+"""`gateway explain`: the whole decision for one message, for a person, creating nothing.
+
+Owns nothing of its own: it runs the very stage functions the worker runs (parse, identify,
+automated, thread — read-only — classify, decide) and prints what each decided, so an admin can
+test a config change before reloading. Never writes to the database, the spool or the outbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from classifiers.types import Verdict
+from gateway.message import Automated, Customer, ParsedMessage, Thread
+from gateway.runtime import Runtime
+from gateway.spool import Envelope
+from gateway.stages.automated import check_automated
+from gateway.stages.classify import classify
+from gateway.stages.decide import Decision, decide
+from gateway.stages.identify import identify
+from gateway.stages.parse import parse
+from gateway.stages.thread import thread
+from gateway.storage.queries import SessionThreadLookup
+
+
+@dataclass(frozen=True)
+class Explanation:
+    message: ParsedMessage
+    customer: Customer
+    automated: Automated
+    thread: Thread
+    verdict: Verdict
+    decision: Decision
+
+    def lines(self) -> list[str]:
+        m, c, d = self.message, self.customer, self.decision
+        out = [
+            f"message:      {m.subject!r} from {m.sender or '-'} via {m.channel}",
+            f"customer:     {c.account_id} ({c.matched_by}), plan {c.plan}"
+            + (f", contact {c.contact_email}" if c.contact_email else ""),
+            f"automated:    {self.automated.kind}: {self.automated.reason}",
+            f"thread:       {self.thread.kind}: {self.thread.reason}",
+            f"classifier:   {self.verdict.explain()}",
+            f"outcome:      {type(d.outcome).__name__}: {d.outcome.reason}",
+            f"severity:     {d.severity}   jump_queue: {'yes' if d.jump_queue else 'no'}",
+            f"queue:        {d.queue}"
+            + (f"   (rule {d.route.rule})" if d.route and d.route.rule else "   (default)"),
+        ]
+        if d.route is not None and (d.route.tags or d.route.assignee or d.route.notify):
+            out.append(
+                f"route:        tags={','.join(d.route.tags) or '-'} "
+                f"assignee={d.route.assignee or '-'} notify={','.join(d.route.notify) or '-'}"
+            )
+        if d.sla is not None:
+            out.append(
+                f"sla:          calendar {d.sla.calendar}; first response "
+                f"{_due(d.sla.first_response_minutes, d.first_response_due)}; resolution "
+                f"{_due(d.sla.resolution_minutes, d.resolution_due)}"
+            )
+        for reply in d.replies:
+            out.append(f"reply:        {reply.template} to {reply.to or m.sender}: {reply.reason}")
+        out.append("reasons:")
+        out.extend(f"  {r.stage:11} {r.code:14} {r.text}" for r in d.reasons)
+        return out
+
+
+def _due(minutes: int | None, when: datetime | None) -> str:
+    if minutes is None or when is None:
+        return "none"
+    return f"{minutes} min, due {when.isoformat().replace('+00:00', 'Z')}"
+
+
+def explain(
+    runtime: Runtime,
+    raw: bytes,
+    *,
+    channel: str,
+    at: datetime,
+    sender: str | None = None,
+    sessions: sessionmaker[Session] | None = None,
+) -> Explanation:
+    settings = runtime.settings
+    envelope = Envelope(channel=channel, received_at=at, mail_from=sender)
+    message = parse(raw, envelope, "explain", settings.gateway.limits.max_attachment_bytes)
+    if sender:
+        message = dataclasses.replace(message, sender=sender.lower())
+    customer = identify(message, runtime.directory)
+    automated = check_automated(
+        message,
+        own_domain=settings.gateway.gateway.mail_domain,
+        trust_spam_headers=settings.gateway.automated.trust_spam_headers,
+    )
+    if sessions is not None:
+        with sessions() as session:
+            threaded = thread(
+                message, customer, SessionThreadLookup(session), at, runtime.reopen_window
+            )
+            session.rollback()
+    else:
+        threaded = Thread("new", None, "no database: threading not checked")
+    verdict = classify(message, customer, runtime.engine, settings.severity.default)
+    decision = decide(message, customer, verdict, threaded, automated, at, runtime.policy)
+    return Explanation(message, customer, automated, threaded, verdict, decision)
+

@@ -1,0 +1,62 @@
+"""`gateway explain` prints the decision the daemon then makes, for the sample messages in
+docs/samples, creating nothing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gateway.pipeline import process
+from gateway.spool import Envelope
+from tests.helpers import ROOT, Gateway, gateway_cli
+
+SAMPLES = sorted((ROOT / "docs" / "samples").glob("*.eml"))
+AT = datetime(2026, 11, 24, 9, 30, tzinfo=ZoneInfo("America/New_York"))
+
+
+def field(text: str, name: str) -> str:
+    match = re.search(rf"^{name}:\s+(.*)$", text, re.M)
+    assert match, f"no {name}: line in\n{text}"
+    return match.group(1).strip()
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[s.stem for s in SAMPLES])
+def test_explain_prints_the_decision_the_daemon_then_makes(
+    make_config: Callable[..., Path], sample: Path
+) -> None:
+    config = make_config()
+    out = gateway_cli(config, "explain", "--at", AT.isoformat(), str(sample))
+    assert out.returncode == 0, out.stderr.decode()
+    text = out.stdout.decode()
+    assert not (config.parent / "state" / "gateway.db").exists(), "explain must create nothing"
+
+    gw = Gateway(config)
+    try:
+        raw = sample.read_bytes()
+        env = Envelope(channel="smtp", received_at=AT, mail_from="x@y.example")
+        result = process(raw, env, "sample", gw.box.current, gw.worker.sessions, gw.worker.blobs,
+                         now=AT)
+        tickets = gw.tickets()
+    finally:
+        gw.close()
+    outcome = field(text, "outcome").split(":", 1)[0]
+    expected = {"Accept": "ticket", "Discard": "discard", "Reject": "reject", "Hold": "hold"}
+    assert expected[outcome] == result.outcome
+    if result.outcome != "ticket":
+        assert tickets == []
+        return
+    (ticket,) = tickets
+    severity = field(text, "severity").split()[0]
+    assert severity == ticket.severity
+    assert field(text, "queue").split()[0] == ticket.queue
+    sla = field(text, "sla")
+    due = ticket.first_response_due
+    assert due is not None
+    due_text = due.replace(tzinfo=due.tzinfo or ZoneInfo("UTC")).astimezone(
+        ZoneInfo("UTC")).isoformat().replace("+00:00", "Z")
+    assert due_text in sla

@@ -1,0 +1,122 @@
+"""The support contract from the sample config: entitlement by plan order, SLA due times on the
+business calendar, and a ceiling no lift can break. Pure functions, a frozen clock."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from gateway.calendars import build_calendars
+from gateway.config.loader import Settings, load
+from gateway.directory import Directory
+from gateway.policy import Plans, cap_lift, check_channel_entitlement, due_times, sla_for
+from tests.helpers import ROOT
+
+NY = ZoneInfo("America/New_York")
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return load(ROOT / "config")
+
+
+@pytest.fixture(scope="module")
+def directory(settings: Settings) -> Directory:
+    return Directory.build(settings.customers, settings.plans)
+
+
+def test_a_basic_plan_email_is_entitled(settings: Settings, directory: Directory) -> None:
+    bluebird = directory.identify("sam@bluebird.example", "smtp")
+    assert bluebird.plan == "basic"
+    assert check_channel_entitlement(bluebird, "smtp", Plans.build(settings.plans)).entitled
+
+
+def test_a_basic_plan_sms_is_rejected_as_the_plan_says(settings: Settings) -> None:
+    directory = Directory.build(settings.customers, settings.plans)
+    plans = Plans.build(settings.plans)
+    bluebird = directory.identify("sam@bluebird.example", "smtp")
+    verdict = check_channel_entitlement(bluebird, "twilio-sms", plans)
+    assert (verdict.entitled, verdict.action) == (False, "reject")
+    assert verdict.included == ("email",)
+    assert "does not include sms" in verdict.reason
+
+
+def test_an_unentitled_channel_on_a_downgrade_plan_is_downgraded(settings: Settings) -> None:
+    plans = Plans.build(settings.plans)
+    acme = Directory.build(settings.customers, settings.plans).identify(
+        "dana@acme-clinic.example", "smtp")
+    verdict = check_channel_entitlement(acme, "slack", plans)
+    assert (verdict.entitled, verdict.action) == (False, "downgrade")
+
+
+def test_a_growth_plan_sms_is_entitled(settings: Settings, directory: Directory) -> None:
+    acme = directory.identify("+1 (617) 555-0100", "twilio-sms")
+    assert (acme.account_id, acme.plan) == ("acme-clinic", "growth")
+    assert check_channel_entitlement(acme, "twilio-sms", Plans.build(settings.plans)).entitled
+
+
+def test_unknown_senders_get_the_none_plan(directory: Directory) -> None:
+    stranger = directory.identify("who@nowhere.example", "smtp")
+    assert (stranger.account_id, stranger.plan, stranger.known) == ("unknown", "none", False)
+
+
+def test_plans_compare_by_order_never_by_name(settings: Settings) -> None:
+    plans = Plans.build(settings.plans)
+    assert plans.at_least("custom", "growth") and plans.at_least("growth", "growth")
+    assert not plans.at_least("basic", "growth")
+
+
+@pytest.mark.parametrize(
+    ("level", "created_local", "first_due_local", "resolution_due_local"),
+    [
+        # Level 1 mid-morning: 1 business hour; 24 business hours, skipping Thanksgiving
+        # (a holiday in the sample calendar): 8 h Tue + 10 h Wed + 6 h Fri.
+        ("urgent", "2026-11-24 10:00", "2026-11-24 11:00", "2026-11-27 14:00"),
+        # 17:59: one minute today, 59 tomorrow morning.
+        ("urgent", "2026-11-24 17:59", "2026-11-25 08:59", "2026-11-30 11:59"),
+        # 18:00 is closed: the clock starts at the next opening.
+        ("urgent", "2026-11-24 18:00", "2026-11-25 09:00", "2026-11-30 12:00"),
+        # Friday evening: Monday morning.
+        ("high", "2026-11-20 19:30", "2026-11-23 12:00", "2026-12-03 10:00"),
+        # The night before Thanksgiving: the clock starts on Friday.
+        ("urgent", "2026-11-25 20:00", "2026-11-27 09:00", "2026-12-01 12:00"),
+        # Level 4: 48 business hours first response; 240 resolved, ending on a closing instant
+        # (Christmas Day is a holiday).
+        ("low", "2026-11-23 08:00", "2026-11-30 16:00", "2026-12-28 18:00"),
+    ],
+)
+def test_due_times_run_on_business_hours(
+    settings: Settings, level: str, created_local: str, first_due_local: str,
+    resolution_due_local: str,
+) -> None:
+    plans = Plans.build(settings.plans)
+    calendars = build_calendars(settings.calendars)
+    created = datetime.fromisoformat(created_local).replace(tzinfo=NY)
+    sla = sla_for(settings.severity, plans, level, "growth")
+    due = due_times(sla, calendars, created)
+    assert due.first_response == datetime.fromisoformat(first_due_local).replace(tzinfo=NY)
+    assert due.resolution == datetime.fromisoformat(resolution_due_local).replace(tzinfo=NY)
+
+
+def test_a_plan_override_runs_urgent_tickets_on_a_24_7_clock(settings: Settings) -> None:
+    plans = Plans.build(settings.plans)
+    sla = sla_for(settings.severity, plans, "urgent", "custom")
+    assert (sla.first_response_minutes, sla.calendar) == (30, "always")
+    midnight = datetime(2026, 11, 28, 0, 0, tzinfo=UTC)  # a Saturday
+    due = due_times(sla, build_calendars(settings.calendars), midnight)
+    assert due.first_response == datetime(2026, 11, 28, 0, 30, tzinfo=UTC)
+
+
+LEVELS = ("urgent", "high", "normal", "low")
+
+
+def test_a_severity_floor_never_lifts_a_ticket_above_its_plans_ceiling() -> None:
+    # basic's ceiling is high: a floor of urgent lifts a low ticket to high, no further.
+    assert cap_lift(LEVELS, "low", "urgent", "high") == "high"
+    assert cap_lift(LEVELS, "low", "normal", "high") == "normal"
+    # A floor never lowers, and content already above the ceiling is kept.
+    assert cap_lift(LEVELS, "urgent", "normal", "high") == "urgent"
+    assert cap_lift(LEVELS, "normal", None, "high") == "normal"
+    assert cap_lift(LEVELS, "low", "urgent", "") == "urgent"
