@@ -17,9 +17,10 @@ stalls another or any other channel):
   message never blocks the mailbox (DESIGN promise 3).
 * Memory stays bounded whatever the backlog: UIDs are searched, sizes fetched first
   (RFC822.SIZE), bodies fetched ``batch_size`` UIDs (and at most ``_MAX_FETCH_BYTES``) at a time.
-* The cursor (UIDVALIDITY, last UID) is bookkeeping only, kept in memory and written to
-  ``channel_state`` when the database is reachable. With the database down intake goes on; a
-  lost or stale cursor only costs a rescan, which the dedup key makes harmless. A UIDVALIDITY
+* The cursor (UIDVALIDITY, last UID) and the failed-fetch counts are bookkeeping only, kept in
+  memory and written to ``channel_state`` when the database is reachable. With the database
+  down intake goes on; a lost or stale cursor only costs a rescan, which the dedup key makes
+  harmless, and lost counts only a few more fetches before quarantine. A UIDVALIDITY
   change (RFC 3501 2.3.1.1: old UIDs mean nothing) triggers that rescan.
 * IDLE (RFC 2177) when the server offers it, re-issued every ``IDLE_RENEW_SECONDS`` (well before
   the RFC's 29 minutes: NATs and proxies drop quiet connections sooner); polling otherwise.
@@ -27,13 +28,15 @@ stalls another or any other channel):
 * ``tls = "starttls"`` MUST succeed: if the server does not offer STARTTLS we refuse to log in
   (the password never crosses the network in clear text); "plain" is for localhost only.
 
-Never parses, classifies or writes tickets; its only database use is the cursor, through
+Never parses, classifies or writes tickets; its only database use is the cursor and the fetch
+attempts, through
 :class:`gateway.storage.channel_state.ChannelStateStore`.
 """
 
 from __future__ import annotations
 
 import imaplib
+import json
 import logging
 import random
 import ssl
@@ -47,7 +50,7 @@ from typing import Any, Final
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from gateway.config.loader import Settings, secret
+from gateway.config.loader import LOCAL_HOSTS, Settings, secret
 from gateway.config.schema import ImapMailbox
 from gateway.faults import crash_point
 from gateway.spool import Envelope, Spool, SpoolError
@@ -73,7 +76,6 @@ _MAX_FETCH_BYTES: Final = 64 * 1024 * 1024
 _SOCKET_TIMEOUT_S: Final = 60.0
 # While idling, how often we look at the stop event and at a cursor waiting for the database.
 _IDLE_SLICE_S: Final = 1.0
-_LOCAL_HOSTS: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 _SEEN: Final = b"\\Seen"
 _DELETED: Final = b"\\Deleted"
 
@@ -176,6 +178,99 @@ class _CursorKeeper:
         self.stats.cursor_pending = False
 
 
+class _FailedFetches:
+    """Failed fetches by UID, towards ``max_attempts``: in memory, mirrored to channel_state.
+
+    Kept in the database so that a restart (or a crash-looping gateway) does not start every
+    poison message's count at zero again. One key per mailbox, ``attempts``, holding
+    ``{"uidvalidity": V, "uids": {"<uid>": n}}``: read once per session, written only when a
+    fetch fails or a message that had failed leaves the folder (moved, flagged, quarantined,
+    expunged), so the common path costs no database round trip. Counts belong to one
+    UIDVALIDITY (RFC 3501 2.3.1.1) and are dropped when it changes. The database being down is
+    never a reason to stop: the counts live on in memory and are written when it is back.
+    """
+
+    KEY: Final = "attempts"
+
+    def __init__(self, store: ChannelStateStore | None, channel: str) -> None:
+        self.store = store
+        self.channel = channel
+        self.uidvalidity: int | None = None
+        self.counts: dict[int, int] = {}
+        self.loaded = store is None
+        self.dirty = False
+        self._warned = False  # the database is down: say so once, not on every retry
+
+    def use(self, uidvalidity: int) -> None:
+        """At each SELECT: counts kept for another UIDVALIDITY mean nothing any more."""
+        if uidvalidity != self.uidvalidity:
+            self.dirty = self.dirty or bool(self.counts)
+            self.counts.clear()
+            self.uidvalidity = uidvalidity
+        self._load()
+
+    def failed(self, uid: int) -> int:
+        """Count one more failure of ``uid``; return its total (this session's and before)."""
+        self._load()
+        self.counts[uid] = self.counts.get(uid, 0) + 1
+        self.dirty = True
+        self.flush()  # now: a crash right after this failure must still have counted it
+        return self.counts[uid]
+
+    def forget(self, uids: list[int]) -> None:
+        """The messages left the folder: their counts go (written only if there were any)."""
+        for uid in uids:
+            if self.counts.pop(uid, None) is not None:
+                self.dirty = True
+        if self.dirty:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.dirty or self.store is None:
+            return
+        self._load()
+        if not self.loaded:
+            return  # writing now would erase the counts we have not been able to read yet
+        value = {
+            "uidvalidity": self.uidvalidity,
+            "uids": {str(u): n for u, n in self.counts.items()},
+        }
+        try:
+            self.store.set(self.channel, self.KEY, json.dumps(value, sort_keys=True))
+        except Exception as exc:
+            log.debug(
+                "%s: fetch attempts not written (%s); keeping them in memory", self.channel, exc
+            )
+            return
+        self.dirty = False
+
+    def _load(self) -> None:
+        if self.loaded or self.store is None or self.uidvalidity is None:
+            return
+        try:
+            text = self.store.get(self.channel, self.KEY)
+        except Exception as exc:  # database down: count in memory, read it when it is back
+            if not self._warned:
+                log.warning(
+                    "%s: cannot read fetch attempts (%s); counting in memory", self.channel, exc
+                )
+            self._warned = True
+            return
+        self.loaded = True
+        try:
+            data = json.loads(text) if text else {}
+            stored = {int(u): int(n) for u, n in data.get("uids", {}).items()}
+            validity = data.get("uidvalidity")
+        except (ValueError, TypeError, AttributeError):
+            log.warning("%s: unreadable fetch attempts %r; starting from zero", self.channel, text)
+            stored, validity = {}, None
+        if validity != self.uidvalidity:
+            self.dirty = self.dirty or bool(stored)  # stale: overwrite it
+            return
+        for uid, n in stored.items():  # counted in memory while the database was down, too
+            self.counts[uid] = max(n, self.counts.get(uid, 0))
+
+
 class _SpoolUnavailableError(Exception):
     """The spool refused a write: leave the rest where it is and back off."""
 
@@ -214,7 +309,7 @@ class MailboxPoller:
         self.stats = MailboxStats()
         self.channel = f"imap:{box.name}"
         self.keeper = _CursorKeeper(store, self.channel, self.stats)
-        self._attempts: dict[int, int] = {}  # UID -> failed fetches (reset on UIDVALIDITY change)
+        self.attempts = _FailedFetches(store, self.channel)
         self._done: set[int] = set()  # handled UIDs above the cursor (a failure sits below them)
         self._rescan = False  # flag mode: no trustworthy cursor, look at UNSEEN instead
 
@@ -242,7 +337,7 @@ class MailboxPoller:
                 stop.wait(delay)
             finally:
                 self._close(client)
-        self.keeper.flush()
+        self._flush()
         log.info("%s: stopped", self.channel)
 
     def poll_once(self) -> None:
@@ -255,7 +350,7 @@ class MailboxPoller:
             pass
         finally:
             self._close(client)
-            self.keeper.flush()
+            self._flush()
 
     # ------------------------------------------------------------------ session
 
@@ -266,7 +361,7 @@ class MailboxPoller:
                 f"no password: set $GATEWAY_IMAP_PASSWORD_{box.name.upper().replace('-', '_')} "
                 f"or the credential imap-{box.name}"
             )
-        if box.tls == "plain" and not (box.allow_plaintext and box.host.lower() in _LOCAL_HOSTS):
+        if box.tls == "plain" and not (box.allow_plaintext and box.host.lower() in LOCAL_HOSTS):
             # The loader refuses this too; checked again because a password is about to be sent.
             raise MailboxError("plaintext IMAP is only allowed to localhost with allow_plaintext")
         context = None
@@ -347,12 +442,12 @@ class MailboxPoller:
                     self.box.folder,
                 )
                 self.stats.rescans += 1
-            self._attempts.clear()
             self._done.clear()
             self._rescan = True
             self.keeper.update(_Cursor(validity, 0))
         else:
             self.keeper.update(cursor)
+        self.attempts.use(validity)
 
     def _serve(self, client: Any, stop: threading.Event) -> None:
         use_idle = self.box.idle and client.has_capability("IDLE")
@@ -369,7 +464,7 @@ class MailboxPoller:
                 stop.wait(self._backoff(spool_failures))
                 client.noop()
                 continue
-            self.keeper.flush()
+            self._flush()
             if use_idle:
                 self._idle(client, stop)
             else:
@@ -391,8 +486,8 @@ class MailboxPoller:
                     break  # EXISTS, EXPUNGE, ...: look again (a keep-alive costs one SEARCH)
                 if time.monotonic() - started < _IDLE_SLICE_S / 2:
                     break  # readable but nothing parsed: EOF; idle_done/NOOP will tell
-                if self.keeper.dirty:
-                    self.keeper.flush()
+                if self.keeper.dirty or self.attempts.dirty:
+                    self._flush()
             done = True
         finally:
             if done:
@@ -429,7 +524,7 @@ class MailboxPoller:
                 self._process_batch(client, batch)
             finally:
                 self._advance(batch)
-            self.keeper.flush()
+            self._flush()
 
     def _process_batch(self, client: Any, batch: list[int]) -> None:
         """Spool and acknowledge what we can of ``batch``; UIDs dealt with go to ``_done``."""
@@ -439,6 +534,7 @@ class MailboxPoller:
         for uid in batch:
             if uid not in sizes:
                 self._done.add(uid)  # expunged meanwhile (by a person or another client)
+                self.attempts.forget([uid])
                 continue
             size = int(sizes[uid].get(b"RFC822.SIZE", 0))
             if size > self.max_message_bytes:
@@ -501,7 +597,7 @@ class MailboxPoller:
             self.stats.accepted += 1
             spooled.append(uid)
         if spooled:
-            crash_point("imap-after-spool-before-ack")
+            crash_point("imap-after-spool-before-move")
             self._acknowledge(client, spooled)
             self._done.update(spooled)
         if spool_error is not None:
@@ -537,11 +633,11 @@ class MailboxPoller:
         else:
             client.add_flags(uids, [_SEEN], silent=True)
         self.stats.acknowledged += len(uids)
+        self.attempts.forget(uids)
 
     def _failed(self, client: Any, uid: int, exc: Exception) -> bool:
         """Count a failed fetch; quarantine at max_attempts. True if the message was moved."""
-        attempts = self._attempts.get(uid, 0) + 1
-        self._attempts[uid] = attempts
+        attempts = self.attempts.failed(uid)
         self.stats.fetch_failures += 1
         self._error(exc)
         log.warning(
@@ -554,7 +650,7 @@ class MailboxPoller:
 
     def _quarantine(self, client: Any, uid: int, reason: str) -> None:
         self._move(client, [uid], self.box.quarantine_folder)
-        self._attempts.pop(uid, None)
+        self.attempts.forget([uid])
         self.stats.quarantined += 1
         self.stats.last_error = f"UID {uid} quarantined: {reason}"
         log.error(
@@ -587,6 +683,11 @@ class MailboxPoller:
         self.keeper.update(_Cursor(cursor.uidvalidity, last))
 
     # ------------------------------------------------------------------ helpers
+
+    def _flush(self) -> None:
+        """Write the cursor and fetch attempts if they changed and the database lets us."""
+        self.keeper.flush()
+        self.attempts.flush()
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential backoff with jitter (so many gateways do not reconnect in step)."""

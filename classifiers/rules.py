@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifiers.meta import Expr, MetaSyntaxError, evaluate, names_in, parse_meta
+from classifiers.prefilter import plan
 from classifiers.types import Problem, TextInput
 
 KINDS = ("content", "sender_urgency", "spam_guard")
@@ -52,6 +53,11 @@ class Rule:
     fields: tuple[str, ...] = ()
     pattern: re.Pattern[str] | None = None
     meta: Expr | None = None
+    # How `pattern` meets text (classifiers.prefilter.plan): on the lower-cased field text
+    # (case-insensitive rules, compiled without re.IGNORECASE where that is exact), and only if
+    # one of `literals` occurs in that text.
+    lowered: bool = False
+    literals: tuple[str, ...] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -74,15 +80,20 @@ class RuleSet:
         return next((r for r in self.rules if r.name == name), None)
 
     def match(self, inp: TextInput, body_chars: int = 16384) -> tuple[Rule, ...]:
-        """Rules that fire on `inp`, pattern rules first, then metas, each at most once."""
+        """Rules that fire on `inp`, pattern rules first, then metas, each at most once.
+
+        Every field's text is cut to `body_chars` (body_chars_for_rules), headers and
+        subject+body included, so no message costs more than that much text per rule."""
+        subject = inp.subject[:body_chars]
         body = inp.body[:body_chars]
         texts: dict[str, str] = {
-            "subject": inp.subject,
+            "subject": subject,
             "body": body,
-            "subject+body": f"{inp.subject}\n{body}",
-            "sender": inp.sender,
-            "channel": inp.channel,
+            "subject+body": f"{subject}\n{body}"[:body_chars],
+            "sender": inp.sender[:body_chars],
+            "channel": inp.channel[:body_chars],
         }
+        lowered: dict[str, str] = {}
         fired: list[Rule] = []
         names: set[str] = set()
         for rule in self.pattern_rules:
@@ -90,8 +101,18 @@ class RuleSet:
             for fld in rule.fields:
                 text = texts.get(fld)
                 if text is None:  # header:Name
-                    text = texts[fld] = "\n".join(inp.header_values(fld[7:]))
-                if text and rule.pattern.search(text):
+                    text = texts[fld] = "\n".join(inp.header_values(fld[7:]))[:body_chars]
+                if not text:
+                    continue
+                if rule.lowered:
+                    low = lowered.get(fld)
+                    if low is None:
+                        low = lowered[fld] = text.lower()
+                    text = low
+                literals = rule.literals
+                if literals is not None and not any(lit in text for lit in literals):
+                    continue  # the regex cannot match without one of them
+                if rule.pattern.search(text):
                     fired.append(rule)
                     names.add(rule.name)
                     break
@@ -186,7 +207,8 @@ def _parse_entry(
 def _build(name: str, entry: Mapping[str, object], file: str, line: int | None) -> Rule:
     fields = entry.get("fields", ["subject+body"]) if "pattern" in entry else []
     assert isinstance(fields, list)
-    flags = 0 if entry.get("case_sensitive", False) else re.IGNORECASE
+    how = plan(str(entry["pattern"]), bool(entry.get("case_sensitive", False))) \
+        if "pattern" in entry else None
     score = entry["score"]
     assert isinstance(score, int | float)
     return Rule(
@@ -198,8 +220,10 @@ def _build(name: str, entry: Mapping[str, object], file: str, line: int | None) 
         line=line,
         fields=tuple(f if not f.startswith("header:") else "header:" + f[7:].lower()
                      for f in fields),
-        pattern=re.compile(str(entry["pattern"]), flags) if "pattern" in entry else None,
+        pattern=re.compile(str(entry["pattern"]), how.flags) if how is not None else None,
         meta=parse_meta(str(entry["meta"])) if "meta" in entry else None,
+        lowered=how is not None and how.lowered,
+        literals=how.literals if how is not None else None,
     )
 
 
@@ -255,7 +279,8 @@ def load_rules(rules_dir: Path) -> tuple[RuleSet | None, list[Problem]]:
                 merged[name] = Rule(
                     name, float(score), str(fields.get("description", earlier.description)),
                     str(fields.get("kind", earlier.kind)), file, line,
-                    earlier.fields, earlier.pattern, earlier.meta,
+                    earlier.fields, earlier.pattern, earlier.meta, earlier.lowered,
+                    earlier.literals,
                 )
     # meta references and cycles, across all files
     for rule in merged.values():

@@ -25,6 +25,7 @@ from classifiers.model import (
     LoadedModel,
     ModelFileError,
     has_model,
+    is_outdated_default,
     load_model,
     model_dir_lock,
     new_pipeline,
@@ -186,9 +187,10 @@ def build_default_model(model_dir: Path, settings: ClassifierSettings | None = N
 
 
 def ensure_model(model_dir: Path, settings: ClassifierSettings | None = None) -> LoadedModel:
-    """Load the current model, creating the default one first if `model_dir` has none."""
+    """Load the current model, creating the default one first if `model_dir` has none, or
+    replacing it if it is a default model of an older format (see model.FORMAT)."""
     with model_dir_lock(model_dir):
-        if not has_model(model_dir):
+        if not has_model(model_dir) or is_outdated_default(model_dir):
             return build_default_model(model_dir, settings)
     return load_model(model_dir)
 

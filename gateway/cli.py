@@ -586,6 +586,50 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_escalate(args: argparse.Namespace) -> int:
+    """One escalation scheduler run now (or --at a time); --dry-run only says what it would do."""
+    from gateway.calendars import build_calendars
+    from gateway.config.loader import load
+    from gateway.escalation_scheduler import run_once
+    from gateway.storage.db import make_engine, session_factory
+
+    # The full config, not load_lenient: a broken calendars.toml must not escalate on defaults.
+    settings = load(Path(args.config))
+    if not settings.severity.escalation.steps:
+        print("escalation is off: severity.toml has no [[escalation.steps]]", file=sys.stderr)
+        return 0
+    now = datetime.now(UTC)
+    if args.at:
+        try:
+            now = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(
+                f"--at {args.at!r} is not an ISO time such as 2026-11-30T08:30:00Z", file=sys.stderr
+            )
+            return 2
+        if now.tzinfo is None:
+            print(
+                "--at needs a timezone, such as 2026-11-30T08:30:00-05:00 or ...Z", file=sys.stderr
+            )
+            return 2
+    engine = make_engine(settings.database_url, immediate=True)
+    try:
+        done = run_once(
+            session_factory(engine),
+            settings,
+            build_calendars(settings.calendars),
+            now,
+            args.dry_run,
+        )
+    finally:
+        engine.dispose()
+    for escalated in done:
+        print(("would escalate " if args.dry_run else "escalated ") + escalated.line())
+    if not done:
+        print(f"nothing to escalate at {now.isoformat()}")
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------
 
 
@@ -695,6 +739,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = c.add_parser("import", help="import accounts and contacts from CSV (one row a contact)")
     s.add_argument("file")
     s.set_defaults(func=cmd_customers_import)
+
+    s = sub.add_parser("escalate", help="escalate tickets due now (the daemon does it too)")
+    s.add_argument(
+        "--dry-run", action="store_true", help="change nothing, print what would be done"
+    )
+    s.add_argument("--at", help="as if it were this ISO time (with a timezone) instead of now")
+    s.set_defaults(func=cmd_escalate)
 
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)

@@ -17,6 +17,7 @@ POINTS = (
     "mid-transaction",
     "before-commit",
     "mid-outbox-send",
+    "imap-after-spool-before-move",
 )
 
 

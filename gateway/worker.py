@@ -6,7 +6,8 @@ Owns what happens after a failed attempt (DESIGN promise 3):
 * any other error, or a message over the per-message time limit -> the attempt counts; after
   `max_attempts` the entry is quarantined with its stage and error, and the next one flows.
 Runs in its own process (CPU work never stalls the listeners' event loop). Also runs the outbox
-sender on a thread. Never accepts network input.
+sender on a thread, and there, in worker 0, the escalation scheduler every
+`[escalation] interval_seconds`. Never accepts network input.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway import outbox_sender
+from gateway import escalation_scheduler, outbox_sender
 from gateway.blobs import BlobStore
 from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
 from gateway.pipeline import storage_unavailable as storage_unavailable
@@ -187,8 +189,12 @@ class Worker:
         self.spool.close()
 
     def _outbox_loop(self) -> None:
+        next_escalation = 0.0  # escalation: first run at once, then every interval_seconds
         while not self.stopping.is_set():
             settings = self.box.current.settings
+            if time.monotonic() >= next_escalation:
+                next_escalation = time.monotonic() + settings.severity.escalation.interval_seconds
+                self.escalate_once()
             try:
                 sent = outbox_sender.send_due(
                     self.sessions, settings.gateway.outbound, settings.gateway.gateway.instance
@@ -198,6 +204,16 @@ class Worker:
                 sent = 0
             if not sent:
                 self.stopping.wait(1.0)
+
+    def escalate_once(self) -> None:
+        """One escalation scheduler run (gateway/escalation_scheduler.py), worker 0 only."""
+        runtime = self.box.current
+        try:
+            escalation_scheduler.run_once(
+                self.sessions, runtime.settings, runtime.policy.calendars, datetime.now(UTC)
+            )
+        except Exception as exc:  # a database outage or bug must not stop the outbox sender
+            log.warning("escalation scheduler: %s: %s", type(exc).__name__, exc)
 
     def write_status(self, path: Path) -> None:
         data = {

@@ -26,6 +26,7 @@ from gateway.config.schema import (
     SeverityFile,
 )
 from gateway.config.validate import build
+from gateway.routing import check_routing
 
 T = TypeVar("T")
 
@@ -202,7 +203,8 @@ def _cross_check(
             )
 
 
-_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# The only hosts an [[imap]] mailbox may reach with tls = "plain" (channels/imap.py checks again).
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _check_imap(directory: Path, gateway: GatewayConfig, problems: list[ConfigProblem]) -> None:
@@ -221,7 +223,7 @@ def _check_imap(directory: Path, gateway: GatewayConfig, problems: list[ConfigPr
         if box.name in seen:
             problem("name", f"duplicate mailbox name {box.name!r}")
         seen.add(box.name)
-        if box.tls == "plain" and box.host.lower() not in _LOCAL_HOSTS:
+        if box.tls == "plain" and box.host.lower() not in LOCAL_HOSTS:
             problem(
                 "tls",
                 f'"plain" sends the password in clear text; it is only allowed to localhost, '
@@ -364,6 +366,10 @@ def load(directory: Path) -> Settings:
     templates = _load_templates(directory, problems)
     _cross_check(directory, customers, plans, severity, templates, problems)
     _check_levels_and_plans(directory, plans, severity, calendars, problems)
+    if routing is not None and plans is not None and severity is not None and calendars is not None:
+        names = [p.name for p in plans.plan] or ["none"]  # routing names plans, levels, calendars
+        rpath = directory / "routing.toml"
+        problems.extend(check_routing(routing, names, severity.levels, calendars.calendar, rpath))
     if gateway is not None:
         _check_imap(directory, gateway, problems)
     if problems:

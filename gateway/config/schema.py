@@ -324,9 +324,76 @@ class SeverityFile:
 
 
 @dataclass(frozen=True)
+class RouteMatch:
+    """[rule.match]: every condition given must hold (AND); a list holds when any value does (OR).
+
+    A key left out matches anything; a rule without [rule.match] matches every ticket. Names
+    (plans, levels, calendars) are checked against the other files by `gateway.routing`."""
+
+    # Channel kinds as plans.toml names them: "email", "sms", "voice" (not "smtp" or "imap").
+    channel: tuple[str, ...] | None = None
+    # Account ids from customers.toml; "unknown" is every sender no account claims.
+    account: tuple[str, ...] | None = None
+    # Exact plans ...
+    plan: tuple[str, ...] | None = None
+    # ... or this plan and every higher tier, by plans.toml's order ("growth and up").
+    plan_at_least: str | None = None
+    # Sender addresses, or phone numbers for SMS and voice; case-insensitive.
+    sender: tuple[str, ...] | None = None
+    # The sender's mail domain or any subdomain of it ("example.com" holds for a.example.com).
+    sender_domain: tuple[str, ...] | None = None
+    # Any of the message's recipient addresses (which of our addresses it was sent to).
+    recipient: tuple[str, ...] | None = None
+    # Exact levels ...
+    severity: tuple[str, ...] | None = None
+    # ... or this level and every more severe one, by severity.toml's order.
+    severity_at_least: str | None = None
+    # The ticket jumps the queue (after the plan's jump_queue right is applied).
+    jump_queue: bool | None = None
+    # The ticket is an emergency (billable) request.
+    emergency: bool | None = None
+    # Names of classifier rules that fired (rules.d), e.g. ["KW_DOWN"].
+    hits: tuple[str, ...] | None = None
+    # Case-insensitive substrings of subject + body.
+    keywords: tuple[str, ...] | None = None
+    # A regular expression (Python syntax) searched case-insensitively in subject + body.
+    pattern: str | None = None
+    # A calendar from calendars.toml: holds while the ticket's instant is inside its hours ...
+    during: str | None = None
+    # ... or outside them (nights, weekends, holidays).
+    outside: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One [[rule]]: conditions and what a match does. See config/routing.toml."""
+
+    # UPPER_SNAKE, unique: recorded on the ticket and shown in explanations.
+    name: str
+    # The queue a match sends the ticket to. Empty: this rule leaves the queue alone (a rule
+    # that only tags, notifies or lifts severity).
+    queue: str = ""
+    # Tags added to the ticket.
+    tags: tuple[str, ...] = ()
+    # Lift the severity to at least this level; decide caps the lift at the plan's ceiling.
+    severity_floor: str | None = None
+    # A hint for who should pick the ticket up (a person or rota name; not validated).
+    assignee: str = ""
+    # Addresses told about the ticket through the outbox (template "notify").
+    notify: tuple[str, ...] = ()
+    # false: the first matching rule ends routing. true: apply this rule and keep evaluating
+    # later rules (tags and notify add up; a later match's queue or assignee replaces this
+    # one's; the most severe floor wins). `continue` is a Python keyword, hence the name.
+    continue_matching: bool = False
+    match: RouteMatch = RouteMatch()
+
+
+@dataclass(frozen=True)
 class RoutingFile:
     # Queue a ticket lands in when no rule matches.
     default_queue: str = "support"
+    # [[rule]] tables, evaluated in file order (see RouteRule).
+    rule: tuple[RouteRule, ...] = ()
 
 
 # ---- calendars.toml ---------------------------------------------------------------------------

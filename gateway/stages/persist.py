@@ -171,9 +171,7 @@ def record(
             )
         )
     for reply in decision.replies:
-        _queue_reply(
-            session, reply.template, message, customer, automated, ticket, intake, ctx, now
-        )
+        _queue_reply(session, reply, message, customer, automated, ticket, intake, ctx, now)
     return Persisted(kind, ticket.reference if ticket else None, outcome.reason)
 
 

@@ -4,19 +4,21 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from classifiers.engine import build_engine
-from classifiers.model import ModelFileError, load_model
+from classifiers.model import ModelFileError, load_model, text_of
 from classifiers.settings import ClassifierSettings
 from classifiers.training import (
+    SHIPPED_EVAL,
     SHIPPED_TRAIN,
     evaluate,
     is_held_out,
     load_examples,
     train,
 )
-from classifiers.types import LabelledExample
+from classifiers.types import LabelledExample, TextInput
 from tests.classifiers.conftest import SHIPPED_RULES
 
 
@@ -104,3 +106,58 @@ def test_evaluate_reads_csv_and_jsonl(model_dir: Path, tmp_path: Path) -> None:
     jsonl = tmp_path / "labelled.jsonl"
     jsonl.write_text(json.dumps({"subject": "Down", "body": "all down", "level": "urgent"}) + "\n")
     assert evaluate(model_dir, jsonl, io.StringIO(), rules_dir=SHIPPED_RULES).n == 1
+
+
+def _format_1_model(model_dir: Path, source: str) -> str:
+    """A model directory as the code before format 2 wrote it: char_wb 3-5 of the whole text,
+    `"format": 1` in current.json."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    from classifiers.model import model_dir_lock, save_model, text_of
+    from classifiers.types import DEFAULT_LEVELS
+
+    examples = load_examples(SHIPPED_TRAIN)
+    old = Pipeline([
+        ("features", FeatureUnion([
+            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
+                                     min_df=2)),
+        ])),
+        ("clf", LogisticRegression(C=8.0, max_iter=2000, class_weight="balanced")),
+    ]).fit([text_of(e.as_input()) for e in examples], [e.level for e in examples])
+    with model_dir_lock(model_dir):
+        saved = save_model(model_dir, old, DEFAULT_LEVELS, len(examples), {"source": source})
+    manifest = json.loads((model_dir / "current.json").read_text())
+    manifest["format"] = 1
+    (model_dir / "current.json").write_text(json.dumps(manifest))
+    return saved.version
+
+
+def test_an_old_format_1_default_model_is_rebuilt_at_start_not_fatal(tmp_path: Path) -> None:
+    old = _format_1_model(tmp_path / "m", "shipped train.jsonl")
+    engine, problems = build_engine(SHIPPED_RULES, ClassifierSettings(), tmp_path / "m")
+    assert engine is not None, problems
+    assert engine.model_version != old
+    assert json.loads((tmp_path / "m" / "current.json").read_text())["format"] == 2
+
+
+def test_an_old_format_1_model_trained_on_corrections_still_loads_and_scores(
+    tmp_path: Path,
+) -> None:
+    old = _format_1_model(tmp_path / "m", "train()")
+    engine, problems = build_engine(SHIPPED_RULES, ClassifierSettings(), tmp_path / "m")
+    assert engine is not None, problems
+    assert engine.model_version == old
+    verdict = engine.classify(TextInput("Down", "The portal is down for everyone."))
+    assert verdict.model_vote is not None and verdict.severity == "urgent"
+
+
+def test_compiled_scorer_gives_the_pipelines_own_probabilities(default_model_dir: Path) -> None:
+    model = load_model(default_model_dir)
+    assert model.scorer is not None
+    texts = [text_of(e.as_input()) for e in load_examples(SHIPPED_EVAL)[:40]] + ["", "!!"]
+    expected = model.pipeline.predict_proba(texts)
+    got = np.array([model.scorer.proba(t) for t in texts])
+    assert np.allclose(got, expected, rtol=1e-6, atol=1e-9)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,8 @@ from gateway.spool import Spool
 from gateway.storage.channel_state import ChannelStateStore
 from gateway.storage.db import make_engine, upgrade
 from tests.helpers import ROOT, DaemonProcess, Gateway, configure, gateway_cli, make_email, wait_for
-from tests.imap.conftest import PASSWORD, RECIPIENT, Dovecot
+from tests.imap.conftest import RECIPIENT, start_or_skip
+from tests.imap.dovecot import PASSWORD, Dovecot
 
 Poller = Callable[..., MailboxPoller]
 Run = Callable[[MailboxPoller], PollerThread]
@@ -473,5 +475,224 @@ def test_the_daemon_turns_mail_in_an_imap_mailbox_into_a_ticket(
         assert "smtp" in status["channels"]  # the SMTP listener's counters are untouched
         out = gateway_cli(config, "status")
         assert b"imap:help-desk" in out.stdout
+    finally:
+        daemon.stop()
+
+
+# ---------------------------------------------------------------------------- fetch attempts
+
+
+def _stored_attempts(store: ChannelStateStore) -> dict[str, int]:
+    text = store.get("imap:support", "attempts")
+    assert text, "the fetch attempts were never written"
+    uids: dict[str, int] = json.loads(text)["uids"]
+    return uids
+
+
+def test_failed_fetches_are_counted_across_a_restart_and_cleared_when_the_message_leaves(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, database_url: str
+) -> None:
+    upgrade(database_url)
+    store = ChannelStateStore(make_engine(database_url))
+    try:
+        poison, flaky = mail(1), mail(2)
+        dovecot.append(user, poison, flaky)
+        calls = {1: 0, 2: 0}
+
+        def first_run(step: str, uid: int) -> None:
+            if step != "fetch":
+                return
+            calls[uid] += 1
+            if uid == 1 and calls[1] == 3:
+                raise ConnectionResetError("injected: the gateway goes away here")
+            if uid == 1 or calls[2] == 1:  # the poison one always, the flaky one once
+                raise ValueError("injected: unreadable")
+
+        with pytest.raises(ConnectionResetError):
+            make_poller(store=store, fault=first_run, max_attempts=3).poll_once()
+        assert _stored_attempts(store) == {"1": 2}  # the flaky one, taken, left no count behind
+        assert [raw for _env, raw in spooled(spool)] == [flaky]
+
+        def always(step: str, uid: int) -> None:
+            if step == "fetch":
+                raise ValueError("injected: still unreadable")
+
+        # "After the restart": a new poller; one more failure is the third, not the first.
+        restarted = make_poller(store=store, fault=always, max_attempts=3)
+        restarted.poll_once()
+        assert restarted.stats.fetch_failures == 1 and restarted.stats.quarantined == 1
+        assert [m[0] for m in dovecot.folder(user, "Quarantine").values()] == [poison]
+        assert _stored_attempts(store) == {}
+    finally:
+        store.engine.dispose()
+
+
+def test_fetch_attempts_are_counted_in_memory_while_the_database_is_down(
+    dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool
+) -> None:
+    down = ChannelStateStore(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    try:
+        dovecot.append(user, mail(1), mail(2))
+
+        def unreadable(step: str, uid: int) -> None:
+            if step == "fetch" and uid == 1:
+                raise ValueError("injected: unreadable")
+
+        poller = make_poller(store=down, fault=unreadable, max_attempts=3)
+        poller.poll_once()
+        assert poller.stats.fetch_failures == 3 and poller.stats.quarantined == 1
+        assert len(spooled(spool)) == 1
+        assert dovecot.folder(user, "INBOX") == {}
+    finally:
+        down.engine.dispose()
+
+
+# ---------------------------------------------------------------------------- the real daemon
+
+
+def _with_mailbox(config: Path, server: Dovecot, user: str, name: str, **extra: object) -> Path:
+    """Append an [[imap]] table for `user` on `server` to the config's gateway.toml."""
+    lines = [
+        "",
+        "[[imap]]",
+        f'name = "{name}"',
+        'host = "127.0.0.1"',
+        f"port = {server.port}",
+        'tls = "plain"',
+        "allow_plaintext = true",
+        f'username = "{user}"',
+        f'recipients = ["{RECIPIENT}"]',
+        *(f"{key} = {json.dumps(value)}" for key, value in extra.items()),
+    ]
+    with open(config / "gateway.toml", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return config
+
+
+def _password_env(name: str, password: str = PASSWORD) -> dict[str, str]:
+    return {"GATEWAY_IMAP_PASSWORD_" + name.upper().replace("-", "_"): password}
+
+
+def _tickets(config: Path) -> list[dict[str, Any]]:
+    out = gateway_cli(config, "tickets", "--json", "--all")
+    assert out.returncode == 0, out.stderr.decode()
+    found: list[dict[str, Any]] = json.loads(out.stdout)
+    return found
+
+
+def _channel(daemon: DaemonProcess, name: str) -> dict[str, Any]:
+    channel: dict[str, Any] = daemon.status()["channels"].get(f"imap:{name}", {})
+    return channel
+
+
+def _settled(daemon: DaemonProcess, config: Path, subjects: list[str]) -> None:
+    """Wait until every subject has a ticket and the spool is empty (duplicates processed too),
+    then check there is exactly one ticket per subject."""
+    wait_for(lambda: {t["subject"] for t in _tickets(config)} >= set(subjects), timeout=30)
+    wait_for(lambda: daemon.status()["spool_depth"] == 0, timeout=20)
+    time.sleep(1.2)  # one more status period: a straggler would show up now
+    assert sorted(t["subject"] for t in _tickets(config)) == sorted(subjects)
+
+
+def test_kill_9_between_spool_and_move_makes_exactly_one_ticket_per_message_after_restart(
+    dovecot: Dovecot, user: str, make_config: Callable[..., Path]
+) -> None:
+    config = _with_mailbox(make_config(), dovecot, user, "help-desk")
+    env = _password_env("help-desk")
+    crashing = DaemonProcess(
+        config, env={**env, "GATEWAY_CRASH_AT": "imap-after-spool-before-move"}
+    ).start()
+    assert crashing.proc is not None
+    wait_for(lambda: _channel(crashing, "help-desk").get("idle"), timeout=15)
+    messages = [mail(n) for n in range(1, 4)]
+    dovecot.append(user, *messages)
+    # The poller spools them, then kills the whole process group before telling the server.
+    assert crashing.proc.wait(timeout=30) == -9
+    assert len(dovecot.folder(user, "INBOX")) == 3  # nothing moved: all will be fetched again
+    assert dovecot.folder(user, "Processed") == {}
+
+    restarted = DaemonProcess(config, env=env).start()
+    try:
+        _settled(restarted, config, [f"Printer {n} offline" for n in range(1, 4)])
+        assert dovecot.folder(user, "INBOX") == {}
+        assert sorted(m[0] for m in dovecot.folder(user, "Processed").values()) == sorted(messages)
+    finally:
+        restarted.stop()
+
+
+def test_idle_brings_mail_in_within_seconds_even_with_a_300_second_poll_interval(
+    dovecot: Dovecot, user: str, make_config: Callable[..., Path]
+) -> None:
+    config = _with_mailbox(make_config(), dovecot, user, "help-desk", poll_seconds=300)
+    daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
+    try:
+        wait_for(lambda: _channel(daemon, "help-desk").get("idle"), timeout=15)
+        # The first drain is done and the poller sits in IDLE: only IDLE can bring this in.
+        wait_for(lambda: dovecot.count(user, "Processed") == 0 and _tickets(config) == [], 5)
+        time.sleep(0.5)
+        appended = time.monotonic()
+        dovecot.append(user, mail(1))
+        (ticket,) = wait_for(lambda: _tickets(config), timeout=15, interval=0.2)
+        assert time.monotonic() - appended < 15
+        assert ticket["channel"] == "imap"
+    finally:
+        daemon.stop()
+
+
+def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
+    user: str, make_config: Callable[..., Path]
+) -> None:
+    server = start_or_skip()  # our own: stopping it must not disturb the other tests
+    daemon: DaemonProcess | None = None
+    try:
+        config = _with_mailbox(make_config(), server, user, "help-desk")
+        daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
+        wait_for(lambda: _channel(daemon, "help-desk").get("idle"), timeout=15)
+        server.append(user, mail(1), mail(2))
+        wait_for(lambda: len(_tickets(config)) == 2, timeout=30)
+
+        server.halt()  # the mail server goes away under the gateway
+        wait_for(lambda: not _channel(daemon, "help-desk")["connected"], timeout=10)
+        server.launch()  # and comes back on the same port with the same maildirs
+        server.append(user, mail(3))
+        server.append(user, mail(4), mail(5))
+
+        _settled(daemon, config, [f"Printer {n} offline" for n in range(1, 6)])
+        assert server.count(user, "INBOX") == 0 and server.count(user, "Processed") == 5
+        channel = _channel(daemon, "help-desk")
+        assert channel["connected"] and channel["reconnects"] >= 1
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        server.stop()
+
+
+def test_a_wrong_password_is_reported_by_mailbox_and_retried_while_smtp_goes_on(
+    dovecot: Dovecot, user: str, make_config: Callable[..., Path]
+) -> None:
+    config = _with_mailbox(make_config(), dovecot, user, "wrong-pass")
+    daemon = DaemonProcess(config, env=_password_env("wrong-pass", "not-the-password")).start()
+    try:
+        wait_for(lambda: _channel(daemon, "wrong-pass").get("reconnects", 0) >= 2, timeout=15)
+        # Other channels are unaffected: SMTP answers 250 and the mail becomes a ticket.
+        assert daemon.send(make_email(subject="Scanner down", message_id="<s1@x>")) == {}
+        (ticket,) = wait_for(lambda: _tickets(config), timeout=20, interval=0.2)
+        assert ticket["subject"] == "Scanner down" and ticket["channel"] == "smtp"
+
+        channel = _channel(daemon, "wrong-pass")
+        assert not channel["connected"] and channel["accepted"] == 0
+        assert f"login as '{user}' refused" in channel["last_error"]
+        status = gateway_cli(config, "status").stdout.decode()
+        (line,) = [ln for ln in status.splitlines() if "imap:wrong-pass" in ln]
+        assert f"login as '{user}' refused" in line
+        # The log names the mailbox; the retries back off (1 s base, doubling, with jitter).
+        log = daemon.log.read_text()
+        delays = [
+            float(d)
+            for d in re.findall(
+                rf"imap:wrong-pass: login as '{user}' refused.*reconnecting in ([\d.]+)s", log
+            )
+        ]
+        assert len(delays) >= 2 and delays == sorted(delays), log[-3000:]
     finally:
         daemon.stop()
