@@ -104,4 +104,3 @@ def explain(
     verdict = classify(message, customer, runtime.engine, settings.severity.default)
     decision = decide(message, customer, verdict, threaded, automated, at, runtime.policy)
     return Explanation(message, customer, automated, threaded, verdict, decision)
-

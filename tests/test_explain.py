@@ -39,8 +39,9 @@ def test_explain_prints_the_decision_the_daemon_then_makes(
     try:
         raw = sample.read_bytes()
         env = Envelope(channel="smtp", received_at=AT, mail_from="x@y.example")
-        result = process(raw, env, "sample", gw.box.current, gw.worker.sessions, gw.worker.blobs,
-                         now=AT)
+        result = process(
+            raw, env, "sample", gw.box.current, gw.worker.sessions, gw.worker.blobs, now=AT
+        )
         tickets = gw.tickets()
     finally:
         gw.close()
@@ -57,6 +58,10 @@ def test_explain_prints_the_decision_the_daemon_then_makes(
     sla = field(text, "sla")
     due = ticket.first_response_due
     assert due is not None
-    due_text = due.replace(tzinfo=due.tzinfo or ZoneInfo("UTC")).astimezone(
-        ZoneInfo("UTC")).isoformat().replace("+00:00", "Z")
+    due_text = (
+        due.replace(tzinfo=due.tzinfo or ZoneInfo("UTC"))
+        .astimezone(ZoneInfo("UTC"))
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
     assert due_text in sla

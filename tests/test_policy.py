@@ -46,7 +46,8 @@ def test_a_basic_plan_sms_is_rejected_as_the_plan_says(settings: Settings) -> No
 def test_an_unentitled_channel_on_a_downgrade_plan_is_downgraded(settings: Settings) -> None:
     plans = Plans.build(settings.plans)
     acme = Directory.build(settings.customers, settings.plans).identify(
-        "dana@acme-clinic.example", "smtp")
+        "dana@acme-clinic.example", "smtp"
+    )
     verdict = check_channel_entitlement(acme, "slack", plans)
     assert (verdict.entitled, verdict.action) == (False, "downgrade")
 
@@ -88,7 +89,10 @@ def test_plans_compare_by_order_never_by_name(settings: Settings) -> None:
     ],
 )
 def test_due_times_run_on_business_hours(
-    settings: Settings, level: str, created_local: str, first_due_local: str,
+    settings: Settings,
+    level: str,
+    created_local: str,
+    first_due_local: str,
     resolution_due_local: str,
 ) -> None:
     plans = Plans.build(settings.plans)
@@ -120,3 +124,99 @@ def test_a_severity_floor_never_lifts_a_ticket_above_its_plans_ceiling() -> None
     assert cap_lift(LEVELS, "urgent", "normal", "high") == "urgent"
     assert cap_lift(LEVELS, "normal", None, "high") == "normal"
     assert cap_lift(LEVELS, "low", "urgent", "") == "urgent"
+
+
+# ---- the decision, through the same stages the worker runs -------------------------------
+
+
+@pytest.fixture(scope="module")
+def runtime():  # type: ignore[no-untyped-def]
+    from gateway.runtime import load_runtime
+
+    return load_runtime(ROOT / "config")
+
+
+def _decide(runtime, sender: str, channel: str, subject: str, body: str):  # type: ignore[no-untyped-def]
+    from gateway.explain import explain
+    from tests.helpers import make_email
+
+    at = datetime(2026, 11, 24, 10, 0, tzinfo=NY)
+    raw = make_email(subject=subject, body=body, sender="placeholder@example.net")
+    return explain(runtime, raw, channel=channel, at=at, sender=sender).decision
+
+
+def test_a_basic_plan_sms_gets_one_polite_rejection_naming_the_included_channels(
+    runtime,  # type: ignore[no-untyped-def]
+) -> None:
+    from gateway.stages.decide import Reject
+
+    decision = _decide(runtime, "sam@bluebird.example", "twilio-sms", "", "printer jammed")
+    assert isinstance(decision.outcome, Reject)
+    (reply,) = decision.replies
+    assert reply.template == "unentitled"
+    assert dict(reply.values) == {"channel": "sms", "included": "email"}
+
+
+def test_a_downgraded_channel_makes_a_normal_ticket_that_does_not_jump(
+    runtime,  # type: ignore[no-untyped-def]
+) -> None:
+    from gateway.stages.decide import Accept
+
+    decision = _decide(
+        runtime,
+        "dana@acme-clinic.example",
+        "slack",
+        "Everything is down",
+        "None of our staff can open the application since 7am.",
+    )
+    assert isinstance(decision.outcome, Accept)
+    assert decision.severity == "normal" and decision.jump_queue is False
+    assert any(r.stage == "entitlement" and r.code == "downgrade" for r in decision.reasons)
+
+
+def test_the_none_plan_never_jumps_the_queue(runtime) -> None:  # type: ignore[no-untyped-def]
+    decision = _decide(
+        runtime,
+        "who@nowhere.example",
+        "smtp",
+        "Everything is down",
+        "None of our staff can open the application since 7am.",
+    )
+    assert decision.jump_queue is False
+    assert any(r.code == "no-jump" for r in decision.reasons)
+
+
+def test_a_routing_floor_is_capped_at_a_basic_plans_ceiling(runtime) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from gateway.routing import build_router
+    from gateway.config.schema import RoutingFile
+
+    table = RoutingFile.__dataclass_fields__  # the shape is the routing module's; build one
+    del table
+    import tomllib
+
+    routing = tomllib.loads(
+        'default_queue = "support"\n[[rule]]\nname = "LIFT_ALL"\nqueue = "support"\n'
+        'severity_floor = "urgent"\n[rule.match]\nchannel = ["email"]\n'
+    )
+    from gateway.config.validate import build
+
+    parsed, problems = build(RoutingFile, routing, ROOT / "config" / "routing.toml")
+    assert parsed is not None and not problems
+    policy = replace(
+        runtime.policy,
+        router=build_router(
+            parsed,
+            [p.name for p in runtime.policy.plans.ordered],
+            runtime.policy.severity.levels,
+            runtime.policy.calendars,
+        ),
+    )
+    lifted = replace(runtime, policy=policy)
+    basic = _decide(lifted, "sam@bluebird.example", "smtp", "Question", "How do I print labels?")
+    growth = _decide(
+        lifted, "dana@acme-clinic.example", "smtp", "Question", "How do I print labels?"
+    )
+    assert basic.severity == "high"  # basic's ceiling
+    assert growth.severity == "urgent"  # growth has no ceiling

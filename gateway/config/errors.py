@@ -47,19 +47,26 @@ def find_line(path: Path, dotted_key: str) -> int | None:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return None
-    parts = [p for p in re.split(r"\.|\[\d+\]", dotted_key) if p]
+    # "account[1].contacts[0].email" -> [("account", 1), ("contacts", 0), ("email", None)]
+    parts = [
+        (name, int(index) if index else None)
+        for name, index in re.findall(r"([^.\[\]]+)(?:\[(\d+)\])?", dotted_key)
+    ]
     if not parts:
         return None
-    leaf = parts[-1]
-    tables = parts[:-1]
+    leaf = parts[-1][0]
     start = 0
-    for table in tables:
-        header = re.compile(r"^\s*\[\[?\s*([\w.\-\"]+)\s*\]\]?")
+    header = re.compile(r"^\s*\[\[?\s*([\w.\-\"]+)\s*\]\]?")
+    for table, index in parts[:-1]:
+        seen = -1
         for i in range(start, len(lines)):
             m = header.match(lines[i])
             if m and m.group(1).split(".")[-1].strip('"') == table:
+                seen += 1
                 start = i
-                break
+                # Arrays of tables: skip to the index-th `[[table]]`, not the first.
+                if index is None or seen == index:
+                    break
     pattern = re.compile(rf"^\s*\"?{re.escape(leaf)}\"?\s*=")
     for i in range(start, len(lines)):
         if pattern.match(lines[i]):

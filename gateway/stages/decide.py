@@ -165,10 +165,12 @@ def decide(
             (reply,),
             tuple(reasons),
         )
+    ceiling = plan.ceiling
     if not entitlement.entitled:
-        default = policy.severity.default
-        if _rank(levels, severity) < _rank(levels, default):
-            severity = default
+        # Downgrade: "a normal ticket with a note" — and no routing floor lifts it again.
+        ceiling = policy.severity.default
+        if _rank(levels, severity) < _rank(levels, ceiling):
+            severity = ceiling
         jump = False
     if jump and not plan.jump_queue:
         jump = False
@@ -176,27 +178,14 @@ def decide(
 
     route = route_message(policy.router, _facts(message, customer, severity, jump, verdict, now))
     reasons.append(Reason("route", route.rule or "default", route.reason))
-    lifted = cap_lift(levels, severity, route.severity_floor, plan.ceiling)
+    lifted = cap_lift(levels, severity, route.severity_floor, ceiling)
     if lifted != severity:
-        reasons.append(
-            Reason(
-                "route",
-                "floor",
-                f"severity floor {route.severity_floor} lifts "
-                f"{severity} to {lifted} (plan {plan.name} ceiling "
-                f"{plan.ceiling or 'none'})",
-            )
-        )
+        text = f"severity floor {route.severity_floor} lifts {severity} to {lifted}"
+        reasons.append(Reason("route", "floor", f"{text} (ceiling {ceiling or 'none'})"))
         severity = lifted
     elif route.severity_floor and _rank(levels, route.severity_floor) < _rank(levels, severity):
-        reasons.append(
-            Reason(
-                "route",
-                "ceiling",
-                f"severity floor {route.severity_floor} not "
-                f"applied above plan {plan.name}'s ceiling {plan.ceiling}",
-            )
-        )
+        text = f"severity floor {route.severity_floor} not applied above the ceiling {ceiling}"
+        reasons.append(Reason("route", "ceiling", text))
 
     sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
     due = due_times(sla, policy.calendars, now)

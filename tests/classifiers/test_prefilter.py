@@ -18,10 +18,47 @@ SHIPPED_PATTERNS = [
     for rule in tomllib.loads((SHIPPED_RULES / "00-shipped.toml").read_text())["rule"]
     if "pattern" in rule
 ]
-WORDS = ["down", "DOWN", "is", "the", "portal", "everyone", "nobody", "can", "log in", "can't",
-         "offline", "Outage", "not", "loading", "errors out", "today", "by", "noon", "50", "502",
-         "error", "how", "do", "i", "unsubscribe", "$$", "100%", "free", "yes", "text/html",
-         " ", "\n", ".", "ſ", "İ", "urgent", "!!", "1", "high"]
+WORDS = [
+    "down",
+    "DOWN",
+    "is",
+    "the",
+    "portal",
+    "everyone",
+    "nobody",
+    "can",
+    "log in",
+    "can't",
+    "offline",
+    "Outage",
+    "not",
+    "loading",
+    "errors out",
+    "today",
+    "by",
+    "noon",
+    "50",
+    "502",
+    "error",
+    "how",
+    "do",
+    "i",
+    "unsubscribe",
+    "$$",
+    "100%",
+    "free",
+    "yes",
+    "text/html",
+    " ",
+    "\n",
+    ".",
+    "ſ",
+    "İ",
+    "urgent",
+    "!!",
+    "1",
+    "high",
+]
 
 
 def fires_as_planned(pattern: str, text: str, case_sensitive: bool = False) -> bool:
@@ -72,8 +109,13 @@ def test_case_sensitive_patterns_are_not_lower_cased() -> None:
 def test_prefilter_literals_are_ones_every_match_contains() -> None:
     literals = plan(r"\b(?:Is|was) (?:completely )?down\b|offline", False).literals
     assert literals is not None
-    assert set(literals) == {"is down", "was down", "is completely down", "was completely down",
-                             "offline"}
+    assert set(literals) == {
+        "is down",
+        "was down",
+        "is completely down",
+        "was completely down",
+        "offline",
+    }
     assert plan(r"(?:is|was|are)\s+down\b|offline", False).literals == ("offline", "down")
     assert plan(r"\S", False).literals is None
     assert plan(r"^\s*(?:[12]\b|high)", False).literals is None  # "1" is too short to help
