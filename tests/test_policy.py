@@ -187,33 +187,26 @@ def test_the_none_plan_never_jumps_the_queue(runtime) -> None:  # type: ignore[n
 
 
 def test_a_routing_floor_is_capped_at_a_basic_plans_ceiling(runtime) -> None:  # type: ignore[no-untyped-def]
+    import tomllib
     from dataclasses import replace
 
-    from gateway.routing import build_router
     from gateway.config.schema import RoutingFile
+    from gateway.config.validate import build
+    from gateway.routing import build_router
 
-    table = RoutingFile.__dataclass_fields__  # the shape is the routing module's; build one
-    del table
-    import tomllib
-
-    routing = tomllib.loads(
+    table = tomllib.loads(
         'default_queue = "support"\n[[rule]]\nname = "LIFT_ALL"\nqueue = "support"\n'
         'severity_floor = "urgent"\n[rule.match]\nchannel = ["email"]\n'
     )
-    from gateway.config.validate import build
-
-    parsed, problems = build(RoutingFile, routing, ROOT / "config" / "routing.toml")
-    assert parsed is not None and not problems
-    policy = replace(
-        runtime.policy,
-        router=build_router(
-            parsed,
-            [p.name for p in runtime.policy.plans.ordered],
-            runtime.policy.severity.levels,
-            runtime.policy.calendars,
-        ),
+    routing, problems = build(RoutingFile, table, ROOT / "config" / "routing.toml")
+    assert routing is not None and not problems
+    router = build_router(
+        routing,
+        [p.name for p in runtime.policy.plans.ordered],
+        runtime.policy.severity.levels,
+        runtime.policy.calendars,
     )
-    lifted = replace(runtime, policy=policy)
+    lifted = replace(runtime, policy=replace(runtime.policy, router=router))
     basic = _decide(lifted, "sam@bluebird.example", "smtp", "Question", "How do I print labels?")
     growth = _decide(
         lifted, "dana@acme-clinic.example", "smtp", "Question", "How do I print labels?"
