@@ -25,6 +25,7 @@ from typing import IO
 
 from channels.imap import PollerThread, start_pollers
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
+from gateway.notify import Notifier, watchdog_interval
 from gateway.runtime import RuntimeBox
 from gateway.spool import Spool
 
@@ -70,11 +71,17 @@ class Daemon:
         self.spool: Spool | None = None
         self.handler: IntakeHandler | None = None
         self.listeners: dict[str, str] = {}
+        self.notifier = Notifier()
+        self.worker_started: list[float] = []
+        self._wedged_logged = False
         self.imap_stop = threading.Event()  # IMAP: set in run()'s finally
         self.imap_threads: list[PollerThread] = []
         self._acceptance = acceptance(box)
 
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
+        while len(self.worker_started) <= index:
+            self.worker_started.append(0.0)
+        self.worker_started[index] = time.time()
         cmd = [
             sys.executable,
             "-m",
@@ -139,13 +146,20 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
         loop.add_signal_handler(signal.SIGINT, self.stop_event.set)
         log.info("gateway ready (instance %s, %d worker(s))", g.gateway.instance, len(self.workers))
+        # READY only now: config loaded, state locked, listeners bound (sd_notify(3)).
+        self.notifier.ready(self._status_line())
+        interval = min(1.0, watchdog_interval() or 1.0)
         try:
             while not self.stop_event.is_set():
+                tick = loop.time()
                 self._supervise()
                 self._write_status()
+                if self._healthy(lag=loop.time() - tick):
+                    self.notifier.watchdog()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop_event.wait(), timeout=1.0)
+                    await asyncio.wait_for(self.stop_event.wait(), timeout=interval)
         finally:
+            self.notifier.stopping()
             log.info("stopping: closing listeners, letting workers finish")
             for server in servers:
                 server.close()
@@ -166,12 +180,52 @@ class Daemon:
         return 0
 
     def _reload(self) -> None:
+        self.notifier.reloading()
         ok = self.box.reload()
         if ok:
             self._acceptance = acceptance(self.box)
         for proc in self.workers:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)
+        self.notifier.ready(
+            self._status_line() if ok else f"reload rejected: {self.box.last_error}"
+        )
+
+    def _status_line(self) -> str:
+        listening = ", ".join(f"{k} {v}" for k, v in self.listeners.items())
+        depth = self.spool.depth() if self.spool else 0
+        return f"listening: {listening or 'nothing'}; spool depth {depth}"
+
+    def _healthy(self, *, lag: float) -> bool:
+        """Ping the watchdog only when the event loop answers promptly and no worker has been
+        silent (stuck in one batch) longer than `workers.stuck_seconds`. An idle daemon is
+        healthy: an idle worker still writes its heartbeat every second."""
+        if lag > 5.0:
+            log.error("event loop blocked for %.1fs: withholding the watchdog ping", lag)
+            return False
+        bound = self.box.current.settings.gateway.workers.stuck_seconds
+        now = time.time()
+        for i, started in enumerate(self.worker_started):
+            if now - started < bound:
+                continue  # a fresh worker gets the bound to write its first heartbeat
+            path = self.status_dir / f"worker-{i}.json"
+            try:
+                beat = float(json.loads(path.read_text())["time"])
+            except (OSError, ValueError, KeyError):
+                beat = 0.0
+            if now - max(beat, started) > bound:
+                if not self._wedged_logged:
+                    log.error(
+                        "worker %d silent for %.0fs (> %.0fs): withholding the watchdog "
+                        "ping so systemd restarts the service",
+                        i,
+                        now - beat,
+                        bound,
+                    )
+                    self._wedged_logged = True
+                return False
+        self._wedged_logged = False
+        return True
 
     def _supervise(self) -> None:
         for i, proc in enumerate(self.workers):

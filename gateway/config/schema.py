@@ -66,6 +66,9 @@ class WorkersSection:
     poll_seconds: float = field(default=0.05, metadata=check(positive))
     # Messages per database transaction (one durable commit, one blob sync per batch).
     batch_size: int = field(default=32, metadata=check(positive))
+    # A worker silent for longer than this (no heartbeat: stuck in one batch) counts as wedged:
+    # the daemon stops its systemd watchdog pings and systemd restarts the service.
+    stuck_seconds: float = field(default=600.0, metadata=check(positive))
 
 
 @dataclass(frozen=True)
