@@ -661,12 +661,9 @@ def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
         config = _with_mailbox(make_config(), server, user, "help-desk")
         daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
         wait_for(lambda: _channel(daemon, "help-desk").get("idle"), timeout=15)
-        import sys; print("T append", time.strftime("%T"), file=sys.stderr)
         server.append(user, mail(1), mail(2))
-        print("T appended", time.strftime("%T"), file=sys.stderr)
         wait_for(lambda: len(_subjects(daemon)) == 2, timeout=30, interval=0.2)
 
-        import sys; print("T halt", time.strftime("%T"), file=sys.stderr)
         server.halt()  # the mail server goes away under the gateway
         wait_for(lambda: not _channel(daemon, "help-desk")["connected"], timeout=10)
         server.launch()  # and comes back on the same port with the same maildirs
