@@ -7,19 +7,10 @@ import csv
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.storage.customers import COLUMNS
 from tests.helpers import Gateway, gateway_cli, make_email
 
-HEADER = [
-    "account",
-    "name",
-    "plan",
-    "language",
-    "domains",
-    "contact_name",
-    "email",
-    "phone",
-    "emergency_authorised",
-]
+HEADER = list(COLUMNS)  # the documented column order
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> Path:
