@@ -7,8 +7,9 @@ stalls another or any other channel):
   \\Seen by accident, and the exact raw bytes are spooled: the spine's dedup key then makes a
   message seen twice (crash between spool and move, the same mail in two mailboxes, or by SMTP
   and IMAP) one ticket.
-* The server is told (MOVE to ``processed_folder`` or STORE +FLAGS \\Seen) ONLY AFTER
-  ``spool.enqueue`` returned (DESIGN promise 1). The competitors' bugs (django-helpdesk #209,
+* The server is told (MOVE to ``processed_folder`` or STORE +FLAGS \\Seen) ONLY AFTER the
+  message's own spool write returned (DESIGN promise 1); a fetch group is spooled together
+  (``enqueue_async``: one group commit). The competitors' bugs (django-helpdesk #209,
   Zammad #1662) come from doing this the other way round.
 * A spool that cannot be written is a temporary failure: the message stays unseen and in place,
   the poller backs off and retries; it is never quarantined for that.
@@ -35,6 +36,7 @@ attempts, through
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import json
 import logging
@@ -102,7 +104,7 @@ class MailboxStats:
     acknowledged: int = 0  # messages moved/flagged after spooling
     quarantined: int = 0  # messages moved to the quarantine folder
     fetch_failures: int = 0  # per-message fetch failures (counted towards quarantine)
-    temp_failures: int = 0  # spool writes refused: messages left in place, retried later
+    temp_failures: int = 0  # attempts the spool refused: messages left in place, retried later
     reconnects: int = 0  # sessions ended by an error and retried after a backoff
     rescans: int = 0  # UIDVALIDITY changes
     connected: bool = False
@@ -387,7 +389,10 @@ class MailboxPoller:
             try:
                 client.login(box.username, self.password)
             except LoginError as exc:
-                raise MailboxError(f"login as {box.username!r} refused: {exc}") from exc
+                detail = str(exc)  # imapclient renders the server's bytes as "b'...'"
+                if detail[:2] in ("b'", 'b"') and detail[-1:] == detail[1]:
+                    detail = detail[2:-1]
+                raise MailboxError(f"login as {box.username!r} refused: {detail}") from exc
             self._prepare_folders(client)
             self._select(client)
         except BaseException:
@@ -556,8 +561,7 @@ class MailboxPoller:
 
     def _take(self, client: Any, uids: list[int]) -> None:
         bodies = self._fetch_bodies(client, uids)
-        spooled: list[int] = []
-        spool_error: SpoolError | None = None
+        ready: list[tuple[int, bytes, Envelope]] = []
         validity = self.keeper.cursor.uidvalidity
         for uid in uids:
             body = bodies.get(uid)
@@ -586,22 +590,57 @@ class MailboxPoller:
                     ("uidvalidity", str(validity)),
                 ),
             )
-            try:
-                self.spool.enqueue(body, envelope)
-            except SpoolError as exc:
-                self.stats.temp_failures += 1
-                self._error(exc)
-                log.error("%s: spool refused UID %s, leaving it unseen: %s", self.channel, uid, exc)
-                spool_error = exc
-                break
+            ready.append((uid, body, envelope))
+        spooled: list[int] = []
+        spool_error: SpoolError | None = None
+        outcomes = self._spool_all([(body, envelope) for _uid, body, envelope in ready])
+        for (uid, _body, _envelope), outcome in zip(ready, outcomes, strict=True):
+            if isinstance(outcome, SpoolError):
+                if spool_error is None:
+                    log.error(
+                        "%s: spool refused UID %s (and maybe more), leaving it unseen: %s",
+                        self.channel,
+                        uid,
+                        outcome,
+                    )
+                spool_error = outcome
+                continue
             self.stats.accepted += 1
             spooled.append(uid)
+        if spool_error is not None:
+            self.stats.temp_failures += 1  # one refusal per attempt, however many it left
+            self._error(spool_error)
         if spooled:
             crash_point("imap-after-spool-before-move")
             self._acknowledge(client, spooled)
             self._done.update(spooled)
         if spool_error is not None:
             raise _SpoolUnavailableError(str(spool_error))
+
+    def _spool_all(self, items: list[tuple[bytes, Envelope]]) -> list[str | SpoolError]:
+        """Spool a fetch group at once; each outcome (entry id or SpoolError) is its message's.
+
+        Through ``enqueue_async``, so the spool's writer fsyncs the group's files together and
+        incoming/ once (group commit) instead of twice per message: the difference between
+        ~100 and several hundred messages a second on a disk where fsync costs milliseconds.
+        Durability per message is unchanged: a message is acknowledged only once its own
+        write has returned.
+        """
+        if not items:
+            return []
+
+        async def spool_group() -> list[str | BaseException]:
+            return await asyncio.gather(
+                *(self.spool.enqueue_async(raw, envelope) for raw, envelope in items),
+                return_exceptions=True,
+            )
+
+        outcomes: list[str | SpoolError] = []
+        for outcome in asyncio.run(spool_group()):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, SpoolError):
+                raise outcome  # a bug, not a full disk: the session ends, the mail stays unseen
+            outcomes.append(outcome)
+        return outcomes
 
     def _fetch_bodies(self, client: Any, uids: list[int]) -> dict[int, bytes | Exception]:
         """Raw bytes by UID. A failed batch FETCH is retried UID by UID, so one unreadable

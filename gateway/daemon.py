@@ -23,11 +23,20 @@ import time
 from pathlib import Path
 from typing import IO
 
+from starlette.applications import Starlette
+
 from channels.imap import PollerThread, start_pollers
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
+from channels.twilio import TwilioChannel, build_app, start_webhooks
+from gateway.config.loader import Settings
+from gateway.health import build_health_app
+from gateway.http_server import HttpServer, serve_http
+from gateway.metrics import GatewayCollector
 from gateway.notify import Notifier, watchdog_interval
 from gateway.runtime import RuntimeBox
 from gateway.spool import Spool
+from gateway.storage.db import make_engine, session_factory
+from gateway.twilio_outbound import auth_token as twilio_auth_token
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +85,9 @@ class Daemon:
         self._wedged_logged = False
         self.imap_stop = threading.Event()  # IMAP: set in run()'s finally
         self.imap_threads: list[PollerThread] = []
+        self.webhooks: HttpServer | None = None  # Twilio webhooks (channels/twilio.py)
+        self.health: HttpServer | None = None  # /healthz /readyz /metrics on [api]
+        self.twilio: TwilioChannel | None = None
         self._acceptance = acceptance(box)
 
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
@@ -141,6 +153,22 @@ class Daemon:
             box = thread.poller.box
             self.listeners[f"imap:{box.name}"] = f"{box.host}:{box.port}/{box.folder}"
         # --- end IMAP -----------------------------------------------------------------------------
+        # --- Twilio webhooks (channels/twilio.py): uvicorn served in this loop --------------------
+        if g.webhooks.enabled:
+            runtime_box = self.box
+            self.twilio = TwilioChannel(
+                self.spool, lambda: runtime_box.current, twilio_auth_token()
+            )
+            self.webhooks = await start_webhooks(
+                build_app(self.twilio), g.webhooks.host, g.webhooks.port
+            )
+            self.listeners["webhooks"] = f"{self.webhooks.host}:{self.webhooks.port}"
+            log.info("Twilio webhooks listening on %s", self.listeners["webhooks"])
+        # --- end Twilio ---------------------------------------------------------------------------
+        if g.api.enabled:
+            self.health = await serve_http(self._health_app(settings), g.api.host, g.api.port)
+            self.listeners["api"] = f"{self.health.host}:{self.health.port}"
+            log.info("health and metrics on http://%s/metrics", self.listeners["api"])
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
@@ -164,6 +192,10 @@ class Daemon:
             for server in servers:
                 server.close()
                 await server.wait_closed()
+            if self.webhooks is not None:  # Twilio: stop taking webhooks before workers stop
+                await self.webhooks.stop()
+            if self.health is not None:
+                await self.health.stop()
             self.imap_stop.set()  # IMAP: pollers leave IDLE within a second and log out
             for thread in self.imap_threads:
                 await asyncio.to_thread(thread.join, 15)
@@ -178,6 +210,18 @@ class Daemon:
             self._write_status(stopped=True)
             lock.close()
         return 0
+
+    def _health_app(self, settings: Settings) -> Starlette:
+        assert self.spool is not None
+        sessions = session_factory(make_engine(settings.database_url))
+        collector = GatewayCollector(sessions, self.spool, self.status_dir, self.channel_stats)
+        return build_health_app(
+            sessions,
+            self.spool,
+            collector,
+            lambda: dict(self.listeners),
+            settings.gateway.spool.min_free_mib * 1024 * 1024,
+        )
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -234,9 +278,27 @@ class Daemon:
                 log.error("worker %d exited with %s; restarting it", i, code)
                 self.workers[i] = self._start_worker(i)
 
+    def channel_stats(self) -> dict[str, dict[str, object]]:
+        """Each channel's live counters: what `gateway status` and /metrics show."""
+        channels: dict[str, dict[str, object]] = {}
+        if self.handler is not None:
+            stats = self.handler.stats
+            channels[self.handler.channel] = {
+                "accepted": stats.accepted,
+                "refused_recipients": stats.refused_recipients,
+                "temp_failures": stats.temp_failures,
+                "sessions": stats.sessions,
+                "last_error": stats.last_error,
+            }
+        # IMAP: each mailbox's own counters (MailboxStats) under channels["imap:<name>"].
+        for thread in self.imap_threads:
+            channels[thread.poller.channel] = thread.poller.stats.as_dict()
+        if self.twilio is not None:  # Twilio: the webhooks' counters
+            channels["webhooks"] = self.twilio.stats.as_dict()
+        return channels
+
     def _write_status(self, *, stopped: bool = False) -> None:
         assert self.spool is not None
-        stats = self.handler.stats if self.handler else None
         data = {
             "pid": os.getpid(),
             "time": time.time(),
@@ -247,25 +309,8 @@ class Daemon:
             "config_error": self.box.last_error,
             "spool_depth": self.spool.depth(),
             "quarantine": self.spool.quarantine_count(),
-            "channels": {
-                name: {
-                    "accepted": stats.accepted,
-                    "refused_recipients": stats.refused_recipients,
-                    "temp_failures": stats.temp_failures,
-                    "sessions": stats.sessions,
-                    "last_error": stats.last_error,
-                }
-                for name in self.listeners
-                if not name.startswith("imap:")
-            }
-            if stats
-            else {},
+            "channels": self.channel_stats(),
         }
-        # IMAP: each mailbox's own counters (MailboxStats) under channels["imap:<name>"].
-        channels = data["channels"]
-        assert isinstance(channels, dict)
-        for thread in self.imap_threads:
-            channels[thread.poller.channel] = thread.poller.stats.as_dict()
         path = self.status_dir / "daemon.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,17 @@ from gateway.storage.queries import OPEN_STATUSES
 
 
 class GatewayCollector(Collector):
-    def __init__(self, sessions: sessionmaker[Session], spool: Spool, status_dir: Path) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        spool: Spool,
+        status_dir: Path,
+        channel_stats: Callable[[], Mapping[str, Mapping[str, object]]],
+    ) -> None:
         self.sessions = sessions
         self.spool = spool
         self.status_dir = status_dir
+        self.channel_stats = channel_stats  # live, from the daemon's own listeners
 
     def collect(self) -> Iterator[Metric]:
         yield from self._spool()
@@ -66,7 +73,6 @@ class GatewayCollector(Collector):
             return None
 
     def _status_files(self) -> Iterator[Metric]:
-        daemon = self._read(self.status_dir / "daemon.json") or {}
         accepted = CounterMetricFamily(
             "gateway_channel_accepted",
             "Messages a channel acknowledged since start.",
@@ -82,10 +88,10 @@ class GatewayCollector(Collector):
             "Seconds since a mailbox was last fetched successfully.",
             labels=["mailbox"],
         )
-        for name, stats in (daemon.get("channels") or {}).items():
-            accepted.add_metric([name], float(stats.get("accepted", 0)))
-            temp.add_metric([name], float(stats.get("temp_failures", 0)))
-            last = stats.get("last_success") or stats.get("last_fetch")
+        for name, stats in self.channel_stats().items():
+            accepted.add_metric([name], _number(stats.get("accepted")))
+            temp.add_metric([name], _number(stats.get("temp_failures")))
+            last = stats.get("last_fetch_at")
             if name.startswith("imap:") and isinstance(last, int | float):
                 since.add_metric([name[5:]], max(0.0, time.time() - float(last)))
         yield accepted
@@ -187,3 +193,7 @@ class GatewayCollector(Collector):
         yield verdicts
         yield outbox
         yield breached
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

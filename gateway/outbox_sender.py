@@ -49,7 +49,11 @@ def build_email(row: OutboxRow, outbound: OutboundSection, instance: str) -> Ema
 
 
 def claim(
-    sessions: sessionmaker[Session], instance: str, now: datetime, limit: int = 20
+    sessions: sessionmaker[Session],
+    instance: str,
+    now: datetime,
+    limit: int = 20,
+    channel: str = "email",  # "sms" rows are sent by gateway/twilio_outbound.py
 ) -> list[int]:
     with sessions.begin() as session:
         # Rows whose lease ran out were being sent by a process that died: send them again.
@@ -61,7 +65,11 @@ def claim(
         ids = list(
             session.execute(
                 select(OutboxRow.id)
-                .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
+                .where(
+                    OutboxRow.status == "pending",
+                    OutboxRow.next_attempt_at <= now,
+                    OutboxRow.channel == channel,
+                )
                 .order_by(OutboxRow.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -193,7 +193,12 @@ def _one(
                 clock.lap("identify")
                 stage = "thread"
                 threaded = thread(
-                    message, customer, SessionThreadLookup(session), now, runtime.reopen_window
+                    message,
+                    customer,
+                    SessionThreadLookup(session),
+                    now,
+                    runtime.reopen_window,
+                    timedelta(hours=settings.gateway.webhooks.sms_thread_window_hours),
                 )
                 clock.lap("thread")
                 stage = "classify"

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway import escalation_scheduler, outbox_sender
+from gateway import escalation_scheduler, outbox_sender, twilio_outbound
 from gateway.blobs import BlobStore
 from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
 from gateway.pipeline import storage_unavailable as storage_unavailable
@@ -202,6 +202,9 @@ class Worker:
             except Exception as exc:
                 log.warning("outbox sender: %s: %s", type(exc).__name__, exc)
                 sent = 0
+            # --- Twilio: SMS outbox rows, voicemail transcription deadlines (twilio_outbound) ---
+            sent += twilio_outbound.run_once(self.sessions, settings)
+            # --- end Twilio ---
             if not sent:
                 self.stopping.wait(1.0)
 

@@ -85,6 +85,8 @@ def configure(source: Path, target: Path, state: Path, **overrides: object) -> P
         "gateway__state_dir": str(state),
         "smtp__port": 0,
         "outbound__enabled": False,
+        "api__port": 0,
+        "webhooks__port": 0,
     }
     defaults.update(overrides)
     for name, value in defaults.items():

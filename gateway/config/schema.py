@@ -124,8 +124,57 @@ class AutomatedSection:
 
 @dataclass(frozen=True)
 class HttpSection:
+    # The health and metrics (and, later, agents' API) listener: /healthz, /readyz, /metrics.
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=check(port))
+
+
+# ---- [webhooks] in gateway.toml: the Twilio SMS and voice webhooks (channels/twilio.py) -------
+
+
+def _base_url(v: str) -> str | None:
+    if not v or re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
+        return None
+    return "must be an http(s) URL without query or fragment, e.g. https://gw.example.com"
+
+
+def _digits_range(v: int) -> str | None:
+    return None if 1 <= v <= 14400 else "must be from 1 to 14400 seconds (Twilio's limit)"
+
+
+@dataclass(frozen=True)
+class WebhooksSection:
+    # Serve the Twilio webhooks (POST /twilio/sms, /twilio/voice, ...) in the daemon.
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=check(port))
+    # The base URL Twilio calls (as configured in the Twilio console, behind any proxy), e.g.
+    # https://gw.example.com. Every request's X-Twilio-Signature is checked against this base +
+    # the path: a wrong value makes every webhook answer 403.
+    public_url: str = field(default="", metadata=check(_base_url))
+    # Accept unsigned requests. ONLY for local trials without Twilio; logged loudly at start.
+    insecure_skip_signature: bool = False
+    # An SMS from a contact with an open ticket on SMS active within this many hours joins
+    # that ticket (unless it starts with NEW).
+    sms_thread_window_hours: float = field(default=24.0, metadata=check(positive))
+    # Immediate SMS answer (TwiML) to every accepted SMS; empty sends none. The ticket
+    # reference follows through the outbox.
+    sms_receipt: str = "Thank you, we received your message."
+    # What a caller hears first.
+    greeting: str = "Thank you for calling support."
+    # Longest voicemail, seconds (Twilio transcribes only recordings of 2 to 120 seconds).
+    record_max_seconds: int = field(default=120, metadata=check(_digits_range))
+    # A voicemail whose transcription has not arrived after this long is marked "transcription
+    # unavailable" (the ticket keeps the recording link).
+    transcription_wait_minutes: float = field(default=15.0, metadata=check(positive))
+    # Outbound SMS (ticket references, replies) through Twilio's REST API. The auth token comes
+    # from $GATEWAY_TWILIO_AUTH_TOKEN or the credential `twilio-auth-token`, never from here.
+    account_sid: str = ""
+    # Our Twilio number (E.164) outbound SMS are sent from.
+    from_number: str = ""
+    # Twilio REST API base URL; empty is https://api.twilio.com (tests point it elsewhere).
+    rest_base_url: str = field(default="", metadata=check(_base_url))
 
 
 # ---- [[imap]] in gateway.toml: mailboxes the IMAP channel polls (channels/imap.py) ----------
@@ -184,7 +233,7 @@ class GatewayConfig:
     outbound: OutboundSection = OutboundSection()
     threading: ThreadingSection = ThreadingSection()
     automated: AutomatedSection = AutomatedSection()
-    webhooks: HttpSection = HttpSection()
+    webhooks: WebhooksSection = WebhooksSection()
     api: HttpSection = HttpSection(port=8081)
     # [[imap]] tables, one per mailbox (see ImapMailbox).
     imap: tuple[ImapMailbox, ...] = ()

@@ -101,6 +101,8 @@ class Decision:
     first_response_due: datetime | None = None
     resolution_due: datetime | None = None
     route: Route | None = None
+    # Twilio SMS keywords: "out" (STOP) or "in" (START) — persist records the opt-out.
+    sms_opt: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,10 @@ def decide(
             outcome, verdict.severity, False, policy.default_queue, (), (), (), tuple(reasons)
         )
 
+    if message.channel == "twilio-sms":
+        keyword = sms_keyword(message.text)
+        if keyword is not None:
+            return _sms_keyword_decision(keyword, message, verdict, policy, reasons)
     plan = policy.plans.get(customer.plan)
     entitlement = check_channel_entitlement(customer, message.channel, policy.plans)
     reasons.append(Reason("entitlement", entitlement.action, entitlement.reason))
@@ -162,7 +168,8 @@ def decide(
             policy.default_queue,
             (),
             (),
-            (reply,),
+            # A caller already heard the plan's channels on the call; a text would repeat it.
+            () if channel_kind(message.channel) == "voice" else (reply,),
             tuple(reasons),
         )
     ceiling = plan.ceiling
@@ -176,7 +183,17 @@ def decide(
         jump = False
         reasons.append(Reason("plan", "no-jump", f"plan {plan.name} does not jump the queue"))
 
-    route = route_message(policy.router, _facts(message, customer, severity, jump, verdict, now))
+    emergency = False
+    if message.header("x-twilio-event") == "gather":
+        emergency = _keypress(message, customer, entitlement.entitled, plan.emergency, reasons)
+        if emergency:
+            # The caller chose emergency support on a plan that has it: the top level, and the
+            # queue jump the plan allows. The keypress is the evidence billing relies on.
+            severity = levels[0] if levels else severity
+            jump = plan.jump_queue
+    route = route_message(
+        policy.router, _facts(message, customer, severity, jump, verdict, now, emergency)
+    )
     reasons.append(Reason("route", route.rule or "default", route.reason))
     lifted = cap_lift(levels, severity, route.severity_floor, ceiling)
     if lifted != severity:
@@ -222,6 +239,7 @@ def decide(
         first_response_due=due.first_response,
         resolution_due=due.resolution,
         route=route,
+        emergency=emergency,
     )
 
 
@@ -232,6 +250,7 @@ def _facts(
     jump: bool,
     verdict: Verdict,
     now: datetime,
+    emergency: bool = False,
 ) -> RoutingFacts:
     return RoutingFacts(
         channel=channel_kind(message.channel),
@@ -241,11 +260,90 @@ def _facts(
         recipients=message.recipients,
         severity=severity,
         jump_queue=jump,
-        emergency=False,
+        emergency=emergency,
         hits=tuple(h.name for h in verdict.hits),
         text=(message.subject + "\n" + message.text[:8192]),
         at=now,
     )
+
+
+# Twilio's default opt-out, opt-in and help keywords (the whole message, any case).
+SMS_STOP = frozenset(
+    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
+)
+SMS_START = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
+SMS_HELP = frozenset({"HELP", "INFO"})
+
+
+def sms_keyword(text: str) -> str | None:
+    """STOP, START or HELP when an SMS is exactly one of their keywords, else None."""
+    word = text.strip().strip(".!").upper()
+    if word in SMS_STOP:
+        return "STOP"
+    if word in SMS_START:
+        return "START"
+    if word in SMS_HELP:
+        return "HELP"
+    return None
+
+
+def _sms_keyword_decision(
+    keyword: str, message: ParsedMessage, verdict: Verdict, policy: Policy, reasons: list[Reason]
+) -> Decision:
+    """STOP/START are recorded (persist keeps the opt-out), never ticketed; Twilio itself
+    confirms them to the phone. HELP is answered once with the help text, through the gate."""
+    texts = {
+        "STOP": f"{message.sender} opted out of SMS: nothing more is sent to it until START",
+        "START": f"{message.sender} opted back in to SMS",
+        "HELP": f"{message.sender} asked for help: one reply with the help text",
+    }
+    reasons.append(Reason("policy", f"sms-{keyword.lower()}", texts[keyword]))
+    replies = (Reply("help", "the SMS keyword HELP is answered"),) if keyword == "HELP" else ()
+    return Decision(
+        Discard(texts[keyword]),
+        verdict.severity,
+        False,
+        policy.default_queue,
+        (),
+        (),
+        replies,
+        tuple(reasons),
+        sms_opt={"STOP": "out", "START": "in"}.get(keyword, ""),
+    )
+
+
+def _keypress(
+    message: ParsedMessage,
+    customer: Customer,
+    entitled: bool,
+    plan_emergency: bool,
+    reasons: list[Reason],
+) -> bool:
+    """Record the caller's choice with its evidence; True when it makes an emergency."""
+    digit = message.header("x-twilio-digits") or ""
+    call = message.header("x-twilio-callsid") or "?"
+    at = message.received_at.isoformat().replace("+00:00", "Z")
+    evidence = (
+        f"caller {message.sender} pressed {digit or 'nothing'} on call {call} at {at}, after "
+        "hearing that emergency support is billed per incident at the rate in the agreement"
+    )
+    authorised = "authorised" if customer.emergency_authorised else "NOT authorised"
+    if digit != "1":
+        reasons.append(Reason("policy", "normal-keypress", evidence + "; normal priority"))
+        return False
+    if not (entitled and plan_emergency):
+        reasons.append(
+            Reason("policy", "emergency-unavailable", evidence + "; the plan has no emergency")
+        )
+        return False
+    reasons.append(
+        Reason(
+            "policy",
+            "emergency-keypress",
+            f"{evidence}; contact {authorised} for emergencies",
+        )
+    )
+    return True
 
 
 def _rank(levels: tuple[str, ...], level: str) -> int:

@@ -229,6 +229,10 @@ def _mailparser_text(data: bytes) -> tuple[str, list[str]]:
 
 def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) -> ParsedMessage:
     """Parse whatever bytes arrived. Degrades (defects recorded) rather than failing."""
+    if envelope.channel.startswith("twilio"):  # Twilio: a spooled webhook, not RFC 5322
+        from gateway.stages.parse_twilio import parse_twilio
+
+        return parse_twilio(raw, envelope, spool_id)
     data = strip_mbox_line(raw)
     # The stdlib parser in compat32 mode never raises on bytes: it records defects instead.
     msg = email.message_from_bytes(data, policy=email.policy.compat32)

@@ -13,6 +13,7 @@ again, harmlessly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,12 +26,14 @@ from gateway.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.outbox import Draft, gate, render
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
+from gateway.stages.parse_twilio import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
     Intake,
     Message,
     OutboxRow,
+    SmsOptOut,
     Ticket,
     TicketEvent,
     TicketPause,
@@ -170,6 +173,12 @@ def record(
                 text=reason.text[:4000],
             )
         )
+    # -- Twilio: SMS opt-outs and the voicemail transcript (channels/twilio.py) ---------------
+    if decision.sms_opt:
+        _record_opt(session, message.sender, decision.sms_opt, now)
+    if ticket is not None and message.channel == "twilio-voice":
+        _voicemail_update(session, ticket, message, stored)
+    # -- end Twilio ---------------------------------------------------------------------------
     for reply in decision.replies:
         _queue_reply(session, reply, message, customer, automated, ticket, intake, ctx, now)
     return Persisted(kind, ticket.reference if ticket else None, outcome.reason)
@@ -238,6 +247,8 @@ def _ticket_for(
                 )
                 ticket.severity = decision.severity
                 ticket.severity_rank = rank
+            if decision.emergency and not ticket.emergency:
+                ticket.emergency = True  # a caller's keypress after the first event of a call
             if decision.jump_queue and not ticket.jump_queue:
                 ticket.jump_queue = True
                 ticket.jump_reason = verdict.explain()
@@ -301,9 +312,15 @@ def _queue_reply(
 ) -> None:
     template = reply.template
     recipient = (reply.to or message.sender).lower()
+    # Twilio contacts are answered by SMS, to their number (staff notifications stay email).
+    sms = message.channel.startswith("twilio") and not reply.internal
+    if sms and ctx.templates.get(f"sms-{template}", customer.language) is not None:
+        template = f"sms-{template}"
     if reply.internal:
         # Staff notifications: our own domain is expected; only a missing address stops them.
         why_not = None if "@" in recipient else "no notification address"
+    elif sms:
+        why_not = sms_gate(recipient, automated, opted_out(session, recipient))
     else:
         why_not = gate(recipient, automated, ctx.own_addresses, ctx.own_domains)
     draft: Draft | None = None
@@ -337,7 +354,21 @@ def _queue_reply(
                 OutboxRow.status.in_(("pending", "sending", "sent")),
             )
         ).scalar_one()
-        if recent >= ctx.per_recipient_limit:
+        if sms and reply.template == "unentitled" and why_not is None:
+            # One polite "not on your plan" text per window, however often they write.
+            told = session.execute(
+                select(func.count())
+                .select_from(OutboxRow)
+                .where(
+                    OutboxRow.recipient == recipient,
+                    OutboxRow.kind == template,
+                    OutboxRow.created_at >= now - ctx.per_recipient_window,
+                    OutboxRow.status.in_(("pending", "sending", "sent")),
+                )
+            ).scalar_one()
+            if told:
+                why_not = f"{recipient} was already told this plan excludes SMS in this window"
+        if why_not is None and recent >= ctx.per_recipient_limit:
             why_not = (
                 f"per-recipient limit: {recent} automatic messages to {recipient} "
                 f"in the last {int(ctx.per_recipient_window.total_seconds() // 60)} minutes"
@@ -350,7 +381,7 @@ def _queue_reply(
             ticket_id=ticket.id if ticket else None,
             intake_id=intake.id,
             kind=template,
-            channel="email",
+            channel="sms" if sms else "email",
             recipient=recipient[:320] or "-",
             subject=draft.subject if draft else "",
             body=draft.body if draft else "",
@@ -362,3 +393,63 @@ def _queue_reply(
             created_at=now,
         )
     )
+
+
+# -- Twilio SMS and voicemail helpers (channels/twilio.py, gateway/stages/parse_twilio.py) -----
+
+E164 = re.compile(r"\+[1-9]\d{6,14}")
+
+
+def opted_out(session: Session, phone: str) -> bool:
+    """Has this number texted STOP (and not START since)?"""
+    row = session.execute(
+        select(SmsOptOut.opted_out).where(SmsOptOut.phone == phone)
+    ).scalar_one_or_none()
+    return bool(row)
+
+
+def sms_gate(phone: str, automated: Automated, is_opted_out: bool) -> str | None:
+    """Why we must not text `phone`, or None if we may (the SMS twin of `outbox.gate`)."""
+    if automated.is_automated:
+        return f"sender is automated ({automated.kind}): never answer machines"
+    if not E164.fullmatch(phone):
+        return "no E.164 number to text"
+    if is_opted_out:
+        return f"{phone} opted out of SMS (STOP)"
+    return None
+
+
+def _record_opt(session: Session, phone: str, opt: str, now: datetime) -> None:
+    row = session.execute(select(SmsOptOut).where(SmsOptOut.phone == phone)).scalar_one_or_none()
+    if row is None:
+        row = SmsOptOut(phone=phone[:32])
+        session.add(row)
+    row.opted_out = opt == "out"
+    row.keyword = "STOP" if opt == "out" else "START"
+    row.updated_at = now
+
+
+def _voicemail_update(
+    session: Session, ticket: Ticket, message: ParsedMessage, stored: Message
+) -> None:
+    """One voicemail ticket whatever the order of its events: the transcript becomes the
+    ticket's subject line and replaces "pending" on the recording's message; a recording that
+    arrives after its transcript is stored as already transcribed."""
+    event = message.header("x-twilio-event")
+    siblings = list(
+        session.execute(
+            select(Message).where(Message.ticket_id == ticket.id, Message.id != stored.id)
+        ).scalars()
+    )
+    transcribed = [m for m in siblings if (m.header_message_id or "").startswith("transcription.")]
+    if event == "transcription" and not message.text.startswith(TRANSCRIPTION_UNAVAILABLE):
+        ticket.subject = message.subject
+        for sibling in siblings:
+            if TRANSCRIPTION_PENDING in sibling.text:
+                sibling.text = sibling.text.replace(
+                    TRANSCRIPTION_PENDING, f"Transcription: received (message {stored.id})"
+                )
+    elif event == "recording" and transcribed and TRANSCRIPTION_PENDING in stored.text:
+        stored.text = stored.text.replace(
+            TRANSCRIPTION_PENDING, f"Transcription: received (message {transcribed[0].id})"
+        )

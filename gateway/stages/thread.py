@@ -18,12 +18,17 @@ from gateway.message import Customer, ParsedMessage, Thread, TicketRef
 
 TOKEN = re.compile(r"\[#(T-\d{6,})\]")
 CLOSED = ("resolved", "closed")
+NEW_WORD = re.compile(r"\s*NEW\b", re.I)
 
 
 class ThreadLookup(Protocol):
     def ticket_for_message_ids(self, message_ids: tuple[str, ...]) -> TicketRef | None: ...
 
     def ticket_by_reference(self, reference: str) -> TicketRef | None: ...
+
+    def open_sms_ticket_for_phone(self, phone: str, since: datetime) -> TicketRef | None:
+        """The most recent open ticket this phone texted into with activity since `since`."""
+        ...
 
 
 def thread(
@@ -32,6 +37,7 @@ def thread(
     lookup: ThreadLookup,
     now: datetime,
     reopen_window: timedelta,
+    sms_window: timedelta = timedelta(hours=24),
 ) -> Thread:
     ids = tuple(dict.fromkeys(message.in_reply_to + tuple(reversed(message.references))))
     ticket = lookup.ticket_for_message_ids(ids) if ids else None
@@ -50,6 +56,8 @@ def thread(
                     f"subject token [#{candidate.reference}] ignored: sender "
                     f"{message.sender} is not bound to that ticket's account",
                 )
+    if ticket is None and message.channel == "twilio-sms":
+        return _sms_thread(message, lookup, now, sms_window)
     if ticket is None:
         return Thread("new", None, "no thread headers or token matched an existing ticket")
     if ticket.status in CLOSED:
@@ -59,6 +67,22 @@ def thread(
             )
         return Thread("reopen", ticket, f"reply by {how} reopens {ticket.reference}")
     return Thread("follow-up", ticket, f"follow-up on {ticket.reference} by {how}")
+
+
+def _sms_thread(
+    message: ParsedMessage, lookup: ThreadLookup, now: datetime, window: timedelta
+) -> Thread:
+    """SMS has no headers: a text from the same phone joins its open, recent SMS ticket, unless
+    the customer starts it with NEW (how they ask for a separate ticket)."""
+    if NEW_WORD.match(message.text):
+        return Thread("new", None, "SMS starts with NEW: a new ticket by the customer's choice")
+    if not message.sender:
+        return Thread("new", None, "SMS without a sender number")
+    ticket = lookup.open_sms_ticket_for_phone(message.sender, now - window)
+    if ticket is None:
+        hours = f"{window.total_seconds() / 3600:g}"
+        return Thread("new", None, f"no open SMS ticket from {message.sender} in {hours} h")
+    return Thread("follow-up", ticket, f"follow-up on {ticket.reference}: SMS from the same number")
 
 
 def _may_append(ticket: TicketRef, customer: Customer, message: ParsedMessage) -> bool:

@@ -287,3 +287,18 @@ class ChannelState(Base):
     key: Mapped[str] = mapped_column(String(255))
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class SmsOptOut(Base):
+    """A phone number that texted STOP (Twilio / CTIA opt-out): no SMS goes to it until START.
+
+    Written only by `persist` (the STOP message's own transaction); read by the outbox gate and,
+    again, by the SMS sender just before sending (a reply queued before the STOP arrived)."""
+
+    __tablename__ = "sms_opt_outs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    phone: Mapped[str] = mapped_column(String(32), unique=True)
+    opted_out: Mapped[bool] = mapped_column(Boolean, default=True)
+    keyword: Mapped[str] = mapped_column(String(32), default="")
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)

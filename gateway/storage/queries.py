@@ -74,6 +74,21 @@ class SessionThreadLookup:
         ).scalar_one_or_none()
         return _ref(row) if row is not None else None
 
+    def open_sms_ticket_for_phone(self, phone: str, since: datetime) -> TicketRef | None:
+        row = self.session.execute(
+            select(Ticket)
+            .join(Message, Message.ticket_id == Ticket.id)
+            .where(
+                Message.channel == "twilio-sms",
+                Message.sender == phone,
+                Ticket.status.in_(OPEN_STATUSES),
+                func.coalesce(Ticket.last_activity_at, Ticket.updated_at) >= since,
+            )
+            .order_by(Ticket.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return _ref(row) if row is not None else None
+
 
 def queue_order() -> list[ColumnElement[Any]]:
     """THE queue order, defined once: held tickets last; acknowledged emergencies first; then

@@ -28,6 +28,9 @@ from tests.imap.conftest import RECIPIENT, start_or_skip
 from tests.imap.dovecot import PASSWORD, Dovecot
 
 Poller = Callable[..., MailboxPoller]
+# The daemon's HTTP listeners (Twilio webhooks, health/metrics) default to the fixed port 8080,
+# which a daemon of another test run may hold; these tests do not need them.
+NO_WEBHOOKS: dict[str, object] = {"webhooks__enabled": False, "api__enabled": False}
 Run = Callable[[MailboxPoller], PollerThread]
 
 
@@ -444,7 +447,7 @@ def test_the_sample_config_has_no_mailbox_and_loads() -> None:
 def test_the_daemon_turns_mail_in_an_imap_mailbox_into_a_ticket(
     dovecot: Dovecot, user: str, make_config: Callable[..., Path]
 ) -> None:
-    config = make_config()
+    config = make_config(**NO_WEBHOOKS)
     with open(config / "gateway.toml", "a") as fh:
         fh.write(
             f'\n[[imap]]\nname = "help-desk"\nhost = "127.0.0.1"\nport = {dovecot.port}\n'
@@ -611,7 +614,7 @@ def _settled(daemon: DaemonProcess, subjects: list[str]) -> None:
 def test_kill_9_between_spool_and_move_makes_exactly_one_ticket_per_message_after_restart(
     dovecot: Dovecot, user: str, make_config: Callable[..., Path]
 ) -> None:
-    config = _with_mailbox(make_config(), dovecot, user, "help-desk")
+    config = _with_mailbox(make_config(**NO_WEBHOOKS), dovecot, user, "help-desk")
     env = _password_env("help-desk")
     messages = [mail(n) for n in range(1, 4)]
     dovecot.append(user, *messages)
@@ -637,7 +640,7 @@ def test_kill_9_between_spool_and_move_makes_exactly_one_ticket_per_message_afte
 def test_idle_brings_mail_in_within_seconds_even_with_a_300_second_poll_interval(
     dovecot: Dovecot, user: str, make_config: Callable[..., Path]
 ) -> None:
-    config = _with_mailbox(make_config(), dovecot, user, "help-desk", poll_seconds=300)
+    config = _with_mailbox(make_config(**NO_WEBHOOKS), dovecot, user, "help-desk", poll_seconds=300)
     daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
     try:
         wait_for(lambda: _channel(daemon, "help-desk").get("idle"), timeout=15)
@@ -658,7 +661,7 @@ def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
     server = start_or_skip()  # our own: stopping it must not disturb the other tests
     daemon: DaemonProcess | None = None
     try:
-        config = _with_mailbox(make_config(), server, user, "help-desk")
+        config = _with_mailbox(make_config(**NO_WEBHOOKS), server, user, "help-desk")
         daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
         wait_for(lambda: _channel(daemon, "help-desk").get("idle"), timeout=15)
         server.append(user, mail(1), mail(2))
@@ -683,7 +686,7 @@ def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
 def test_a_wrong_password_is_reported_by_mailbox_and_retried_while_smtp_goes_on(
     dovecot: Dovecot, user: str, make_config: Callable[..., Path]
 ) -> None:
-    config = _with_mailbox(make_config(), dovecot, user, "wrong-pass")
+    config = _with_mailbox(make_config(**NO_WEBHOOKS), dovecot, user, "wrong-pass")
     daemon = DaemonProcess(config, env=_password_env("wrong-pass", "not-the-password")).start()
     try:
         wait_for(lambda: _channel(daemon, "wrong-pass").get("reconnects", 0) >= 2, timeout=15)

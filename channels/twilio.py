@@ -1,0 +1,288 @@
+"""The Twilio webhooks: SMS and voicemail in, validated, spooled, answered with TwiML.
+
+Owns the Twilio contract (https://www.twilio.com/docs/usage/webhooks/webhooks-security):
+* Every request MUST carry a valid `X-Twilio-Signature` for `[webhooks] public_url` + path (+
+  query) and its form fields, checked with Twilio's own `RequestValidator`; anything else gets
+  403 and a log line — also when no auth token is configured. `insecure_skip_signature` exists
+  for local trials only and is logged loudly at every start.
+* A 2xx MUST follow a returned spool write (DESIGN promise 1); a spool that cannot be written
+  answers 503 so Twilio retries. Each event is spooled under its own dedup key
+  (`twilio:sms:<MessageSid>`, `twilio:call:<CallSid>`, `twilio:gather:<CallSid>`,
+  `twilio:recording:<RecordingSid>`, `twilio:transcription:<RecordingSid>`), so a replayed
+  request gets the same answer and the pipeline records a duplicate, never a second ticket.
+* Answers come well inside Twilio's 15 s timeout: no database, no network, no parsing of the
+  message here. A live call consults only the in-memory customer directory and the pure
+  `check_channel_entitlement` (DESIGN allows exactly that), so TwiML is returned with the
+  database down.
+* TwiML is built with Twilio's `twiml` classes, never by string formatting. The voice flow never
+  loops: <Gather> falls through to <Record>, and <Record>'s action only says goodbye.
+Never parses, classifies or writes tickets: the worker does (`gateway/stages/parse_twilio.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+from urllib.parse import urlencode
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from twilio.request_validator import RequestValidator
+from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.voice_response import Gather, VoiceResponse
+
+from gateway.directory import normalise_phone
+from gateway.faults import crash_point
+from gateway.http_server import HttpServer, serve_http
+from gateway.policy import check_channel_entitlement
+from gateway.runtime import Runtime
+from gateway.spool import Envelope, Spool, SpoolFullError
+from gateway.stages.decide import sms_keyword
+
+log = logging.getLogger(__name__)
+
+EMERGENCY_PROMPT: Final = (
+    "If this is an emergency, press 1. Emergency support is billed per incident at the rate in "
+    "your agreement. For normal priority, press 2."
+)
+NO_CHOICE: Final = "We did not get a choice, so your message will have normal priority."
+LEAVE_MESSAGE: Final = "Please leave your message after the tone, then hang up."
+EMERGENCY_NOTED: Final = "Your emergency is noted. " + LEAVE_MESSAGE
+GOODBYE: Final = "Thank you. We have your message. Goodbye."
+TWIML: Final = "application/xml"
+
+
+@dataclass
+class TwilioStats:
+    accepted: int = 0
+    forbidden: int = 0
+    temp_failures: int = 0
+    last_error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "accepted": self.accepted,
+            "forbidden": self.forbidden,
+            "temp_failures": self.temp_failures,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class TwilioChannel:
+    """What the webhooks need: the spool, the current runtime (directory, plans, settings) and
+    the auth token (read once at start from the environment or credentials via `secret()`)."""
+
+    spool: Spool
+    runtime: Callable[[], Runtime]
+    auth_token: str | None
+    stats: TwilioStats = field(default_factory=TwilioStats)
+
+    # -- the contract's two checks: signature, then a durable spool write -------------------
+
+    async def signed_params(self, request: Request) -> dict[str, str] | None:
+        form = await request.form()
+        params = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        hooks = self.runtime().settings.gateway.webhooks
+        if hooks.insecure_skip_signature:
+            return params
+        url = hooks.public_url.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        signature = request.headers.get("x-twilio-signature", "")
+        why = None
+        if not self.auth_token:
+            why = "no auth token configured ($GATEWAY_TWILIO_AUTH_TOKEN / twilio-auth-token)"
+        elif not hooks.public_url:
+            why = "[webhooks] public_url is not set"
+        elif not signature:
+            why = "no X-Twilio-Signature header"
+        elif not RequestValidator(self.auth_token).validate(url, params, signature):
+            why = f"X-Twilio-Signature does not match {url}"
+        if why is None:
+            return params
+        self.stats.forbidden += 1
+        client = request.client.host if request.client else "?"
+        log.warning("twilio webhook %s from %s refused (403): %s", request.url.path, client, why)
+        return None
+
+    async def spool_event(
+        self, request: Request, channel: str, event: str, key: str, params: dict[str, str]
+    ) -> str | None:
+        """Spool one event; None when it is durable, else the reason (answer 503)."""
+        payload = {
+            "v": 1,
+            "event": event,
+            "path": request.url.path,
+            "query": dict(request.query_params),
+            "params": params,
+        }
+        raw = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        caller = params.get("From") or request.query_params.get("caller") or ""
+        env = Envelope(
+            channel=channel,
+            received_at=datetime.now(UTC),
+            mail_from=normalise_phone(caller) if caller else "",
+            recipients=(params["To"],) if params.get("To") else (),
+            peer=request.client.host if request.client else None,
+            channel_key=key,
+            meta=(("twilio_event", event),),
+        )
+        try:
+            await self.spool.enqueue_async(raw, env)
+        except SpoolFullError as exc:
+            why = f"spool full: {exc}"
+        except Exception as exc:  # any failure to make it durable is ours: temporary
+            why = f"spool write failed: {exc}"
+        else:
+            crash_point("after-spool-before-ack")
+            self.stats.accepted += 1
+            return None
+        self.stats.temp_failures += 1
+        self.stats.last_error = why
+        log.error("twilio %s not spooled, answering 503: %s", event, why)
+        return why
+
+    def url(self, path: str, **query: str) -> str:
+        base = self.runtime().settings.gateway.webhooks.public_url.rstrip("/")
+        return f"{base}{path}" + (f"?{urlencode(query)}" if query else "")
+
+    def record(self, response: VoiceResponse, caller: str) -> VoiceResponse:
+        hooks = self.runtime().settings.gateway.webhooks
+        response.record(
+            action=self.url("/twilio/voice/done"),
+            method="POST",
+            max_length=hooks.record_max_seconds,
+            play_beep=True,
+            recording_status_callback=self.url("/twilio/voice/recording", caller=caller),
+            recording_status_callback_method="POST",
+            transcribe=True,
+            transcribe_callback=self.url("/twilio/voice/transcription", caller=caller),
+        )
+        return response
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    async def sms(self, request: Request) -> Response:
+        params = await self.signed_params(request)
+        if params is None:
+            return PlainTextResponse("forbidden", status_code=403)
+        sid = params.get("MessageSid") or params.get("SmsSid")
+        if not sid:
+            return PlainTextResponse("MessageSid missing", status_code=400)
+        if await self.spool_event(request, "twilio-sms", "sms", f"twilio:sms:{sid}", params):
+            return PlainTextResponse("try again later", status_code=503)
+        reply = MessagingResponse()
+        receipt = self.runtime().settings.gateway.webhooks.sms_receipt
+        # STOP/START/HELP: Twilio answers those itself; a receipt on top would be noise.
+        if receipt and sms_keyword(params.get("Body", "")) is None:
+            reply.message(receipt)
+        return Response(str(reply), media_type=TWIML)
+
+    async def voice(self, request: Request) -> Response:
+        params = await self.signed_params(request)
+        if params is None:
+            return PlainTextResponse("forbidden", status_code=403)
+        runtime = self.runtime()
+        hooks = runtime.settings.gateway.webhooks
+        caller = normalise_phone(params.get("From", "")) if params.get("From") else ""
+        customer = runtime.directory.identify(caller, "twilio-voice")
+        entitlement = check_channel_entitlement(customer, "twilio-voice", runtime.policy.plans)
+        response = VoiceResponse()
+        if not entitlement.entitled and entitlement.action == "reject":
+            call = params.get("CallSid", "")
+            key = f"twilio:call:{call}"
+            if await self.spool_event(request, "twilio-voice", "call", key, params):
+                return PlainTextResponse("try again later", status_code=503)
+            response.say(
+                f"{hooks.greeting} Your support plan does not include phone support. Please "
+                f"contact us by {' or '.join(entitlement.included)}. Goodbye."
+            )
+            response.hangup()
+            return Response(str(response), media_type=TWIML)
+        response.say(hooks.greeting)
+        plan = runtime.policy.plans.get(customer.plan)
+        if entitlement.entitled and plan.emergency:
+            gather = Gather(
+                num_digits=1,
+                action=self.url("/twilio/voice/gather", caller=caller),
+                method="POST",
+                timeout=8,
+            )
+            gather.say(EMERGENCY_PROMPT)
+            response.append(gather)
+            # No key pressed: Twilio falls through to here — a normal voicemail, never a loop.
+            response.say(NO_CHOICE + " " + LEAVE_MESSAGE)
+        else:
+            response.say(LEAVE_MESSAGE)
+        return Response(str(self.record(response, caller)), media_type=TWIML)
+
+    async def gather(self, request: Request) -> Response:
+        params = await self.signed_params(request)
+        if params is None:
+            return PlainTextResponse("forbidden", status_code=403)
+        call = params.get("CallSid", "")
+        if not call:
+            return PlainTextResponse("CallSid missing", status_code=400)
+        if await self.spool_event(
+            request, "twilio-voice", "gather", f"twilio:gather:{call}", params
+        ):
+            return PlainTextResponse("try again later", status_code=503)
+        caller = request.query_params.get("caller") or params.get("From", "")
+        response = VoiceResponse()
+        response.say(EMERGENCY_NOTED if params.get("Digits") == "1" else LEAVE_MESSAGE)
+        return Response(str(self.record(response, caller)), media_type=TWIML)
+
+    async def recording(self, request: Request) -> Response:
+        return await self._callback(request, "recording")
+
+    async def transcription(self, request: Request) -> Response:
+        return await self._callback(request, "transcription")
+
+    async def _callback(self, request: Request, event: str) -> Response:
+        params = await self.signed_params(request)
+        if params is None:
+            return PlainTextResponse("forbidden", status_code=403)
+        sid = params.get("RecordingSid", "")
+        if not sid or not params.get("CallSid"):
+            return PlainTextResponse("RecordingSid/CallSid missing", status_code=400)
+        key = f"twilio:{event}:{sid}"
+        if await self.spool_event(request, "twilio-voice", event, key, params):
+            return PlainTextResponse("try again later", status_code=503)
+        return Response(str(VoiceResponse()), media_type=TWIML)
+
+    async def done(self, request: Request) -> Response:
+        if await self.signed_params(request) is None:
+            return PlainTextResponse("forbidden", status_code=403)
+        response = VoiceResponse()
+        response.say(GOODBYE)
+        response.hangup()
+        return Response(str(response), media_type=TWIML)
+
+
+def build_app(channel: TwilioChannel) -> Starlette:
+    if channel.runtime().settings.gateway.webhooks.insecure_skip_signature:
+        log.critical(
+            "INSECURE: [webhooks] insecure_skip_signature = true — Twilio webhooks accept "
+            "UNSIGNED requests from anyone. Only for local trials; never in production."
+        )
+    routes = [
+        Route("/twilio/sms", channel.sms, methods=["POST"]),
+        Route("/twilio/voice", channel.voice, methods=["POST"]),
+        Route("/twilio/voice/gather", channel.gather, methods=["POST"]),
+        Route("/twilio/voice/recording", channel.recording, methods=["POST"]),
+        Route("/twilio/voice/transcription", channel.transcription, methods=["POST"]),
+        Route("/twilio/voice/done", channel.done, methods=["POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+async def start_webhooks(app: Starlette, host: str, port: int) -> HttpServer:
+    """Serve the webhook app in the running loop (see gateway.http_server)."""
+    return await serve_http(app, host, port)
