@@ -155,7 +155,8 @@ class DaemonProcess:
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
-        self.env = {**os.environ, **(env or {})}
+        # Readable log lines in the test's daemon.log (production picks JSON off a terminal).
+        self.env = {"GATEWAY_LOG_FORMAT": "text", **os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = config.parent / "daemon.log"
 

@@ -152,3 +152,24 @@ def test_classify_prints_the_verdict_without_creating_a_ticket(
     assert verdict["jump_queue"] is False and verdict["severity"] != "urgent"
     assert {"severity", "jump_queue", "score", "hits", "model_version"} <= verdict.keys()
     assert not (tmp_path / "state" / "gateway.db").exists()
+
+
+def test_logs_off_a_terminal_are_one_json_object_a_line() -> None:
+    import logging
+
+    from gateway.cli import JsonFormatter
+
+    record = logging.LogRecord(
+        "gateway.worker",
+        logging.INFO,
+        __file__,
+        1,
+        'smtp %s -> ticket %s "quoted"',
+        ("0179-ab", "T-000001"),
+        None,
+    )
+    line = JsonFormatter().format(record)
+    data = json.loads(line)
+    assert "\n" not in line
+    assert data["level"] == "info" and data["logger"] == "gateway.worker"
+    assert data["message"] == 'smtp 0179-ab -> ticket T-000001 "quoted"'
