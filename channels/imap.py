@@ -26,6 +26,11 @@ stalls another or any other channel):
 * IDLE (RFC 2177) when the server offers it, re-issued every ``IDLE_RENEW_SECONDS`` (well before
   the RFC's 29 minutes: NATs and proxies drop quiet connections sooner); polling otherwise.
 * Any connection or server error: disconnect, capped exponential backoff with jitter, reconnect.
+* One poller per mailbox cluster-wide: with several instances on one PostgreSQL, a poller serves
+  its mailbox only while it holds the advisory lock ``imap:<name>`` (ClusterLock, on its own
+  connection); the others retry every ``LOCK_RETRY_SECONDS`` and take over when the holder's
+  connection closes. A database that cannot be asked never stops intake: the poller then polls
+  unverified (two pollers at once are harmless, only wasteful: the dedup key). SQLite: no lock.
 * ``tls = "starttls"`` MUST succeed: if the server does not offer STARTTLS we refuse to log in
   (the password never crosses the network in clear text); "plain" is for localhost only.
 
@@ -56,7 +61,7 @@ from gateway.config.loader import LOCAL_HOSTS, Settings, secret
 from gateway.config.schema import ImapMailbox
 from gateway.faults import crash_point
 from gateway.spool import Envelope, Spool, SpoolError
-from gateway.storage.channel_state import ChannelStateStore
+from gateway.storage.channel_state import ChannelStateStore, ClusterLock
 
 __all__ = [
     "IDLE_RENEW_SECONDS",
@@ -79,6 +84,8 @@ _SOCKET_TIMEOUT_S: Final = 60.0
 # While idling, how often we look at the stop event and at a cursor waiting for the database.
 _IDLE_SLICE_S: Final = 1.0
 _SEEN: Final = b"\\Seen"
+# Another instance holds the mailbox: how often we ask again (and so the takeover bound).
+LOCK_RETRY_SECONDS: Final = 3.0
 _DELETED: Final = b"\\Deleted"
 
 # A dropped connection, a TLS failure or imaplib's "abort": reconnect, never blame a message.
@@ -112,6 +119,7 @@ class MailboxStats:
     uidvalidity: int | None = None
     last_uid: int = 0
     cursor_pending: bool = False  # cursor not yet written to the database (it is down)
+    lock_held: bool = False  # this instance holds the mailbox's cluster lock (PostgreSQL)
     last_error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -297,8 +305,12 @@ class MailboxPoller:
         backoff_cap: float = 300.0,
         idle_renew_seconds: float = IDLE_RENEW_SECONDS,
         fault: Fault | None = None,
+        lock: ClusterLock | None = None,
+        lock_retry_seconds: float = LOCK_RETRY_SECONDS,
     ) -> None:
         self.box = box
+        self.lock = lock
+        self.lock_retry_seconds = lock_retry_seconds
         self.spool = spool
         self.password = password
         self.max_message_bytes = max_message_bytes
@@ -323,24 +335,79 @@ class MailboxPoller:
 
     def run(self, stop: threading.Event) -> None:
         """Serve the mailbox until ``stop`` is set. Never raises."""
-        failures = 0
         while not stop.is_set():
-            client: Any = None
-            try:
-                client = self._open()
-                failures = 0
-                self._serve(client, stop)
-            except Exception as exc:
-                failures += 1
-                self.stats.reconnects += 1
-                self._error(exc)
-                delay = self._backoff(failures)
-                log.warning("%s: %s; reconnecting in %.1fs", self.channel, exc, delay)
-                stop.wait(delay)
-            finally:
-                self._close(client)
+            active = self._tenure(stop)  # set when stop is set or the mailbox lock is lost
+            if active is None:
+                break
+            failures = 0
+            while not active.is_set():
+                client: Any = None
+                try:
+                    client = self._open()
+                    failures = 0
+                    self._serve(client, active)
+                except Exception as exc:
+                    failures += 1
+                    self.stats.reconnects += 1
+                    self._error(exc)
+                    delay = self._backoff(failures)
+                    log.warning("%s: %s; reconnecting in %.1fs", self.channel, exc, delay)
+                    active.wait(delay)
+                finally:
+                    self._close(client)
+            if self.lock is not None:
+                self._flush()
+                self.lock.release()
+                self.stats.lock_held = False
         self._flush()
         log.info("%s: stopped", self.channel)
+
+    # ------------------------------------------------------------------ cluster lock
+
+    def _acquire(self) -> bool | None:
+        """True: we hold the lock; False: another instance does; None: cannot ask."""
+        assert self.lock is not None
+        try:
+            held = self.lock.try_acquire()
+        except Exception as exc:
+            self.stats.lock_held = False
+            self._error(exc)
+            return None
+        self.stats.lock_held = held
+        return held
+
+    def _tenure(self, stop: threading.Event) -> threading.Event | None:
+        """Wait until this instance may serve the mailbox; None once ``stop`` is set.
+
+        Returns an event set when ``stop`` is set or the lock went to another instance. A
+        database that cannot be asked means "serve anyway" (DESIGN promise 1: intake goes on;
+        the dedup key makes a second poller harmless), re-asked every second.
+        """
+        lock = self.lock
+        if lock is None:
+            return stop
+        while self._acquire() is False:
+            if stop.wait(self.lock_retry_seconds):
+                return None
+        if stop.is_set():
+            return None
+        log.info("%s: serving the mailbox (lock held: %s)", self.channel, self.stats.lock_held)
+        # Another instance may have moved the cursor while we waited: read it again.
+        self.keeper.loaded = False
+        self._done.clear()
+        ended = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(1.0):
+                if lock.alive():
+                    continue
+                if self._acquire() is False:
+                    log.warning("%s: lock lost to another instance; stop polling", self.channel)
+                    break
+            ended.set()
+
+        threading.Thread(target=watch, name=f"{self.channel}-lock", daemon=True).start()
+        return ended
 
     def poll_once(self) -> None:
         """Connect, take everything new, disconnect (tests and one-shot use). Never raises for a
@@ -776,6 +843,9 @@ def start_pollers(
         from gateway.storage.db import make_engine
 
         store = ChannelStateStore(make_engine(settings.database_url))
+    from gateway.storage.db import is_sqlite
+
+    clustered = not is_sqlite(settings.database_url)  # SQLite: one instance, no lock needed
     threads = []
     for box in settings.gateway.imap:
         poller = MailboxPoller(
@@ -784,6 +854,7 @@ def start_pollers(
             password=mailbox_password(box.name),
             max_message_bytes=settings.gateway.limits.max_message_bytes,
             store=store,
+            lock=ClusterLock(store.engine, f"imap:{box.name}") if clustered else None,
         )
         thread = PollerThread(poller, stop)
         thread.start()

@@ -8,15 +8,21 @@ Owns the SMTP contract (RFC 5321):
   default `handle_exception` answers 500 with the exception text; we override it.
 * Nothing blocks the event loop: the spool write runs on the spool's writer thread.
 * More than `max_sessions` concurrent sessions get 421 and are closed.
+* Stopping (`IntakeHandler.shut_down`, after the daemon closed the listening socket): a
+  transaction in progress (MAIL given, DATA not yet answered) finishes and gets its reply; any
+  other command gets `421 4.3.2 Service shutting down` and the session is closed (RFC 5321 3.8);
+  sessions still open after the grace period get that 421 and are closed.
 Never parses, classifies or touches the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +74,23 @@ class IntakeHandler:
         self.channel = channel
         self.lmtp = lmtp
         self.stats = ChannelStats()
+        self.sessions = _Sessions()
+
+    async def shut_down(self, grace_seconds: float) -> None:
+        """Refuse new transactions with 421; let those in progress finish for up to
+        `grace_seconds`, then answer 421 to whatever is left and close it. Call after the
+        listening socket is closed, and before the spool is closed."""
+        sessions = self.sessions
+        sessions.shutting_down = True
+        for protocol in list(sessions.live):
+            if protocol.envelope.mail_from is None:  # between transactions: nothing to finish
+                await _refuse(protocol)
+        deadline = time.monotonic() + grace_seconds
+        while sessions.live and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for protocol in list(sessions.live):
+            log.warning("closing an SMTP session still open after %.0fs of stopping", grace_seconds)
+            await _refuse(protocol)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -131,12 +154,31 @@ class ListenerConfig:
 
 
 @dataclass
-class _SessionCount:
+class _Sessions:
+    """The listener's live sessions: counted for the cap, listed for a graceful stop."""
+
     active: int = 0
+    live: set[Any] = field(default_factory=set)
+    shutting_down: bool = False
 
 
-def _capped(base: type[SMTP], count: _SessionCount, limit: int, stats: ChannelStats) -> type[SMTP]:
-    """aiosmtpd has no session cap; a thin subclass answers 421 past `limit` and closes."""
+SHUTTING_DOWN = "421 4.3.2 Service shutting down"
+
+
+async def _refuse(protocol: Any) -> None:
+    """Answer 421 (unsolicited, as RFC 5321 3.8 allows when shutting down) and close."""
+    transport = protocol.transport
+    if transport is None or transport.is_closing():
+        return
+    try:
+        transport.write(SHUTTING_DOWN.encode() + b"\r\n")
+    finally:
+        transport.close()
+
+
+def _capped(base: type[SMTP], count: _Sessions, limit: int, stats: ChannelStats) -> type[SMTP]:
+    """aiosmtpd has no session cap; a thin subclass answers 421 past `limit` and closes. It
+    also answers 421 to every command outside a transaction once the listener is stopping."""
 
     class Capped(base):  # type: ignore[valid-type,misc]
         _served = False
@@ -144,16 +186,38 @@ def _capped(base: type[SMTP], count: _SessionCount, limit: int, stats: ChannelSt
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             count.active += 1
             stats.sessions = count.active
-            if count.active > limit:
-                transport.write(b"421 4.7.0 Too many connections; try again later\r\n")  # type: ignore[attr-defined]
+            if count.active > limit or count.shutting_down:
+                reply = (
+                    SHUTTING_DOWN
+                    if count.shutting_down
+                    else ("421 4.7.0 Too many connections; try again later")
+                )
+                transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._served = True
+            count.live.add(self)
             super().connection_made(transport)
+            for name, method in list(self._smtp_methods.items()):
+                self._smtp_methods[name] = self._stop_guard(name, method)
+
+        def _stop_guard(
+            self, name: str, method: Callable[[str | None], Awaitable[None]]
+        ) -> Callable[[str | None], Awaitable[None]]:
+            @functools.wraps(method)
+            async def guarded(arg: str | None) -> None:
+                # A transaction in progress (MAIL given) may finish; nothing new may start.
+                if count.shutting_down and name != "QUIT" and self.envelope.mail_from is None:
+                    await _refuse(self)
+                    return
+                await method(arg)
+
+            return guarded
 
         def connection_lost(self, error: Exception | None) -> None:
             count.active -= 1
             stats.sessions = count.active
+            count.live.discard(self)
             if self._served:
                 super().connection_lost(error)
 
@@ -162,7 +226,9 @@ def _capped(base: type[SMTP], count: _SessionCount, limit: int, stats: ChannelSt
 
 async def start_listener(handler: IntakeHandler, cfg: ListenerConfig) -> asyncio.Server:
     """Bind and serve in the running loop. Returns the server (its sockets give the real port)."""
-    protocol = _capped(LMTP if cfg.lmtp else SMTP, _SessionCount(), cfg.max_sessions, handler.stats)
+    protocol = _capped(
+        LMTP if cfg.lmtp else SMTP, handler.sessions, cfg.max_sessions, handler.stats
+    )
 
     def factory() -> SMTP:
         return protocol(

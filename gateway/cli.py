@@ -111,6 +111,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker = Worker(box, index=args.index, run_outbox=args.index == 0 and not args.drain)
     signal.signal(signal.SIGHUP, lambda *_: worker.reload_requested.set())
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    # Ctrl-C reaches the whole process group: finish the batch like SIGTERM, never abandon it.
+    signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
     status_path: Path | None = None
     if not args.drain:
         status_dir = runtime.settings.state_dir / "status"

@@ -3,8 +3,10 @@
 Owns start-up order (DESIGN promise 1 and "validated before any port opens"): config validated
 -> state directory locked (one daemon per spool) -> claimed spool entries recovered -> workers
 started -> listeners bound -> ready. Owns signals: SIGHUP reloads (here and in every worker; a
-bad config keeps the old one), SIGTERM/SIGINT stop gracefully (listeners first, then workers
-finish their current message). Never processes messages itself.
+bad config keeps the old one), SIGTERM/SIGINT stop gracefully within `STOP_BOUND_SECONDS` (below
+systemd's TimeoutStopSec=60): the SMTP socket closes first, transactions in progress finish and
+everything else gets 421; webhooks and /readyz answer 503; IMAP pollers log out; workers finish
+(or release) the batch in hand; exit 0. Never processes messages itself.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_liste
 from channels.twilio import TwilioChannel, build_app, start_webhooks
 from gateway.config.loader import Settings
 from gateway.health import build_health_app
-from gateway.http_server import HttpServer, serve_http
+from gateway.http_server import HttpServer, RefuseWhileStopping, serve_http
 from gateway.metrics import GatewayCollector
 from gateway.notify import Notifier, watchdog_interval
 from gateway.runtime import RuntimeBox
@@ -39,6 +41,10 @@ from gateway.storage.db import make_engine, session_factory
 from gateway.twilio_outbound import auth_token as twilio_auth_token
 
 log = logging.getLogger(__name__)
+
+# Graceful stop budget (systemd's TimeoutStopSec is 60 s; KillMode=mixed SIGKILLs after it).
+SMTP_DRAIN_SECONDS = 10.0  # transactions in progress may finish; then 421 and close
+STOP_BOUND_SECONDS = 50.0  # everything, including workers finishing their batch
 
 
 class AlreadyRunningError(Exception):
@@ -159,9 +165,9 @@ class Daemon:
             self.twilio = TwilioChannel(
                 self.spool, lambda: runtime_box.current, twilio_auth_token()
             )
-            self.webhooks = await start_webhooks(
-                build_app(self.twilio), g.webhooks.host, g.webhooks.port
-            )
+            twilio_app = build_app(self.twilio)
+            twilio_app.add_middleware(RefuseWhileStopping, stopping=self.stop_event.is_set)
+            self.webhooks = await start_webhooks(twilio_app, g.webhooks.host, g.webhooks.port)
             self.listeners["webhooks"] = f"{self.webhooks.host}:{self.webhooks.port}"
             log.info("Twilio webhooks listening on %s", self.listeners["webhooks"])
         # --- end Twilio ---------------------------------------------------------------------------
@@ -187,41 +193,58 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop_event.wait(), timeout=interval)
         finally:
-            self.notifier.stopping()
-            log.info("stopping: closing listeners, letting workers finish")
-            for server in servers:
-                server.close()
-                await server.wait_closed()
-            if self.webhooks is not None:  # Twilio: stop taking webhooks before workers stop
-                await self.webhooks.stop()
-            if self.health is not None:
-                await self.health.stop()
-            self.imap_stop.set()  # IMAP: pollers leave IDLE within a second and log out
-            for thread in self.imap_threads:
-                await asyncio.to_thread(thread.join, 15)
-            for proc in self.workers:
-                proc.terminate()
-            for proc in self.workers:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            self.spool.close()
-            self._write_status(stopped=True)
+            await self._stop(servers)
             lock.close()
         return 0
+
+    async def _stop(self, servers: list[asyncio.Server]) -> None:
+        """Graceful stop, bounded by STOP_BOUND_SECONDS. Nothing acknowledged is at risk at any
+        step: a message is acknowledged only once spooled, and the spool survives us."""
+        assert self.spool is not None
+        self.stop_event.set()  # webhooks and /readyz answer 503 from now on
+        deadline = time.monotonic() + STOP_BOUND_SECONDS
+        self.notifier.stopping()
+        log.info("stopping: closing listeners, letting workers finish")
+        self.imap_stop.set()  # IMAP: pollers leave IDLE within a second and log out
+        for proc in self.workers:  # workers finish (or release) the batch in hand, then exit
+            if proc.poll() is None:
+                proc.terminate()
+        for server in servers:
+            server.close()  # no new SMTP connections (an MTA tries the next MX)
+        if self.handler is not None:
+            await self.handler.shut_down(SMTP_DRAIN_SECONDS)
+        if self.webhooks is not None:  # Twilio: stop taking webhooks before workers stop
+            await self.webhooks.stop()
+        if self.health is not None:
+            await self.health.stop()
+        for thread in self.imap_threads:
+            await asyncio.to_thread(thread.join, max(0.1, deadline - time.monotonic() - 10))
+        for proc in self.workers:
+            try:
+                await asyncio.to_thread(proc.wait, max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error(
+                    "worker %d did not stop in time: killed (its batch is recovered)", proc.pid
+                )
+                proc.kill()
+        await asyncio.to_thread(self.spool.close)  # writes already submitted finish first
+        self._write_status(stopped=True)
+        log.info("stopped")
 
     def _health_app(self, settings: Settings) -> Starlette:
         assert self.spool is not None
         sessions = session_factory(make_engine(settings.database_url))
         collector = GatewayCollector(sessions, self.spool, self.status_dir, self.channel_stats)
-        return build_health_app(
+        app = build_health_app(
             sessions,
             self.spool,
             collector,
             lambda: dict(self.listeners),
             settings.gateway.spool.min_free_mib * 1024 * 1024,
         )
+        # Stopping: not ready (a load balancer drains us); /healthz and /metrics still answer.
+        app.add_middleware(RefuseWhileStopping, stopping=self.stop_event.is_set, paths=("/readyz",))
+        return app
 
     def _reload(self) -> None:
         self.notifier.reloading()

@@ -9,11 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+class RefuseWhileStopping:
+    """ASGI middleware: while the daemon stops, requests under `paths` get 503 at once, so a
+    load balancer (and Twilio's retry) moves to another instance instead of waiting on us."""
+
+    def __init__(
+        self, app: ASGIApp, *, stopping: Callable[[], bool], paths: tuple[str, ...] = ("/",)
+    ) -> None:
+        self.app = app
+        self.stopping = stopping
+        self.paths = paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.stopping() and scope["path"].startswith(self.paths):
+            response = PlainTextResponse(
+                "shutting down\n", status_code=503, headers={"Retry-After": "5"}
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _Server(uvicorn.Server):

@@ -88,6 +88,10 @@ class Worker:
         entries = self._claim_batch(runtime.settings.gateway.workers.batch_size)
         if not entries:
             return False
+        if self.stopping.is_set():  # SIGTERM arrived while claiming: hand the batch back
+            for entry in entries:
+                self.spool.release(entry)
+            return False
         started = time.monotonic()
         jobs: list[Job] = []
         by_id: dict[str, Entry] = {}

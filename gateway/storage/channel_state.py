@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.storage.models import ChannelState
@@ -54,3 +54,77 @@ class ChannelStateStore:
             except IntegrityError:
                 continue
         raise RuntimeError(f"channel_state ({channel!r}, {key!r}) could not be written")
+
+
+# --- one IMAP poller per mailbox cluster-wide (several instances on one PostgreSQL) ----------
+
+
+class ClusterLock:
+    """A PostgreSQL session advisory lock, ``pg_try_advisory_lock(hashtext(name))``, held on a
+    dedicated connection: exactly one instance sharing the database holds it, and it is freed
+    the moment the holder's connection closes (the process died, the network went away).
+
+    Used from one thread at a time. ``try_acquire`` raises SQLAlchemy's errors when the
+    database cannot be asked (the caller decides what that means); ``alive`` never raises.
+    On SQLite there is one instance per database by construction, so callers skip the lock.
+    """
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self._conn: Connection | None = None
+
+    def try_acquire(self) -> bool:
+        if self.alive():
+            return True
+        self._drop()
+        conn = self.engine.connect()
+        try:
+            got = bool(
+                conn.execute(
+                    text("SELECT pg_try_advisory_lock(hashtext(:name))"), {"name": self.name}
+                ).scalar()
+            )
+            conn.commit()  # a session lock outlives the transaction; nothing stays open
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        if got:
+            self._conn = conn
+        else:
+            conn.close()
+        return got
+
+    def alive(self) -> bool:
+        """True while our connection (hence the lock) is still there."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.execute(text("SELECT 1"))
+            self._conn.commit()
+            return True
+        except Exception:
+            self._drop()
+            return False
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(hashtext(:name))"), {"name": self.name})
+            conn.commit()
+            conn.close()
+        except Exception:
+            self._conn = conn
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()  # never back to the pool: the session (and lock) must end
+                conn.close()
+            except Exception:
+                pass

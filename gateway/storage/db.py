@@ -12,7 +12,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,5 +76,23 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema at `url` to `revision` (idempotent)."""
-    command.upgrade(alembic_config(url), revision)
+    """Bring the schema at `url` to `revision` (idempotent).
+
+    On PostgreSQL several instances (and their workers) may start at once against one database:
+    a session advisory lock makes them migrate one at a time (the others then find it done).
+    """
+    if is_sqlite(url):
+        command.upgrade(alembic_config(url), revision)
+        return
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(hashtext('gateway:migrations'))"))
+            conn.commit()
+            try:
+                command.upgrade(alembic_config(url), revision)
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtext('gateway:migrations'))"))
+                conn.commit()
+    finally:
+        engine.dispose()

@@ -1,0 +1,107 @@
+"""One IMAP poller per mailbox cluster-wide: two `gateway run` instances on one PostgreSQL share
+a mailbox through the advisory lock `imap:<name>`; kill -9 the holder and the other takes over."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from channels.imap import LOCK_RETRY_SECONDS
+from gateway.storage.db import make_engine
+from tests.helpers import ROOT, DaemonProcess, configure, make_email, wait_for
+from tests.imap.dovecot import Dovecot
+from tests.imap.test_imap import _password_env, _with_mailbox
+
+
+def _ticket_subjects(url: str) -> dict[str, int]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT subject, count(*) FROM tickets GROUP BY subject"))
+            return {str(subject): int(n) for subject, n in rows}
+    except Exception:
+        return {}  # not migrated yet
+    finally:
+        engine.dispose()
+
+
+def _holds(daemon: DaemonProcess) -> bool:
+    try:
+        channel = daemon.status()["channels"].get("imap:support", {})
+    except (OSError, ValueError):
+        return False
+    return bool(channel.get("lock_held"))
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.stop()
+
+
+def test_two_instances_poll_one_mailbox_one_at_a_time_and_the_other_takes_over_after_kill_9(
+    dovecot: Dovecot,
+    user: str,
+    pg_url: str,
+    tmp_path: Path,
+    trained_models: Path,
+    daemons: list[DaemonProcess],
+) -> None:
+    subjects = [f"cluster {n:03d}" for n in range(300)]
+    mails = [
+        make_email(subject=s, body=f"body {s}", message_id=f"<c{n}@x>")
+        for n, s in enumerate(subjects)
+    ]
+
+    def instance(name: str) -> DaemonProcess:
+        base = tmp_path / name
+        shutil.copytree(trained_models, base / "state" / "models")
+        config = configure(
+            ROOT / "config",
+            base / "config",
+            base / "state",
+            storage__url=pg_url,
+            gateway__instance=name,
+        )
+        # Small fetch batches: the drain takes long enough to kill the holder in the middle.
+        _with_mailbox(config, dovecot, user, "support", batch_size=2)
+        return DaemonProcess(config, env=_password_env("support"))
+
+    a = instance("gw-a").start()
+    daemons.append(a)
+    b = instance("gw-b").start()
+    daemons.append(b)
+    wait_for(lambda: _holds(a) or _holds(b), timeout=20)
+    holder, other = (a, b) if _holds(a) else (b, a)
+    # The first half drains through the holder alone (a local drain is faster than a kill).
+    dovecot.append(user, *mails[:150])
+    for _ in range(20):
+        assert not (_holds(a) and _holds(b))
+        time.sleep(0.1)
+    wait_for(lambda: dovecot.count(user, "INBOX") == 0, timeout=30, interval=0.1)
+    assert not _holds(other)
+    assert other.status()["channels"]["imap:support"]["accepted"] == 0
+    dovecot.append(user, *mails[150:])
+    holder.kill9()
+    killed_at = time.monotonic()
+    wait_for(lambda: _holds(other), timeout=LOCK_RETRY_SECONDS + 10, interval=0.1)
+    # Within the retry interval (+ the 1 s status cadence and a loaded machine's slack).
+    assert time.monotonic() - killed_at < LOCK_RETRY_SECONDS + 4
+    wait_for(lambda: dovecot.count(user, "INBOX") == 0, timeout=40, interval=0.2)
+    # The killed instance's spool holds mail it acknowledged: restart it; it does not poll.
+    restarted = DaemonProcess(holder.config, env=holder.env).start()
+    daemons.append(restarted)
+    wait_for(lambda: len(_ticket_subjects(pg_url)) == 300, timeout=40, interval=0.2)
+    wait_for(lambda: restarted.status()["spool_depth"] == 0, timeout=20)
+    wait_for(lambda: other.status()["spool_depth"] == 0, timeout=20)
+    time.sleep(1.0)
+    counts = _ticket_subjects(pg_url)
+    assert sorted(counts) == subjects and set(counts.values()) == {1}
+    assert _holds(other) and not _holds(restarted)
