@@ -54,7 +54,8 @@ def test_two_instances_poll_one_mailbox_one_at_a_time_and_the_other_takes_over_a
     trained_models: Path,
     daemons: list[DaemonProcess],
 ) -> None:
-    subjects = [f"cluster {n:03d}" for n in range(300)]
+    # The figure: a 1,000-message mailbox, half before and half after the kill.
+    subjects = [f"cluster {n:04d}" for n in range(1000)]
     mails = [
         make_email(subject=s, body=f"body {s}", message_id=f"<c{n}@x>")
         for n, s in enumerate(subjects)
@@ -81,26 +82,26 @@ def test_two_instances_poll_one_mailbox_one_at_a_time_and_the_other_takes_over_a
     wait_for(lambda: _holds(a) or _holds(b), timeout=20)
     holder, other = (a, b) if _holds(a) else (b, a)
     # The first half drains through the holder alone (a local drain is faster than a kill).
-    dovecot.append(user, *mails[:150])
+    dovecot.append(user, *mails[:500])
     for _ in range(20):
         assert not (_holds(a) and _holds(b))
         time.sleep(0.1)
-    wait_for(lambda: dovecot.count(user, "INBOX") == 0, timeout=30, interval=0.1)
+    wait_for(lambda: dovecot.count(user, "INBOX") == 0, timeout=90, interval=0.1)
     assert not _holds(other)
     assert other.status()["channels"]["imap:support"]["accepted"] == 0
-    dovecot.append(user, *mails[150:])
+    dovecot.append(user, *mails[500:])
     holder.kill9()
     killed_at = time.monotonic()
     wait_for(lambda: _holds(other), timeout=LOCK_RETRY_SECONDS + 10, interval=0.1)
     # Within the retry interval (+ the 1 s status cadence and a loaded machine's slack).
     assert time.monotonic() - killed_at < LOCK_RETRY_SECONDS + 4
-    wait_for(lambda: dovecot.count(user, "INBOX") == 0, timeout=40, interval=0.2)
+    wait_for(lambda: dovecot.count(user, "INBOX") == 0, timeout=90, interval=0.2)
     # The killed instance's spool holds mail it acknowledged: restart it; it does not poll.
     restarted = DaemonProcess(holder.config, env=holder.env).start()
     daemons.append(restarted)
-    wait_for(lambda: len(_ticket_subjects(pg_url)) == 300, timeout=40, interval=0.2)
-    wait_for(lambda: restarted.status()["spool_depth"] == 0, timeout=20)
-    wait_for(lambda: other.status()["spool_depth"] == 0, timeout=20)
+    wait_for(lambda: len(_ticket_subjects(pg_url)) == 1000, timeout=120, interval=0.2)
+    wait_for(lambda: restarted.status()["spool_depth"] == 0, timeout=60)
+    wait_for(lambda: other.status()["spool_depth"] == 0, timeout=60)
     time.sleep(1.0)
     counts = _ticket_subjects(pg_url)
     assert sorted(counts) == subjects and set(counts.values()) == {1}
