@@ -18,6 +18,7 @@ import pytest
 from tests.helpers import (
     PG_ADMIN_URL,
     CapturingRelay,
+    DaemonProcess,
     Gateway,
     configure,
     pg_available,
@@ -110,3 +111,12 @@ def shared_mail() -> Path:
             pytest.fail(f"{path} is missing under CI=true")
         pytest.skip(f"{path} is absent (shared data is not on this machine)")
     return path
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[DaemonProcess]]:
+    """Daemons a test starts; every one is stopped afterwards, whatever the test did."""
+    started: list[DaemonProcess] = []
+    yield started
+    for d in started:
+        d.stop()

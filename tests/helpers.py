@@ -323,3 +323,20 @@ class Gateway:
     def close(self) -> None:
         self.spool.close()
         self.worker.engine.dispose()
+
+
+def ticket_subjects(url: str) -> dict[str, int]:
+    """Subject -> number of tickets, read straight from the database (empty before migration)."""
+    from sqlalchemy import text
+
+    from gateway.storage.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT subject, count(*) FROM tickets GROUP BY subject"))
+            return {str(subject): int(n) for subject, n in rows}
+    except Exception:
+        return {}  # not migrated yet
+    finally:
+        engine.dispose()

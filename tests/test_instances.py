@@ -11,7 +11,7 @@ import signal
 import smtplib
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import text
 
 from gateway.storage.db import make_engine
-from tests.helpers import ROOT, DaemonProcess, configure, make_email, wait_for
+from tests.helpers import ROOT, DaemonProcess, configure, make_email, ticket_subjects, wait_for
 
 SENDER = "dana@acme-clinic.example"  # a customer whose plan has email: every message is a ticket
 
@@ -79,16 +79,6 @@ def send_all(
     return result
 
 
-def ticket_subjects(url: str) -> dict[str, int]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT subject, count(*) FROM tickets GROUP BY subject"))
-            return {str(subject): int(n) for subject, n in rows}
-    finally:
-        engine.dispose()
-
-
 def intake_counts(url: str) -> dict[str, int]:
     engine = make_engine(url)
     try:
@@ -128,14 +118,6 @@ def make_instance(tmp_path: Path, trained_models: Path) -> Callable[..., Path]:
         )
 
     return factory
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def settled(daemon: DaemonProcess) -> bool:

@@ -14,27 +14,53 @@ from tests.classifiers.conftest import SHIPPED_RULES
 
 
 def test_urgent_how_to_question_is_not_urgent_and_does_not_jump(engine: Engine) -> None:
-    verdict = engine.classify(TextInput(
-        "URGENT: how do I export to CSV?", "Hi, how do I export our customer list to CSV?",
-        (("x-priority", "1"), ("importance", "high")),
-    ))
+    verdict = engine.classify(
+        TextInput(
+            "URGENT: how do I export to CSV?",
+            "Hi, how do I export our customer list to CSV?",
+            (("x-priority", "1"), ("importance", "high")),
+        )
+    )
     assert verdict.severity != "urgent" and not verdict.jump_queue
 
 
 def test_calm_report_that_no_staff_can_open_the_application_is_urgent(engine: Engine) -> None:
-    verdict = engine.classify(TextInput(
-        "Good morning", "None of our staff can open the application since 7am. Thanks, Ann",
-    ))
+    verdict = engine.classify(
+        TextInput(
+            "Good morning",
+            "None of our staff can open the application since 7am. Thanks, Ann",
+        )
+    )
     assert verdict.severity == "urgent" and verdict.jump_queue
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
-    subject=st.sampled_from(["", "Hello", "URGENT", "URGENT!!! ASAP", "Important: read",
-                             "Critical", "Newsletter", "Re: meeting"]),
-    body=st.sampled_from(["", "Please reply.", "See attached.", "Call me.", "URGENT URGENT",
-                          "Thanks", "Our offer ends today!"]),
+    subject=st.sampled_from(
+        [
+            "",
+            "Hello",
+            "URGENT",
+            "URGENT!!! ASAP",
+            "Important: read",
+            "Critical",
+            "Newsletter",
+            "Re: meeting",
+        ]
+    ),
+    body=st.sampled_from(
+        [
+            "",
+            "Please reply.",
+            "See attached.",
+            "Call me.",
+            "URGENT URGENT",
+            "Thanks",
+            "Our offer ends today!",
+        ]
+    ),
     priority=st.sampled_from(["1", "1 (Highest)", "2 (High)", "high"]),
     importance=st.sampled_from([None, "high", "urgent"]),
 )
@@ -47,7 +73,7 @@ def test_x_priority_alone_never_jumps_the_queue(
 
 
 def test_upstream_spam_flag_forbids_jumping_even_an_outage(engine: Engine) -> None:
-    text = ("Our website is down for all customers since 9, we are losing orders.")
+    text = "Our website is down for all customers since 9, we are losing orders."
     clean = engine.classify(TextInput("Site down", text))
     flagged = engine.classify(TextInput("Site down", text, (("x-spam-flag", "YES"),)))
     assert clean.jump_queue
@@ -55,8 +81,9 @@ def test_upstream_spam_flag_forbids_jumping_even_an_outage(engine: Engine) -> No
 
 
 def test_bulk_mail_never_jumps(engine: Engine) -> None:
-    verdict = engine.classify(TextInput(
-        "Outage", "The service is down for everyone.", (("precedence", "bulk"),)))
+    verdict = engine.classify(
+        TextInput("Outage", "The service is down for everyone.", (("precedence", "bulk"),))
+    )
     assert not verdict.jump_queue
 
 
@@ -65,15 +92,18 @@ def test_explanation_lists_level_score_jump_hits_model_vote_and_version(engine: 
     text = verdict.explain()
     assert re.fullmatch(
         r"severity=urgent score=\d+\.\d jump_queue=yes hits=(\w+\(-?\d+\.\d\) )+"
-        r"MODEL_URGENT\(\d+\.\d p=0\.\d\d\) model=\d{4}-\d\d-\d\d\.\d+", text), text
+        r"MODEL_URGENT\(\d+\.\d p=0\.\d\d\) model=\d{4}-\d\d-\d\d\.\d+",
+        text,
+    ), text
     data = verdict.to_json()
     assert {"severity", "jump_queue", "score", "hits", "model_version", "model_vote"} <= set(data)
     assert all({"name", "score"} <= set(hit) for hit in data["hits"])  # type: ignore[attr-defined]
 
 
 def test_shadow_mode_records_the_vote_but_adds_nothing(default_model_dir: Path) -> None:
-    shadow, _ = build_engine(SHIPPED_RULES, dataclasses.replace(ClassifierSettings(), shadow=True),
-                             default_model_dir)
+    shadow, _ = build_engine(
+        SHIPPED_RULES, dataclasses.replace(ClassifierSettings(), shadow=True), default_model_dir
+    )
     assert shadow is not None
     verdict = shadow.classify(TextInput("Hi", "Something odd with the app"))
     assert verdict.model_vote is not None and verdict.model_vote.score == 0.0
@@ -83,8 +113,10 @@ def test_shadow_mode_records_the_vote_but_adds_nothing(default_model_dir: Path) 
 
 def test_model_is_silent_until_trained_on_enough_examples(default_model_dir: Path) -> None:
     strict, _ = build_engine(
-        SHIPPED_RULES, dataclasses.replace(ClassifierSettings(), min_training_examples=10**6),
-        default_model_dir)
+        SHIPPED_RULES,
+        dataclasses.replace(ClassifierSettings(), min_training_examples=10**6),
+        default_model_dir,
+    )
     assert strict is not None
     verdict = strict.classify(TextInput("Down", "The portal is down for everyone."))
     assert verdict.model_vote is None and "MODEL_" not in verdict.explain()

@@ -55,8 +55,20 @@ def test_meta_and_binds_tighter_than_or_and_not_tightest() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "A &&", "&& A", "A B", "(A", "A)", "a && b", "A & B", "__import__('os')", "A || || B",
-     "1 + 1", "!" * 60 + "A"],
+    [
+        "",
+        "A &&",
+        "&& A",
+        "A B",
+        "(A",
+        "A)",
+        "a && b",
+        "A & B",
+        "__import__('os')",
+        "A || || B",
+        "1 + 1",
+        "!" * 60 + "A",
+    ],
 )
 def test_meta_parser_rejects_anything_but_names_and_operators(text: str) -> None:
     with pytest.raises(MetaSyntaxError):

@@ -40,8 +40,9 @@ def test_eval_set_has_all_levels_channels_and_traps() -> None:
 
 
 @pytest.mark.slow  # about 35 s on 2 CPUs: it classifies the whole spam corpus
-@pytest.mark.skipif(not SPAMASSASSIN.is_dir(),
-                    reason=f"shared data not found at {SPAMASSASSIN} (CI has it)")
+@pytest.mark.skipif(
+    not SPAMASSASSIN.is_dir(), reason=f"shared data not found at {SPAMASSASSIN} (CI has it)"
+)
 def test_at_most_half_a_percent_of_real_spam_jumps_the_queue(engine: Engine) -> None:
     total, jumped = 0, []
     for path, inp in corpus("spam-1", "spam-2"):

@@ -17,9 +17,13 @@ def test_shipped_rules_lint_clean() -> None:
 
 
 def test_lint_names_file_rule_and_line_for_a_bad_regex(rules_dir: RulesDir) -> None:
-    path = rules_dir(**{"50_local.toml": (
-        '# local\n\n[[rule]]\nname = "LOCAL_BAD"\npattern = "(unclosed"\nscore = 1.0\n'
-    )})
+    path = rules_dir(
+        **{
+            "50_local.toml": (
+                '# local\n\n[[rule]]\nname = "LOCAL_BAD"\npattern = "(unclosed"\nscore = 1.0\n'
+            )
+        }
+    )
     rules, problems = load_rules(path)
     assert rules is None
     [problem] = problems
@@ -29,33 +33,49 @@ def test_lint_names_file_rule_and_line_for_a_bad_regex(rules_dir: RulesDir) -> N
 
 
 def test_lint_reports_an_unknown_field(rules_dir: RulesDir) -> None:
-    path = rules_dir(**{"50_local.toml": (
-        '[[rule]]\nname = "LOCAL_X"\nfields = ["subjekt"]\npattern = "x"\nscore = 1\n'
-    )})
+    path = rules_dir(
+        **{
+            "50_local.toml": (
+                '[[rule]]\nname = "LOCAL_X"\nfields = ["subjekt"]\npattern = "x"\nscore = 1\n'
+            )
+        }
+    )
     _, problems = load_rules(path)
     assert [(p.rule, p.key) for p in problems] == [("LOCAL_X", "fields")]
     assert "subjekt" in problems[0].message and problems[0].file.endswith("50-local.toml")
 
 
 def test_lint_reports_a_meta_naming_an_unknown_rule(rules_dir: RulesDir) -> None:
-    path = rules_dir(**{"50_local.toml": (
-        '[[rule]]\nname = "LOCAL_META"\nmeta = "KW_DOWN && NO_SUCH_RULE"\nscore = 1\n'
-    )})
+    path = rules_dir(
+        **{
+            "50_local.toml": (
+                '[[rule]]\nname = "LOCAL_META"\nmeta = "KW_DOWN && NO_SUCH_RULE"\nscore = 1\n'
+            )
+        }
+    )
     _, problems = load_rules(path)
     assert [(p.rule, p.key, p.line) for p in problems] == [("LOCAL_META", "meta", 2)]
     assert "NO_SUCH_RULE" in problems[0].message
 
 
 def test_lint_reports_unknown_keys_wrong_types_and_bad_names(rules_dir: RulesDir) -> None:
-    path = rules_dir(shipped=False, **{"10_a.toml": (
-        '[[rule]]\nname = "A_RULE"\npattern = "x"\nscore = "high"\n'
-        '[[rule]]\nname = "B_RULE"\npattern = "x"\nscore = 1\nweight = 2\n'
-        '[[rule]]\nname = "lower_case"\npattern = "x"\nscore = 1\n'
-        '[[rule]]\nname = "C_RULE"\npattern = "x"\nscore = 1\nkind = "command"\n'
-    )})
+    path = rules_dir(
+        shipped=False,
+        **{
+            "10_a.toml": (
+                '[[rule]]\nname = "A_RULE"\npattern = "x"\nscore = "high"\n'
+                '[[rule]]\nname = "B_RULE"\npattern = "x"\nscore = 1\nweight = 2\n'
+                '[[rule]]\nname = "lower_case"\npattern = "x"\nscore = 1\n'
+                '[[rule]]\nname = "C_RULE"\npattern = "x"\nscore = 1\nkind = "command"\n'
+            )
+        },
+    )
     _, problems = load_rules(path)
     assert {(p.rule, p.key) for p in problems} == {
-        ("A_RULE", "score"), ("B_RULE", "weight"), ("lower_case", "name"), ("C_RULE", "kind"),
+        ("A_RULE", "score"),
+        ("B_RULE", "weight"),
+        ("lower_case", "name"),
+        ("C_RULE", "kind"),
     }
 
 
@@ -66,19 +86,28 @@ def test_lint_reports_a_toml_syntax_error_with_its_line(rules_dir: RulesDir) -> 
 
 
 def test_lint_reports_meta_cycles(rules_dir: RulesDir) -> None:
-    path = rules_dir(shipped=False, **{"10_a.toml": (
-        '[[rule]]\nname = "M_ONE"\nmeta = "M_TWO"\nscore = 1\n'
-        '[[rule]]\nname = "M_TWO"\nmeta = "!M_ONE"\nscore = 1\n'
-    )})
+    path = rules_dir(
+        shipped=False,
+        **{
+            "10_a.toml": (
+                '[[rule]]\nname = "M_ONE"\nmeta = "M_TWO"\nscore = 1\n'
+                '[[rule]]\nname = "M_TWO"\nmeta = "!M_ONE"\nscore = 1\n'
+            )
+        },
+    )
     _, problems = load_rules(path)
     assert problems and "cycle" in problems[0].message
 
 
 def test_local_file_overrides_shipped_rule_by_name(rules_dir: RulesDir) -> None:
-    path = rules_dir(**{"50_local.toml": (
-        '[[rule]]\nname = "KW_OUTAGE"\npattern = "\\\\bkaput\\\\b"\nscore = 7.5\n'
-        'description = "local outage word"\n'
-    )})
+    path = rules_dir(
+        **{
+            "50_local.toml": (
+                '[[rule]]\nname = "KW_OUTAGE"\npattern = "\\\\bkaput\\\\b"\nscore = 7.5\n'
+                'description = "local outage word"\n'
+            )
+        }
+    )
     rules, problems = load_rules(path)
     assert rules is not None, problems
     rule = rules.get("KW_OUTAGE")

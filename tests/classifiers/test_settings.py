@@ -21,8 +21,14 @@ def test_six_level_scale_needs_thresholds_and_a_model_level_map() -> None:
 def test_six_level_scale_maps_onto_the_model_levels() -> None:
     table = {
         "thresholds": {"critical": 11, "urgent": 8, "high": 5, "normal": 2, "low": 0},
-        "model_level_map": {"critical": "urgent", "urgent": "urgent", "high": "high",
-                            "normal": "normal", "low": "low", "info": "low"},
+        "model_level_map": {
+            "critical": "urgent",
+            "urgent": "urgent",
+            "high": "high",
+            "normal": "normal",
+            "low": "low",
+            "info": "low",
+        },
     }
     settings, problems = parse_classifier_table(table, SIX, "severity.toml")
     assert settings is not None, problems
@@ -34,7 +40,8 @@ def test_unknown_keys_wrong_types_and_unordered_thresholds_are_named() -> None:
     _, problems = parse_classifier_table({"treshold": 1, "shadow": "yes"}, DEFAULT_LEVELS, "s.toml")
     assert {p.key for p in problems} == {"classifier.treshold", "classifier.shadow"}
     _, problems = parse_classifier_table(
-        {"thresholds": {"urgent": 3, "high": 5, "normal": 1}}, DEFAULT_LEVELS, "s.toml")
+        {"thresholds": {"urgent": 3, "high": 5, "normal": 1}}, DEFAULT_LEVELS, "s.toml"
+    )
     assert [p.key for p in problems] == ["classifier.thresholds.high"]
 
 

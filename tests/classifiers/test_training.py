@@ -53,8 +53,11 @@ def test_train_prints_progress_metrics_and_confusion_and_installs_when_not_worse
 ) -> None:
     before = load_model(model_dir).version
     out = io.StringIO()
-    extra = [LabelledExample("Kiosk", "All kiosks at every site are offline, none can check in",
-                             "urgent", "email")]
+    extra = [
+        LabelledExample(
+            "Kiosk", "All kiosks at every site are offline, none can check in", "urgent", "email"
+        )
+    ]
     report = train(model_dir, extra, out=out)
     text = out.getvalue()
     assert "[train] fitting" in text and "precision" in text and "confusion" in text
@@ -85,22 +88,39 @@ def test_train_maps_a_configured_scale_onto_the_model_levels(model_dir: Path) ->
     from classifiers.settings import parse_classifier_table
 
     six = ["critical", "urgent", "high", "normal", "low", "info"]
-    settings, _ = parse_classifier_table({
-        "thresholds": {"critical": 11, "urgent": 8, "high": 5, "normal": 2, "low": 0},
-        "model_level_map": {"critical": "urgent", "urgent": "urgent", "high": "high",
-                            "normal": "normal", "low": "low", "info": "low"},
-    }, six, "severity.toml")
+    settings, _ = parse_classifier_table(
+        {
+            "thresholds": {"critical": 11, "urgent": 8, "high": 5, "normal": 2, "low": 0},
+            "model_level_map": {
+                "critical": "urgent",
+                "urgent": "urgent",
+                "high": "high",
+                "normal": "normal",
+                "low": "low",
+                "info": "low",
+            },
+        },
+        six,
+        "severity.toml",
+    )
     assert settings is not None
-    report = train(model_dir, [LabelledExample("FYI", "newsletter archive", "info")],
-                   settings=settings, out=io.StringIO(), force=True)
+    report = train(
+        model_dir,
+        [LabelledExample("FYI", "newsletter archive", "info")],
+        settings=settings,
+        out=io.StringIO(),
+        force=True,
+    )
     assert report.installed
 
 
 def test_evaluate_reads_csv_and_jsonl(model_dir: Path, tmp_path: Path) -> None:
     csv_path = tmp_path / "labelled.csv"
-    csv_path.write_text("subject,body,level,channel\n"
-                        "Down,The portal is down for everyone,urgent,email\n"
-                        "Price,How much is the premium plan?,low,sms\n")
+    csv_path.write_text(
+        "subject,body,level,channel\n"
+        "Down,The portal is down for everyone,urgent,email\n"
+        "Price,How much is the premium plan?,low,sms\n"
+    )
     report = evaluate(model_dir, csv_path, io.StringIO())
     assert report.n == 2
     jsonl = tmp_path / "labelled.jsonl"
@@ -119,14 +139,25 @@ def _format_1_model(model_dir: Path, source: str) -> str:
     from classifiers.types import DEFAULT_LEVELS
 
     examples = load_examples(SHIPPED_TRAIN)
-    old = Pipeline([
-        ("features", FeatureUnion([
-            ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
-            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True,
-                                     min_df=2)),
-        ])),
-        ("clf", LogisticRegression(C=8.0, max_iter=2000, class_weight="balanced")),
-    ]).fit([text_of(e.as_input()) for e in examples], [e.level for e in examples])
+    old = Pipeline(
+        [
+            (
+                "features",
+                FeatureUnion(
+                    [
+                        ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
+                        (
+                            "char",
+                            TfidfVectorizer(
+                                analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=2
+                            ),
+                        ),
+                    ]
+                ),
+            ),
+            ("clf", LogisticRegression(C=8.0, max_iter=2000, class_weight="balanced")),
+        ]
+    ).fit([text_of(e.as_input()) for e in examples], [e.level for e in examples])
     with model_dir_lock(model_dir):
         saved = save_model(model_dir, old, DEFAULT_LEVELS, len(examples), {"source": source})
     manifest = json.loads((model_dir / "current.json").read_text())

@@ -5,29 +5,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from sqlalchemy import text
-
 from channels.imap import LOCK_RETRY_SECONDS
-from gateway.storage.db import make_engine
-from tests.helpers import ROOT, DaemonProcess, configure, make_email, wait_for
+from tests.helpers import ROOT, DaemonProcess, configure, make_email, ticket_subjects, wait_for
 from tests.imap.dovecot import Dovecot
 from tests.imap.test_imap import _password_env, _with_mailbox
-
-
-def _ticket_subjects(url: str) -> dict[str, int]:
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(text("SELECT subject, count(*) FROM tickets GROUP BY subject"))
-            return {str(subject): int(n) for subject, n in rows}
-    except Exception:
-        return {}  # not migrated yet
-    finally:
-        engine.dispose()
 
 
 def _holds(daemon: DaemonProcess) -> bool:
@@ -36,14 +19,6 @@ def _holds(daemon: DaemonProcess) -> bool:
     except (OSError, ValueError):
         return False
     return bool(channel.get("lock_held"))
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[DaemonProcess]]:
-    started: list[DaemonProcess] = []
-    yield started
-    for d in started:
-        d.stop()
 
 
 def test_two_instances_poll_one_mailbox_one_at_a_time_and_the_other_takes_over_after_kill_9(
@@ -99,10 +74,10 @@ def test_two_instances_poll_one_mailbox_one_at_a_time_and_the_other_takes_over_a
     # The killed instance's spool holds mail it acknowledged: restart it; it does not poll.
     restarted = DaemonProcess(holder.config, env=holder.env).start()
     daemons.append(restarted)
-    wait_for(lambda: len(_ticket_subjects(pg_url)) == 1000, timeout=120, interval=0.2)
+    wait_for(lambda: len(ticket_subjects(pg_url)) == 1000, timeout=120, interval=0.2)
     wait_for(lambda: restarted.status()["spool_depth"] == 0, timeout=60)
     wait_for(lambda: other.status()["spool_depth"] == 0, timeout=60)
     time.sleep(1.0)
-    counts = _ticket_subjects(pg_url)
+    counts = ticket_subjects(pg_url)
     assert sorted(counts) == subjects and set(counts.values()) == {1}
     assert _holds(other) and not _holds(restarted)
