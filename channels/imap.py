@@ -119,6 +119,7 @@ class MailboxStats:
     uidvalidity: int | None = None
     last_uid: int = 0
     cursor_pending: bool = False  # cursor not yet written to the database (it is down)
+    last_fetch_at: float | None = None  # epoch seconds of the last successful drain (metrics)
     lock_held: bool = False  # this instance holds the mailbox's cluster lock (PostgreSQL)
     last_error: str | None = None
 
@@ -415,6 +416,7 @@ class MailboxPoller:
         client = self._open()
         try:
             self._drain(client, threading.Event())
+            self.stats.last_fetch_at = time.time()
         except _SpoolUnavailableError:
             pass
         finally:
@@ -529,6 +531,7 @@ class MailboxPoller:
             try:
                 self._drain(client, stop)
                 spool_failures = 0
+                self.stats.last_fetch_at = time.time()  # a whole successful look at the folder
             except _SpoolUnavailableError:
                 # Temporary (DESIGN promise 1): the messages stay unseen in place. Keep the
                 # connection; back off before trying again.

@@ -17,11 +17,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.pipeline import BUCKETS
 from gateway.spool import Spool
 from gateway.storage.models import Intake, OutboxRow, Ticket
 from gateway.storage.queries import OPEN_STATUSES
@@ -109,6 +115,7 @@ class GatewayCollector(Collector):
             labels=["worker"],
         )
         totals: dict[str, float] = {}
+        buckets: dict[str, list[int]] = {}
         for path in sorted(self.status_dir.glob("worker-*.json")):
             data = self._read(path) or {}
             index = str(data.get("index", path.stem))
@@ -116,9 +123,24 @@ class GatewayCollector(Collector):
             lag.add_metric([index], float(data.get("lag_seconds", 0.0)))
             for name, seconds in (data.get("stage_seconds") or {}).items():
                 totals[name] = totals.get(name, 0.0) + float(seconds)
+            for name, counts in (data.get("stage_buckets") or {}).items():
+                merged = buckets.setdefault(name, [0] * (len(BUCKETS) + 1))
+                for i, n in enumerate(counts[: len(merged)]):
+                    merged[i] += int(n)
         for name, seconds in sorted(totals.items()):
             stage.add_metric([name], seconds)
         yield stage
+        latency = HistogramMetricFamily(
+            "gateway_stage_latency_seconds", "Latency of each pipeline stage.", labels=["stage"]
+        )
+        for name, counts in sorted(buckets.items()):
+            cumulative: list[tuple[str, float]] = []
+            running = 0
+            for bound, n in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
+                running += n
+                cumulative.append((bound, float(running)))
+            latency.add_metric([name], cumulative, sum_value=totals.get(name, 0.0))
+        yield latency
         yield processed
         yield lag
 

@@ -13,6 +13,7 @@ whole batch; anything else fails only its own message with the stage that raised
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import signal
 import threading
@@ -86,13 +87,21 @@ def time_limit(seconds: float) -> Iterator[None]:
 
 @dataclass
 class Timings:
-    """Accumulated wall time per stage, in seconds (the worker is single-threaded)."""
+    """Wall time per stage, in seconds (the worker is single-threaded): totals for the bench,
+    and histogram buckets (`BUCKETS`, upper bounds) for /metrics. Per message for identify,
+    thread, classify and persist; per batch for blobs and commit."""
 
     totals: dict[str, float] = field(default_factory=dict)
+    buckets: dict[str, list[int]] = field(default_factory=dict)
     count: int = 0
 
     def add(self, stage: str, seconds: float) -> None:
         self.totals[stage] = self.totals.get(stage, 0.0) + seconds
+        counts = self.buckets.setdefault(stage, [0] * (len(BUCKETS) + 1))
+        counts[bisect.bisect_left(BUCKETS, seconds)] += 1  # the last slot is +Inf
+
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -146,9 +155,10 @@ def process_batch(
                 )
         except (Exception, MessageTimeoutError) as exc:
             results[job.spool_id] = JobResult(job.spool_id, None, StageError("parse", exc))
+            clock.lap("parse")
             continue
         parsed.append((job, message))
-    clock.lap("parse")
+        clock.lap("parse")
     if parsed:
         items = [(job.raw, m.raw_sha256) for job, m in parsed]
         items += [(a.content, a.sha256) for _, m in parsed for a in m.attachments if a.content]

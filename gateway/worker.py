@@ -239,6 +239,7 @@ class Worker:
             "config_generation": self.box.current.generation,
             "config_error": self.box.last_error,
             "stage_seconds": self.timings.totals,
+            "stage_buckets": self.timings.buckets,
             "stage_count": self.timings.count,
         }
         tmp = path.with_suffix(".tmp")

@@ -68,5 +68,17 @@ def test_metrics_and_health_tell_the_truth_after_a_scripted_scenario(
         assert metric(text, "gateway_channel_accepted_total", channel="smtp") == 4
         assert metric(text, "gateway_outbox", status="pending") == 2  # two acknowledgements
         assert "gateway_stage_seconds_total" in text
+        # All four messages pass classify (the duplicate and the auto-reply too): a real
+        # histogram, one observation a message (the worker's status lags by up to a second).
+        text = wait_for(
+            lambda: (
+                (t := scrape())
+                and metric(t, "gateway_stage_latency_seconds_count", stage="classify") == 4
+                and t
+            )
+        )
+        assert (
+            metric(text, "gateway_stage_latency_seconds_bucket", stage="classify", le="+Inf") == 4
+        )
     finally:
         daemon.stop()
