@@ -11,7 +11,7 @@ import pytest
 from classifiers.engine import Engine
 from classifiers.training import SHIPPED_EVAL, evaluate, is_held_out, load_examples
 from tests.classifiers.conftest import SHIPPED_RULES
-from tests.classifiers.mail_corpus import SPAMASSASSIN, corpus
+from tests.classifiers.mail_corpus import corpus
 
 
 def test_eval_set_urgent_recall_095_precision_085_accuracy_075(default_model_dir: Path) -> None:
@@ -40,10 +40,10 @@ def test_eval_set_has_all_levels_channels_and_traps() -> None:
 
 
 @pytest.mark.slow  # about 35 s on 2 CPUs: it classifies the whole spam corpus
-@pytest.mark.skipif(
-    not SPAMASSASSIN.is_dir(), reason=f"shared data not found at {SPAMASSASSIN} (CI has it)"
-)
-def test_at_most_half_a_percent_of_real_spam_jumps_the_queue(engine: Engine) -> None:
+def test_at_most_half_a_percent_of_real_spam_jumps_the_queue(
+    engine: Engine, shared_mail: Path
+) -> None:
+    # shared_mail skips clearly outside CI when the shared data is absent, and fails under CI.
     total, jumped = 0, []
     for path, inp in corpus("spam-1", "spam-2"):
         total += 1
