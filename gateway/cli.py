@@ -7,12 +7,14 @@ Exit codes: 0 success, 1 a problem the output explains (bad config, unknown tick
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,18 @@ def _settings(args: argparse.Namespace) -> Settings:
     for problem in problems:
         print(f"warning: config problem (run check-config): {problem}", file=sys.stderr)
     return settings
+
+
+@contextlib.contextmanager
+def _open_spool(settings: Settings) -> Iterator[Any]:
+    """The configured spool for an operator's command, closed afterwards."""
+    from gateway.spool import Spool
+
+    spool = Spool(settings.spool_dir)
+    try:
+        yield spool
+    finally:
+        spool.close()
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -178,7 +192,6 @@ def _daemon_pid(settings: Settings) -> int | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
 
     settings = _settings(args)
     status_dir = settings.state_dir / "status"
@@ -187,10 +200,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if daemon.exists():
         out["daemon"] = json.loads(daemon.read_text())
     out["workers"] = [json.loads(p.read_text()) for p in sorted(status_dir.glob("worker-*.json"))]
-    spool = Spool(settings.spool_dir)
-    out["spool_depth"] = spool.depth()
-    out["quarantine"] = spool.quarantine_count()
-    spool.close()
+    with _open_spool(settings) as spool:
+        out["spool_depth"] = spool.depth()
+        out["quarantine"] = spool.quarantine_count()
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -362,11 +374,7 @@ def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
 
 
 def cmd_spool(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
-
-    settings = _settings(args)
-    spool = Spool(settings.spool_dir)
-    try:
+    with _open_spool(_settings(args)) as spool:
         if args.spool_cmd == "list":
             for e in spool.pending():
                 print(
@@ -412,8 +420,6 @@ def cmd_spool(args: argparse.Namespace) -> int:
             print(head)
             return 0
         return _replay(spool, args.id)
-    finally:
-        spool.close()
 
 
 def _replay(spool: Any, entry_id: str) -> int:
@@ -428,11 +434,7 @@ def _replay(spool: Any, entry_id: str) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
-
-    settings = _settings(args)
-    spool = Spool(settings.spool_dir)
-    try:
+    with _open_spool(_settings(args)) as spool:
         if args.q_cmd == "list":
             for r in spool.quarantined():
                 print(
@@ -441,8 +443,6 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
                 )
             return 0
         return _replay(spool, args.id)
-    finally:
-        spool.close()
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
