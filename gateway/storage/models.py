@@ -302,3 +302,10 @@ class SmsOptOut(Base):
     opted_out: Mapped[bool] = mapped_column(Boolean, default=True)
     keyword: Mapped[str] = mapped_column(String(32), default="")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+# Tables of later features live in their own modules; importing them here registers them on
+# Base.metadata, so Alembic and every session see one schema.
+from gateway.storage import agent_tables, billing_tables, forwarding_tables  # noqa: E402
+
+__all__ = ["Base", "agent_tables", "billing_tables", "forwarding_tables"]

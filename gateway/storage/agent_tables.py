@@ -1,0 +1,10 @@
+"""Tables of the agents' side: the append-only audit log and API bookkeeping.
+
+Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
+"""
+
+from __future__ import annotations
+
+from gateway.storage.models import Base
+
+__all__ = ["Base"]
