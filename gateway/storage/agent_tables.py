@@ -1,10 +1,32 @@
 """Tables of the agents' side: the append-only audit log and API bookkeeping.
 
 Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
+Rows of `audit_log` are only ever inserted: a correction is a new row, never an UPDATE.
 """
 
 from __future__ import annotations
 
-from gateway.storage.models import Base
+from datetime import datetime
+from typing import Any
 
-__all__ = ["Base"]
+from sqlalchemy import JSON, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from gateway.storage.models import Base, UTCDateTime
+
+
+class AuditEntry(Base):
+    """One action of an agent or admin, through the API or the CLI: who, what, when, and the
+    state before and after. Billing disputes and privacy requests are answered from here."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # token name ("api:alice") or "cli:<user>"
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. ticket.status
+    target: Mapped[str] = mapped_column(String(128), default="", index=True)  # e.g. T-000123
+    before: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    via: Mapped[str] = mapped_column(String(16), default="cli")  # cli | api
