@@ -1,10 +1,115 @@
-"""Tables of forwarding into existing help desks: outbound webhook deliveries.
+"""Tables of forwarding into existing help desks: the change journal and webhook deliveries.
 
+Owns two tables and the one rule that makes forwarding complete:
+
+* `forward_changes` — a journal with one row per ticket insert and per ticket UPDATE that
+  changed a column. The rows are written by SQLAlchemy *mapper events* on `Ticket`
+  (`after_insert`, `after_update`), on the flush's own connection, so each row commits or rolls
+  back with the very change it records (a transactional outbox, with no call to forget: persist,
+  admin commands, the API, the escalation scheduler and every later writer are covered by
+  changing a ticket through the ORM, which they do anyway). The journal knows nothing of the
+  configuration; `gateway.forwarding_sender.fan_out` turns its rows into deliveries.
+* `forward_deliveries` — one POST to one webhook for one change, delivered at least once:
+  unique `idempotency_key` (`<webhook>:<ticket reference>:<change id>`), a stored body (the
+  same bytes on every attempt), status `pending | sending | delivered | dead`, attempts, the
+  next attempt's time and a lease like the outbox's.
+
+Must never: be bypassed. A bulk UPDATE, INSERT or DELETE statement on the tickets table skips
+mapper events and so would skip forwarding: change tickets through the ORM (load, set, commit);
+tests/forwarding/test_journal.py fails on such a statement anywhere in the code.
 Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
 """
 
 from __future__ import annotations
 
-from gateway.storage.models import Base
+from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["Base"]
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, event, insert, inspect
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Mapped, Mapper, mapped_column, object_session
+
+from gateway.storage.models import Base, Ticket, UTCDateTime
+
+CREATED = "created"
+UPDATED = "updated"
+
+
+class ForwardChange(Base):
+    """A committed change to a ticket, not yet turned into deliveries (deleted when it is)."""
+
+    __tablename__ = "forward_changes"
+    # Ids are the order of changes and part of idempotency keys, so they must never be reused.
+    # SQLite reuses the highest rowid once its row is deleted (and fan-out deletes every row)
+    # unless the table is AUTOINCREMENT; PostgreSQL's sequence never goes back.
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    event: Mapped[str] = mapped_column(String(16))  # created | updated
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ForwardDelivery(Base):
+    """One signed POST of one ticket change to one webhook, retried until delivered or dead."""
+
+    __tablename__ = "forward_deliveries"
+    # The claim query: due pending rows, and "is an earlier delivery of this ticket to this
+    # webhook still outstanding?" (deliveries of one ticket go out in order).
+    __table_args__ = (
+        Index("ix_forward_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_forward_deliveries_ticket", "webhook", "ticket_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    reference: Mapped[str] = mapped_column(String(32))
+    event: Mapped[str] = mapped_column(String(16))  # created | updated
+    # Unique: fan-out run twice, or by two instances, never makes a second delivery of a change.
+    idempotency_key: Mapped[str] = mapped_column(String(160), unique=True)
+    # The journal row's id: the order of changes (also sent as "sequence").
+    change_id: Mapped[int] = mapped_column(Integer)
+    # The exact JSON sent; emptied once delivered (it holds customer text: keep it no longer).
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | sending | delivered | dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The receiver's HTTP status of the last attempt (None: no answer — timeout, refused).
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def _journal(connection: Connection, ticket_id: int, kind: str) -> None:
+    connection.execute(
+        insert(ForwardChange).values(ticket_id=ticket_id, event=kind, at=datetime.now(UTC))
+    )
+
+
+@event.listens_for(Ticket, "after_insert")
+def _ticket_inserted(_mapper: Mapper[Any], connection: Connection, target: Ticket) -> None:
+    _journal(connection, target.id, CREATED)
+
+
+@event.listens_for(Ticket, "after_update")
+def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Ticket) -> None:
+    # after_update also runs for objects marked dirty without a net column change (SQLAlchemy
+    # docs, MapperEvents.after_update): those issued no UPDATE and are no change to forward.
+    session = object_session(target)
+    if session is not None and not session.is_modified(target, include_collections=False):
+        return
+    # A ticket gets its reference (from its id) right after the INSERT, in the same transaction
+    # (stages/persist.py): still its creation, journalled by after_insert. Fan-out reads the
+    # committed ticket, so the creation's delivery carries the reference and the rest.
+    reference = inspect(target).attrs.reference.history
+    if reference.added and not any(reference.deleted):
+        return
+    _journal(connection, target.id, UPDATED)
+
+
+__all__ = ["CREATED", "UPDATED", "ForwardChange", "ForwardDelivery"]
