@@ -2,6 +2,7 @@
 
 Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
 Rows of `audit_log` are only ever inserted: a correction is a new row, never an UPDATE.
+`ticket_links` records an agent's merge or duplicate mark (gateway/api/merging.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Integer, String, Text
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.storage.models import Base, UTCDateTime
@@ -30,3 +31,19 @@ class AuditEntry(Base):
     after: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     reason: Mapped[str] = mapped_column(Text, default="")
     via: Mapped[str] = mapped_column(String(16), default="cli")  # cli | api
+
+
+class TicketLink(Base):
+    """An agent folded one ticket into another: `merged_into` (its messages moved to the other
+    ticket) or `duplicate_of` (closed as the same request, its messages kept). One row per
+    folded ticket: a ticket is merged or marked duplicate at most once."""
+
+    __tablename__ = "ticket_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), unique=True)
+    other_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # merged_into | duplicate_of
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)

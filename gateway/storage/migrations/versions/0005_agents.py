@@ -35,7 +35,27 @@ def upgrade() -> None:
     op.create_index(op.f("ix_audit_log_at"), "audit_log", ["at"])
     op.create_index(op.f("ix_audit_log_action"), "audit_log", ["action"])
     op.create_index(op.f("ix_audit_log_target"), "audit_log", ["target"])
+    op.create_table(
+        "ticket_links",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("ticket_id", sa.Integer(), nullable=False),
+        sa.Column("other_id", sa.Integer(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("actor", sa.String(length=128), nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["ticket_id"], ["tickets.id"], name=op.f("fk_ticket_links_ticket_id_tickets")
+        ),
+        sa.ForeignKeyConstraint(
+            ["other_id"], ["tickets.id"], name=op.f("fk_ticket_links_other_id_tickets")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_ticket_links")),
+        sa.UniqueConstraint("ticket_id", name=op.f("uq_ticket_links_ticket_id")),
+    )
+    op.create_index(op.f("ix_ticket_links_other_id"), "ticket_links", ["other_id"])
 
 
 def downgrade() -> None:
+    op.drop_table("ticket_links")
     op.drop_table("audit_log")
