@@ -14,6 +14,9 @@ Owns the Twilio contract (https://www.twilio.com/docs/usage/webhooks/webhooks-se
   message here. A live call consults only the in-memory customer directory and the pure
   `check_channel_entitlement` (DESIGN allows exactly that), so TwiML is returned with the
   database down.
+* A body over `MAX_BODY_BYTES` gets 413 before anything reads it as a form (Twilio's own
+  requests are a few kB: an SMS is at most 1,600 characters), so a stranger cannot make us buffer
+  or parse megabytes before the signature check refuses them.
 * TwiML is built with Twilio's `twiml` classes, never by string formatting. The voice flow never
   loops: <Gather> falls through to <Record>, and <Record>'s action only says goodbye.
 Never parses, classifies or writes tickets: the worker does (`gateway/stages/parse_twilio.py`).
@@ -30,9 +33,11 @@ from typing import Final
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Gather, VoiceResponse
@@ -56,6 +61,7 @@ LEAVE_MESSAGE: Final = "Please leave your message after the tone, then hang up."
 EMERGENCY_NOTED: Final = "Your emergency is noted. " + LEAVE_MESSAGE
 GOODBYE: Final = "Thank you. We have your message. Goodbye."
 TWIML: Final = "application/xml"
+MAX_BODY_BYTES: Final = 64 * 1024
 
 
 @dataclass
@@ -266,6 +272,60 @@ class TwilioChannel:
         return Response(str(response), media_type=TWIML)
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` is answered 413 and never reaches the
+    app. Reads at most `max_bytes` + one chunk, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client") or ("?",)
+        log.warning(
+            "twilio webhook %s from %s refused (413): body over %d bytes",
+            scope.get("path"),
+            client[0],
+            self.max_bytes,
+        )
+        response = PlainTextResponse("request body too large", status_code=413)
+        await response(scope, receive, send)
+
+
 def build_app(channel: TwilioChannel) -> Starlette:
     if channel.runtime().settings.gateway.webhooks.insecure_skip_signature:
         log.critical(
@@ -280,7 +340,7 @@ def build_app(channel: TwilioChannel) -> Starlette:
         Route("/twilio/voice/transcription", channel.transcription, methods=["POST"]),
         Route("/twilio/voice/done", channel.done, methods=["POST"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)])
 
 
 async def start_webhooks(app: Starlette, host: str, port: int) -> HttpServer:

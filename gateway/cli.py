@@ -273,10 +273,21 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return worst
 
 
-def _session(settings: Settings) -> Any:
+@contextlib.contextmanager
+def _session(settings: Settings, *, write: bool = False) -> Iterator[Any]:
+    """A session on the configured database; its engine is disposed afterwards, so a command run
+    in-process (tests, the API) leaves no connection behind. `write`: on SQLite the transaction
+    takes the write lock up front (BEGIN IMMEDIATE) and waits for it, as the workers do; a
+    transaction that reads first and writes later would fail at once with "database is locked"
+    whenever a daemon thread holds the lock."""
     from gateway.storage.db import make_engine, session_factory
 
-    return session_factory(make_engine(settings.database_url))()
+    engine = make_engine(settings.database_url, immediate=write)
+    try:
+        with session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
@@ -327,6 +338,17 @@ def cmd_show(args: argparse.Namespace) -> int:
     classifier = data["explanation"].get("classifier", {})
     if classifier:
         print(f"classifier: {classifier.get('explanation')}")
+    if data["held"]:
+        print(f"HELD: {data['hold_reason']}")
+    if data["tags"]:
+        print(f"tags: {', '.join(data['tags'])}")
+    if data["emergency_review"]:
+        print("REVIEW: an accepted emergency the classifier rated far lower; an agent should look")
+    billing = data.get("billing") or {}
+    if billing.get("explanation"):
+        print("emergency and billing:")  # every hold, rejection and charge, in plain words
+        for line in billing["explanation"]:
+            print(f"  {line}")
     print("decisions:")
     for d in data["decisions"]:
         print(f"  {d['stage']:10} {d['code']:14} {d['text']}")
@@ -344,8 +366,15 @@ def cmd_ticket_set_status(args: argparse.Namespace) -> int:
     from gateway.storage.admin import set_status
 
     settings = _settings(args)
-    with _session(settings) as session:
-        error = set_status(session, args.ref, args.status, actor=args.actor, reason=args.reason)
+    with _session(settings, write=True) as session:
+        error = set_status(
+            session,
+            args.ref,
+            args.status,
+            actor=args.actor,
+            reason=args.reason,
+            resolution=args.resolution,  # audited with the change (gateway/storage/admin.py)
+        )
     if error:
         print(error, file=sys.stderr)
         return 1
@@ -357,7 +386,7 @@ def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
     from gateway.storage.admin import set_severity
 
     settings = _settings(args)
-    with _session(settings) as session:
+    with _session(settings, write=True) as session:
         error = set_severity(
             session,
             args.ref,
@@ -703,6 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ref")
     s.add_argument("status", choices=STATUSES)
     s.add_argument("--reason", default="")
+    s.add_argument(
+        "--resolution",
+        choices=("solution", "workaround", "enhancement_request", "escalated_to_development"),
+        help="how it was resolved (with resolved or closed)",
+    )
     s.add_argument("--actor", default=os.environ.get("USER", "cli"))
     s.set_defaults(func=cmd_ticket_set_status)
     s = t.add_parser("set-severity")

@@ -30,8 +30,11 @@ from starlette.applications import Starlette
 from channels.imap import PollerThread, start_pollers
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
 from channels.twilio import TwilioChannel, build_app, start_webhooks
+from gateway.api.app import build_api_app
+from gateway.api.context import ApiContext
+from gateway.blobs import BlobStore
 from gateway.config.loader import Settings
-from gateway.health import build_health_app
+from gateway.health import health_endpoints
 from gateway.http_server import HttpServer, RefuseWhileStopping, serve_http
 from gateway.metrics import GatewayCollector
 from gateway.notify import Notifier, watchdog_interval
@@ -174,7 +177,7 @@ class Daemon:
         if g.api.enabled:
             self.health = await serve_http(self._health_app(settings), g.api.host, g.api.port)
             self.listeners["api"] = f"{self.health.host}:{self.health.port}"
-            log.info("health and metrics on http://%s/metrics", self.listeners["api"])
+            log.info("API, health and metrics on http://%s", self.listeners["api"])
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._reload)
         loop.add_signal_handler(signal.SIGTERM, self.stop_event.set)
@@ -232,15 +235,27 @@ class Daemon:
         log.info("stopped")
 
     def _health_app(self, settings: Settings) -> Starlette:
+        """The [api] app: health and metrics (gateway/health.py) with the agents' API, the
+        queue page and forwarding routes around them (gateway/api/app.py)."""
         assert self.spool is not None
         sessions = session_factory(make_engine(settings.database_url))
         collector = GatewayCollector(sessions, self.spool, self.status_dir, self.channel_stats)
-        app = build_health_app(
-            sessions,
-            self.spool,
-            collector,
-            lambda: dict(self.listeners),
-            settings.gateway.spool.min_free_mib * 1024 * 1024,
+        runtime_box = self.box
+        app = build_api_app(
+            ApiContext(
+                sessions=sessions,
+                write_sessions=session_factory(make_engine(settings.database_url, immediate=True)),
+                spool=self.spool,
+                blobs=BlobStore(settings.state_dir / "blobs", fsync=settings.gateway.spool.fsync),
+                settings=lambda: runtime_box.current.settings,
+            ),
+            health_endpoints(
+                sessions,
+                self.spool,
+                collector,
+                lambda: dict(self.listeners),
+                settings.gateway.spool.min_free_mib * 1024 * 1024,
+            ),
         )
         # Stopping: not ready (a load balancer drains us); /healthz and /metrics still answer.
         app.add_middleware(RefuseWhileStopping, stopping=self.stop_event.is_set, paths=("/readyz",))

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Verdict
+from gateway.emergency import authenticate, for_classifier
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.runtime import Runtime
 from gateway.spool import Envelope
@@ -60,6 +61,11 @@ class Explanation:
                 f"{_due(d.sla.first_response_minutes, d.first_response_due)}; resolution "
                 f"{_due(d.sla.resolution_minutes, d.resolution_due)}"
             )
+        step = d.emergency_step
+        if step is not None:
+            out.append(f"emergency:    {step.outcome}: {step.reason}")
+            if step.quote is not None:
+                out.append(f"quote:        {step.quote.text()}, terms {step.quote.terms_version}")
         for reply in d.replies:
             out.append(f"reply:        {reply.template} to {reply.to or m.sender}: {reply.reason}")
         out.append("reasons:")
@@ -87,6 +93,8 @@ def explain(
     message = parse(raw, envelope, "explain", settings.gateway.limits.max_attachment_bytes)
     if sender:
         message = dataclasses.replace(message, sender=sender.lower())
+    # As the pipeline does: the sender's authentication of mail asking for emergency support.
+    message = authenticate(message, raw, settings.emergency, runtime.dkim_resolver)
     customer = identify(message, runtime.directory)
     automated = check_automated(
         message,
@@ -96,11 +104,21 @@ def explain(
     if sessions is not None:
         with sessions() as session:
             threaded = thread(
-                message, customer, SessionThreadLookup(session), at, runtime.reopen_window
+                message,
+                customer,
+                SessionThreadLookup(session),
+                at,
+                runtime.reopen_window,
+                incident_window=runtime.incident_window,
             )
             session.rollback()
     else:
         threaded = Thread("new", None, "no database: threading not checked")
-    verdict = classify(message, customer, runtime.engine, settings.severity.default)
+    verdict = classify(
+        for_classifier(message, settings.emergency),
+        customer,
+        runtime.engine,
+        settings.severity.default,
+    )
     decision = decide(message, customer, verdict, threaded, automated, at, runtime.policy)
     return Explanation(message, customer, automated, threaded, verdict, decision)

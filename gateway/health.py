@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -25,6 +26,17 @@ from starlette.routing import Route
 from gateway.metrics import GatewayCollector
 from gateway.spool import Spool
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class HealthEndpoints:
+    """The three handlers, for an app to route (the agents' API app serves them on [api])."""
+
+    healthz: Endpoint
+    readyz: Endpoint
+    metrics: Endpoint
+
 
 def build_health_app(
     sessions: sessionmaker[Session],
@@ -33,6 +45,24 @@ def build_health_app(
     listeners: Callable[[], dict[str, str]],
     min_free_bytes: int,
 ) -> Starlette:
+    """The three routes alone (the daemon serves them inside gateway/api/app.py instead)."""
+    endpoints = health_endpoints(sessions, spool, collector, listeners, min_free_bytes)
+    return Starlette(
+        routes=[
+            Route("/healthz", endpoints.healthz),
+            Route("/readyz", endpoints.readyz),
+            Route("/metrics", endpoints.metrics),
+        ]
+    )
+
+
+def health_endpoints(
+    sessions: sessionmaker[Session],
+    spool: Spool,
+    collector: GatewayCollector,
+    listeners: Callable[[], dict[str, str]],
+    min_free_bytes: int,
+) -> HealthEndpoints:
     registry = CollectorRegistry(auto_describe=True)
     registry.register(collector)
 
@@ -71,10 +101,4 @@ def build_health_app(
         body = await asyncio.to_thread(generate_latest, registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-        ]
-    )
+    return HealthEndpoints(healthz=healthz, readyz=readyz, metrics=metrics)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:  # sender_auth imports the parse stage, which imports this module
+    from gateway.sender_auth import SenderAuth
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class ParsedMessage:
     raw_size: int
     dedup_key: str
     defects: tuple[str, ...] = ()
+    # Is the From address authenticated (gateway/sender_auth.py)? Computed from the raw bytes
+    # only for mail asking for emergency support (gateway/emergency.py: authenticate); None
+    # when not computed.
+    sender_auth: SenderAuth | None = None
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -82,6 +89,16 @@ class Automated:
 
 
 @dataclass(frozen=True)
+class Prompt:
+    """A "confirm the emergency charge" message we sent for a held ticket: only a reply to it
+    (email: In-Reply-To its Message-ID, from its recipient; SMS: from its number) confirms."""
+
+    channel: str  # email | sms
+    message_id: str  # our outbox Message-ID (without <>)
+    recipient: str  # the contact's address or E.164 number
+
+
+@dataclass(frozen=True)
 class TicketRef:
     id: int
     reference: str
@@ -89,6 +106,14 @@ class TicketRef:
     status: str
     closed_at: datetime | None
     contact_email: str | None
+    # -- emergency support (gateway/emergency.py); only ever added --------------------------
+    severity: str = ""
+    held: bool = False
+    emergency: bool = False
+    emergency_acknowledged: bool = False
+    # Held until the customer acknowledges the emergency charge (an open emergency request).
+    awaiting_acknowledgement: bool = False
+    prompts: tuple[Prompt, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,3 +121,6 @@ class Thread:
     kind: Literal["new", "follow-up", "reopen", "new-linked"]
     ticket: TicketRef | None
     reason: str
+    # "new-linked" to an account's open emergency (an SMS or voicemail within the incident
+    # window): part of the same incident, never billed again.
+    incident: bool = False

@@ -3,7 +3,8 @@
 Owns the metric names and how each is derived: intake per channel and outcome and verdicts per
 level from the database (cluster-wide truth, several instances included), spool depth and the
 oldest entry's age from the spool, listener and worker counters from the status files, stage
-cost from the workers' accumulated timings, outbox backlog and dead letters, SLA breaches, and
+cost from the workers' accumulated timings, outbox backlog and dead letters, webhook deliveries
+by status (forwarding's dead letters among them), SLA breaches, and
 per IMAP mailbox the time since its last successful fetch. Computing at scrape time means no
 shared-memory counters across worker processes and nothing to lose on restart. Never writes.
 """
@@ -27,6 +28,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import forwarding_sender
 from gateway.pipeline import BUCKETS
 from gateway.spool import Spool
 from gateway.storage.models import Intake, OutboxRow, Ticket
@@ -51,6 +53,7 @@ class GatewayCollector(Collector):
         yield from self._status_files()
         try:
             yield from self._database()
+            yield from self._forwarding()
             up = 1.0
         except Exception:  # the database is down: intake goes on, and this metric says so
             up = 0.0
@@ -215,6 +218,34 @@ class GatewayCollector(Collector):
         yield verdicts
         yield outbox
         yield breached
+
+    def _forwarding(self) -> Iterator[Metric]:
+        """Webhook deliveries (gateway/forwarding_sender.py): backlog, delivered, dead letters."""
+        with self.sessions() as session:
+            counts = forwarding_sender.delivery_counts(session)
+            journal = forwarding_sender.pending_changes(session)
+        deliveries = GaugeMetricFamily(
+            "gateway_forward_deliveries",
+            "Webhook deliveries by webhook and status (pending, sending, delivered, dead).",
+            labels=["webhook", "status"],
+        )
+        dead = GaugeMetricFamily(
+            "gateway_forward_dead_letters",
+            "Webhook deliveries given up after max_attempts, awaiting an admin's retry.",
+            labels=["webhook"],
+        )
+        for webhook, status, n in counts:
+            deliveries.add_metric([webhook, status], float(n))
+            if status == forwarding_sender.DEAD:
+                dead.add_metric([webhook], float(n))
+        changes = GaugeMetricFamily(
+            "gateway_forward_pending_changes",
+            "Ticket changes not yet turned into deliveries (grows while worker 0 is down).",
+        )
+        changes.add_metric([], float(journal))
+        yield deliveries
+        yield dead
+        yield changes
 
 
 def _number(value: object) -> float:

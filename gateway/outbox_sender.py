@@ -41,7 +41,10 @@ def build_email(row: OutboxRow, outbound: OutboundSection, instance: str) -> Ema
     if row.in_reply_to:
         msg["In-Reply-To"] = f"<{row.in_reply_to}>"
         msg["References"] = f"<{row.in_reply_to}>"
-    msg["Auto-Submitted"] = "auto-replied"
+    if row.kind != "agent-reply":
+        # An agent's reply (gateway/api/replies.py) is written by a person: RFC 3834 forbids
+        # marking it automatic, and the customer's own filters must not treat it as a robot's.
+        msg["Auto-Submitted"] = "auto-replied"
     msg["X-Auto-Response-Suppress"] = "All"
     msg[OWN_LOOP_HEADER] = instance
     msg.set_content(row.body)
@@ -103,12 +106,22 @@ def send_due(sessions: sessionmaker[Session], outbound: OutboundSection, instanc
     try:
         for row in rows:
             try:
-                client.send_message(build_email(row, outbound, instance))
-            except smtplib.SMTPRecipientsRefused as exc:
-                _finish(sessions, row.id, "failed", f"relay refused recipient: {exc}")
+                email = build_email(row, outbound, instance)
+            except (ValueError, TypeError) as exc:
+                # Text that cannot be a header (e.g. a CR/LF the email package refuses) makes
+                # this row a dead letter; raising here left it and every row claimed after it
+                # `sending`, retried and stalled again at each lease (tests/hostile).
+                _finish(sessions, row.id, "failed", f"cannot build the message: {exc}")
                 continue
+            try:
+                client.send_message(email)
             except (OSError, smtplib.SMTPException) as exc:
-                _reschedule(sessions, [row], outbound, f"{type(exc).__name__}: {exc}")
+                # Only a 5xx is final (tests/faults): a 450 at RCPT made a dead letter of a reply
+                # the relay would have taken later, and a 554 was retried max_attempts times.
+                if _permanent(exc):
+                    _finish(sessions, row.id, "failed", f"relay refused: {exc}")
+                else:
+                    _reschedule(sessions, [row], outbound, f"{type(exc).__name__}: {exc}")
                 continue
             crash_point("mid-outbox-send")
             _finish(sessions, row.id, "sent", "")
@@ -119,6 +132,14 @@ def send_due(sessions: sessionmaker[Session], outbound: OutboundSection, instanc
         except (OSError, smtplib.SMTPException):
             pass
     return sent
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A 5xx to MAIL, DATA or to every recipient (RFC 5321 4.2.1); 4xx and lost connections are
+    temporary."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(code >= 500 for code, _ in exc.recipients.values())
+    return isinstance(exc, smtplib.SMTPResponseException) and exc.smtp_code >= 500
 
 
 def _connect(outbound: OutboundSection) -> smtplib.SMTP:

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.blobs import BlobStore
+from gateway.emergency import authenticate, for_classifier
 from gateway.faults import crash_point
 from gateway.message import ParsedMessage
 from gateway.runtime import Runtime
@@ -153,6 +155,9 @@ def process_batch(
                     job.spool_id,
                     settings.gateway.limits.max_attachment_bytes,
                 )
+                # Mail asking for emergency support: is its sender who From says (evidence a
+                # charge rests on)? Computed from the raw bytes, before any database work.
+                message = authenticate(message, job.raw, settings.emergency, runtime.dkim_resolver)
         except (Exception, MessageTimeoutError) as exc:
             results[job.spool_id] = JobResult(job.spool_id, None, StageError("parse", exc))
             clock.lap("parse")
@@ -166,6 +171,7 @@ def process_batch(
         clock.lap("blobs")
         try:
             with sessions.begin() as session:
+                _lock_threads(session, [message for _, message in parsed])
                 for job, message in parsed:
                     results[job.spool_id] = _one(session, job, message, runtime, now, limit, clock)
                 crash_point("before-commit")
@@ -177,6 +183,28 @@ def process_batch(
     if timings is not None:
         timings.count += len(jobs)
     return [results[job.spool_id] for job in jobs]
+
+
+def _lock_threads(session: Session, messages: list[ParsedMessage]) -> None:
+    """PostgreSQL: one batch at a time per call / per phone, so two workers (or instances) never
+    both open a ticket for events that must thread together (tests/faults found a voicemail's
+    callbacks making two tickets). Locks are taken up front in sorted order: no deadlock between
+    batches; they end with the transaction. SQLite's BEGIN IMMEDIATE already serialises writers.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    keys = {key for message in messages if (key := _thread_key(message))}
+    for key in sorted(keys):
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+
+def _thread_key(message: ParsedMessage) -> str | None:
+    """What threads by identity rather than by headers: one voice call, one phone's texts."""
+    if message.channel == "twilio-voice" and (call := message.header("x-twilio-callsid")):
+        return f"thread:twilio-call:{call}"
+    if message.channel == "twilio-sms" and message.sender:
+        return f"thread:twilio-sms:{message.sender}"
+    return None
 
 
 def _one(
@@ -209,10 +237,17 @@ def _one(
                     now,
                     runtime.reopen_window,
                     timedelta(hours=settings.gateway.webhooks.sms_thread_window_hours),
+                    runtime.incident_window,
                 )
                 clock.lap("thread")
                 stage = "classify"
-                verdict = classify(message, customer, runtime.engine, settings.severity.default)
+                # The problem as the customer describes it, without emergency.toml's markers.
+                verdict = classify(
+                    for_classifier(message, settings.emergency),
+                    customer,
+                    runtime.engine,
+                    settings.severity.default,
+                )
                 clock.lap("classify")
                 stage = "decide"
                 decision = decide(

@@ -25,6 +25,7 @@ from gateway.config.schema import Account, CustomersFile
 from gateway.directory import Directory
 from gateway.policy import Plans
 from gateway.routing import build_router
+from gateway.sender_auth import DnsTxtResolver
 from gateway.stages.decide import Policy
 from gateway.stages.persist import PersistContext
 
@@ -39,10 +40,28 @@ class Runtime:
     policy: Policy
     persist: PersistContext
     generation: int
+    # DNS TXT lookups for our own DKIM check of mail asking for emergency support
+    # (gateway/emergency.py: authenticate); None: no DKIM check. Tests inject a stand-in.
+    dkim_resolver: DnsTxtResolver | None = None
 
     @property
     def reopen_window(self) -> timedelta:
         return timedelta(days=self.settings.gateway.threading.reopen_window_days)
+
+    @property
+    def incident_window(self) -> timedelta:
+        """An SMS or voicemail this soon after an account's emergency joins its incident."""
+        return timedelta(hours=self.settings.emergency.incident_window_hours)
+
+
+def dns_txt(name: bytes) -> bytes | None:
+    """A DNS TXT record through the system resolver (dkimpy's own lookup, via dnspython): what
+    the daemon's DKIM check uses. The only network call of the emergency path, made only for
+    mail asking for emergency support without a trusted Authentication-Results pass."""
+    from dkim import dnsplug
+
+    found: bytes | None = dnsplug.get_txt(name, timeout=5)
+    return found
 
 
 def model_dir(settings: Settings) -> Path:
@@ -108,7 +127,9 @@ def load_runtime(
             severity=settings.severity,
             calendars=calendars,
             router=router,
+            emergency=settings.emergency,
         ),
+        dkim_resolver=dns_txt if settings.emergency.dkim_check else None,
         persist=PersistContext(
             templates=settings.templates,
             company=g.outbound.from_name.removesuffix(" Support") or "Support",

@@ -74,6 +74,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final
 
+from gateway.faults import crash_point, spool_write_fault
+
 __all__ = [
     "Entry",
     "Envelope",
@@ -369,7 +371,8 @@ class Spool:
         self._high_water_bytes = high_water_bytes
         self._min_free_bytes = min_free_bytes
         self._max_attempts = max_attempts
-        self._write_fault = write_fault
+        # Tests inject failures here; GATEWAY_FAULT_SPOOL_ENOSPC does it for a whole daemon.
+        self._write_fault = write_fault if write_fault is not None else spool_write_fault()
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             for directory in (
@@ -702,6 +705,7 @@ class Spool:
             else:
                 shutil.copyfileobj(raw, out)
             out.flush()
+            crash_point("mid-spool-write")  # written, not yet fsynced nor renamed: not visible
             if self._fsync and sync:
                 # The contents must be on disk BEFORE the rename makes the name visible;
                 # otherwise a crash can leave a visible, empty or truncated entry.

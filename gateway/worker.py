@@ -7,7 +7,9 @@ Owns what happens after a failed attempt (DESIGN promise 3):
   `max_attempts` the entry is quarantined with its stage and error, and the next one flows.
 Runs in its own process (CPU work never stalls the listeners' event loop). Also runs the outbox
 sender on a thread, and there, in worker 0, the escalation scheduler every
-`[escalation] interval_seconds`. Never accepts network input.
+`[escalation] interval_seconds`, and the release of emergency holds nobody confirmed (every
+emergency.toml `check_interval_seconds`); worker 0 also forwards ticket changes to help-desk
+webhooks on a thread of their own. Never accepts network input.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway import escalation_scheduler, outbox_sender, twilio_outbound
+from gateway import (
+    emergency_holds,
+    escalation_scheduler,
+    forwarding_sender,
+    outbox_sender,
+    twilio_outbound,
+)
 from gateway.blobs import BlobStore
 from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
 from gateway.pipeline import storage_unavailable as storage_unavailable
@@ -175,6 +183,8 @@ class Worker:
         if self.run_outbox:
             sender = threading.Thread(target=self._outbox_loop, name="outbox", daemon=True)
             sender.start()
+            # Forwarding has its own thread: a slow help desk never delays customers' mail.
+            threading.Thread(target=self._forwarding_loop, name="forwarding", daemon=True).start()
         last_status = 0.0
         parent = os.getppid()
         while not self.stopping.is_set():
@@ -194,11 +204,15 @@ class Worker:
 
     def _outbox_loop(self) -> None:
         next_escalation = 0.0  # escalation: first run at once, then every interval_seconds
+        next_holds = 0.0  # emergency holds nobody confirmed: likewise, every check_interval
         while not self.stopping.is_set():
             settings = self.box.current.settings
             if time.monotonic() >= next_escalation:
                 next_escalation = time.monotonic() + settings.severity.escalation.interval_seconds
                 self.escalate_once()
+            if time.monotonic() >= next_holds:
+                next_holds = time.monotonic() + settings.emergency.check_interval_seconds
+                self.release_holds_once()
             try:
                 sent = outbox_sender.send_due(
                     self.sessions, settings.gateway.outbound, settings.gateway.gateway.instance
@@ -212,6 +226,20 @@ class Worker:
             if not sent:
                 self.stopping.wait(1.0)
 
+    def _forwarding_loop(self) -> None:
+        """Ticket changes to help-desk webhooks (gateway/forwarding_sender.py), worker 0 only."""
+        checked = None
+        while not self.stopping.is_set():
+            settings = self.box.current.settings
+            if settings is not checked:  # at start and after each reload
+                checked = settings
+                forwarding_sender.warn_missing_secrets(settings.forwarding)
+            done = forwarding_sender.run_once(
+                self.sessions, settings.forwarding, settings.gateway.gateway.instance
+            )
+            if not done:
+                self.stopping.wait(settings.forwarding.poll_seconds)
+
     def escalate_once(self) -> None:
         """One escalation scheduler run (gateway/escalation_scheduler.py), worker 0 only."""
         runtime = self.box.current
@@ -221,6 +249,21 @@ class Worker:
             )
         except Exception as exc:  # a database outage or bug must not stop the outbox sender
             log.warning("escalation scheduler: %s: %s", type(exc).__name__, exc)
+
+    def release_holds_once(self) -> None:
+        """Release emergency holds nobody confirmed in time (gateway/emergency_holds.py),
+        worker 0 only."""
+        runtime = self.box.current
+        try:
+            emergency_holds.release_expired(
+                self.sessions,
+                runtime.settings,
+                runtime.policy.calendars,
+                datetime.now(UTC),
+                runtime.persist.company,
+            )
+        except Exception as exc:  # a database outage or bug must not stop the outbox sender
+            log.warning("emergency holds: %s: %s", type(exc).__name__, exc)
 
     def write_status(self, path: Path) -> None:
         data = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,12 +20,15 @@ from gateway.config.errors import ConfigError, ConfigProblem, find_line
 from gateway.config.schema import (
     CalendarsFile,
     CustomersFile,
+    EmergencyFile,
+    ForwardingFile,
     GatewayConfig,
     PlansFile,
     RoutingFile,
     SeverityFile,
 )
 from gateway.config.validate import build
+from gateway.forwarding import check_forwarding, known_queues
 from gateway.routing import check_routing
 
 T = TypeVar("T")
@@ -37,6 +40,8 @@ OPTIONAL_FILES = (
     "severity.toml",
     "calendars.toml",
     "routing.toml",
+    "emergency.toml",
+    "forwarding.toml",
 )
 
 
@@ -64,6 +69,10 @@ class Settings:
     routing: RoutingFile
     templates: Templates
     rules_dir: Path
+    # emergency.toml: emergency (billable) support (gateway/emergency.py).
+    emergency: EmergencyFile = field(default_factory=EmergencyFile)
+    # forwarding.toml: outbound webhooks into help desks (gateway/forwarding.py).
+    forwarding: ForwardingFile = field(default_factory=ForwardingFile)
 
     @property
     def state_dir(self) -> Path:
@@ -237,6 +246,37 @@ def _check_imap(directory: Path, gateway: GatewayConfig, problems: list[ConfigPr
             problem("quarantine_folder", "must differ from folder")
 
 
+def _check_api_tokens(
+    directory: Path, gateway: GatewayConfig, problems: list[ConfigProblem]
+) -> None:
+    """[[api.tokens]]: names are unique (they name actors in the audit log) and no two entries
+    share a hash (one token would be two people). Messages never show a hash."""
+    gpath = directory / "gateway.toml"
+    names: set[str] = set()
+    digests: dict[str, str] = {}
+    for i, token in enumerate(gateway.api.tokens):
+        if token.name in names:
+            problems.append(
+                ConfigProblem(
+                    "gateway.toml",
+                    f"api.tokens[{i}].name",
+                    f"duplicate token name {token.name!r}",
+                    find_line(gpath, "name"),
+                )
+            )
+        names.add(token.name)
+        if token.sha256 in digests:
+            problems.append(
+                ConfigProblem(
+                    "gateway.toml",
+                    f"api.tokens[{i}].sha256",
+                    f"the same token as {digests[token.sha256]!r}: give each holder their own",
+                    find_line(gpath, "sha256"),
+                )
+            )
+        digests.setdefault(token.sha256, token.name)
+
+
 def _check_levels_and_plans(
     directory: Path,
     plans: PlansFile | None,
@@ -323,6 +363,82 @@ def _check_severity(directory: Path, severity: SeverityFile, problems: list[Conf
         )
 
 
+# Templates emergency support sends (gateway/emergency.py); each needs an English text.
+EMERGENCY_TEMPLATES = (
+    "emergency-unavailable",
+    "confirm-charge",
+    "emergency-accepted",
+    "emergency-released",
+)
+
+
+def _check_emergency(
+    directory: Path,
+    emergency: EmergencyFile | None,
+    plans: PlansFile | None,
+    severity: SeverityFile | None,
+    calendars: CalendarsFile | None,
+    templates: Templates,
+    problems: list[ConfigProblem],
+) -> None:
+    """emergency.toml against the other files: its calendar and level exist; every plan offering
+    emergency support states its price (a charge must say what was quoted); its texts exist."""
+    epath = directory / "emergency.toml"
+    if emergency is not None:
+        if (
+            emergency.after_hours_calendar
+            and calendars is not None
+            and emergency.after_hours_calendar not in calendars.calendar
+        ):
+            problems.append(
+                ConfigProblem(
+                    "emergency.toml",
+                    "after_hours_calendar",
+                    f"unknown calendar {emergency.after_hours_calendar!r} (calendars.toml has "
+                    f"{', '.join(sorted(calendars.calendar)) or 'none'})",
+                    find_line(epath, "after_hours_calendar"),
+                )
+            )
+        if (
+            emergency.review_at_or_below
+            and severity is not None
+            and emergency.review_at_or_below not in severity.levels
+        ):
+            problems.append(
+                ConfigProblem(
+                    "emergency.toml",
+                    "review_at_or_below",
+                    f"{emergency.review_at_or_below!r} is not one of the levels "
+                    f"{list(severity.levels)}",
+                    find_line(epath, "review_at_or_below"),
+                )
+            )
+    if plans is None:
+        return
+    offered = False
+    ppath = directory / "plans.toml"
+    for i, plan in enumerate(plans.plan):
+        offered = offered or plan.emergency
+        if plan.emergency and not plan.emergency_price:
+            problems.append(
+                ConfigProblem(
+                    "plans.toml",
+                    f"plan[{i}].emergency_price",
+                    f"plan {plan.name!r} offers emergency support, so it must state its price "
+                    '(e.g. emergency_price = "250.00")',
+                    find_line(ppath, f"plan[{i}].emergency"),
+                )
+            )
+    if offered:
+        for name in EMERGENCY_TEMPLATES:
+            if templates.get(name, "en") is None:
+                problems.append(
+                    ConfigProblem(
+                        f"templates/{name}.en.txt", None, "file is missing (emergency support)"
+                    )
+                )
+
+
 def load_lenient(directory: Path) -> tuple[Settings, list[ConfigProblem]]:
     """For operators' read commands (`tickets`, `show`, `spool`): only gateway.toml must be
     valid; a broken policy file falls back to defaults and is returned as a warning, so an admin
@@ -372,9 +488,21 @@ def load(directory: Path) -> Settings:
         problems.extend(check_routing(routing, names, severity.levels, calendars.calendar, rpath))
     if gateway is not None:
         _check_imap(directory, gateway, problems)
+        _check_api_tokens(directory, gateway, problems)
+    emergency = _load_file(directory, "emergency.toml", EmergencyFile, problems)
+    _check_emergency(directory, emergency, plans, severity, calendars, templates, problems)
+    forwarding = _load_file(directory, "forwarding.toml", ForwardingFile, problems)
+    if forwarding is not None:
+        problems.extend(
+            check_forwarding(
+                forwarding,
+                known_queues(routing) if routing is not None else None,
+                directory / "forwarding.toml",
+            )
+        )
     if problems:
         raise ConfigError(problems)
-    assert gateway and customers and plans and severity and calendars and routing
+    assert gateway and customers and plans and severity and calendars and routing and emergency
     return Settings(
         directory=directory.absolute(),
         gateway=gateway,
@@ -385,4 +513,6 @@ def load(directory: Path) -> Settings:
         routing=routing,
         templates=templates,
         rules_dir=directory.absolute() / "rules.d",
+        emergency=emergency,
+        forwarding=forwarding or ForwardingFile(),
     )

@@ -122,12 +122,59 @@ class AutomatedSection:
     trust_spam_headers: bool = True
 
 
+# ---- [[api.tokens]] in gateway.toml: who may use the agents' HTTP API (gateway/api/auth.py) ---
+
+API_SCOPES = ("read", "write", "admin")
+
+
+def _token_name(v: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", v):
+        return None
+    return "must be 1-64 letters, digits, '_', '.', '@' or '-' (it names the actor in the audit)"
+
+
+def _sha256_hex(v: str) -> str | None:
+    if re.fullmatch(r"[0-9a-f]{64}", v):
+        return None
+    return (
+        "must be the 64 lower-case hex digits of the token's SHA-256 "
+        "(`gateway api token create NAME` prints it); never the token itself"
+    )
+
+
+def _scopes(v: tuple[str, ...]) -> str | None:
+    if not v:
+        return f"must name at least one of {', '.join(API_SCOPES)}"
+    unknown = [s for s in v if s not in API_SCOPES]
+    if unknown:
+        known = ", ".join(API_SCOPES)
+        return f"unknown scope(s) {', '.join(map(repr, unknown))}; scopes are {known}"
+    return None
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    # Names the holder: the audit log records actions as api:<name>. Unique.
+    name: str = field(metadata=check(_token_name))
+    # SHA-256 (hex) of the token. Tokens are hashed at rest: the token itself is shown once by
+    # `gateway api token create` and never stored.
+    sha256: str = field(metadata=check(_sha256_hex))
+    # Any of read, write, admin; admin implies write, write implies read.
+    scopes: tuple[str, ...] = field(default=("read",), metadata=check(_scopes))
+
+
 @dataclass(frozen=True)
 class HttpSection:
-    # The health and metrics (and, later, agents' API) listener: /healthz, /readyz, /metrics.
+    # The [api] listener: /healthz, /readyz, /metrics, the agents' API (/api/v1), /queue.
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = field(default=8080, metadata=check(port))
+    # [[api.tokens]] tables: the tokens the agents' API (/api/v1) accepts (see ApiToken). None
+    # configured: every /api/v1 request answers 401.
+    tokens: tuple[ApiToken, ...] = ()
+    # /metrics needs a token with the read scope (true) or is open to anyone who can reach the
+    # [api] address (false: the usual Prometheus scrape on a private network).
+    metrics_require_token: bool = False
 
 
 # ---- [webhooks] in gateway.toml: the Twilio SMS and voice webhooks (channels/twilio.py) -------
@@ -222,6 +269,26 @@ class ImapMailbox:
     recipients: tuple[str, ...] = ()
 
 
+# ---- [retention] in gateway.toml: `gateway purge` (gateway/retention.py) ---------------------
+
+
+def _retention_days(v: int) -> str | None:
+    return None if v >= 0 else "must be 0 or more days (0 turns this limit off)"
+
+
+@dataclass(frozen=True)
+class RetentionSection:
+    # `gateway purge` (without --older-than) removes the message bodies, attachments and raw
+    # messages of tickets resolved or closed more than this many days ago, and of messages that
+    # never became a ticket (rejected, discarded) received that long ago. The ticket, its
+    # metadata, SLA and billing rows and the dedup keys stay (a replay is still a duplicate).
+    closed_ticket_days: int = field(default=365, metadata=check(positive))
+    # Raw messages (the bytes as received, which repeat every attachment) of ANY message older
+    # than this many days are dropped by `gateway purge` even while its ticket is open; the text
+    # and attachments stay until closed_ticket_days. 0: raw kept as long as the body.
+    raw_message_days: int = field(default=0, metadata=check(_retention_days))
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     gateway: GatewaySection = GatewaySection()
@@ -237,6 +304,8 @@ class GatewayConfig:
     api: HttpSection = HttpSection(port=8081)
     # [[imap]] tables, one per mailbox (see ImapMailbox).
     imap: tuple[ImapMailbox, ...] = ()
+    # Retention of message bodies and raw messages (`gateway purge`).
+    retention: RetentionSection = RetentionSection()
 
 
 # ---- customers.toml -------------------------------------------------------------------------
@@ -297,12 +366,81 @@ class Plan:
     jump_queue: bool = True
     # Per-level SLA overrides, e.g. [plan.sla.urgent] first_response_minutes = 30.
     sla: dict[str, SlaTarget] = field(default_factory=dict)
+    # -- emergency billing (gateway/billing.py); required when emergency = true --------------
+    # Price of one emergency incident, a quoted decimal in `currency`: "250.00".
+    emergency_price: str = field(default="", metadata=check(lambda v: _money(v)))
+    # Added to the price when the emergency is asked for after hours (emergency.toml's
+    # after_hours_calendar); "" or "0" for none. A prepaid bundle unit covers the price, not this.
+    after_hours_surcharge: str = field(default="", metadata=check(lambda v: _money(v)))
+    # ISO 4217 code of both amounts, e.g. "USD".
+    currency: str = field(default="USD", metadata=check(lambda v: _currency(v)))
 
 
 @dataclass(frozen=True)
 class PlansFile:
     # Ordered from lowest to highest tier: comparisons are by position, never by name.
     plan: tuple[Plan, ...] = ()
+
+
+# ---- emergency.toml: emergency (billable) support (gateway/emergency.py) ---------------------
+
+
+def _money(v: str) -> str | None:
+    if v == "" or re.fullmatch(r"\d{1,9}(\.\d{1,2})?", v):
+        return None
+    return 'must be an amount as a quoted decimal with at most 2 decimals, e.g. "250.00"'
+
+
+def _currency(v: str) -> str | None:
+    return None if re.fullmatch(r"[A-Z]{3}", v) else 'must be an ISO 4217 code such as "USD"'
+
+
+def _not_blank(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _minutes(v: int) -> str | None:
+    return None if 1 <= v <= 10080 else "must be from 1 to 10080 minutes (a week)"
+
+
+@dataclass(frozen=True)
+class EmergencyFile:
+    # Mail to one of these addresses asks for emergency support (gateway.toml's [smtp]
+    # recipients must accept it too). Case-insensitive.
+    addresses: tuple[str, ...] = ()
+    # A subject containing one of these (case-insensitive) asks for emergency support.
+    subject_markers: tuple[str, ...] = ("[EMERGENCY]",)
+    # An SMS whose first word is this (case-insensitive) asks for emergency support.
+    sms_keyword: str = field(default="EMERGENCY", metadata=check(_not_blank))
+    # Email acknowledgement: a message containing one of these (case and spacing ignored) has
+    # acknowledged the charge — what the "Email Support" button's template puts in the mail.
+    acknowledgement_phrases: tuple[str, ...] = ()
+    # The word a reply to our "confirm the charge" email must contain (outside quoted text).
+    # SMS confirmations are always YES; a call's keypress 1 is its own acknowledgement.
+    confirmation_word: str = field(default="CONFIRM", metadata=check(_not_blank))
+    # The version of the emergency terms a customer acknowledges; recorded with every incident.
+    terms_version: str = field(default="1", metadata=check(_not_blank))
+    # A held request without confirmation for this long is released at its classified
+    # severity, with a note, and never billed.
+    hold_timeout_minutes: int = field(default=240, metadata=check(_minutes))
+    # An SMS or voicemail from a contact of an account with an open emergency opened this many
+    # hours ago or less is linked to it: the same incident, never billed again.
+    incident_window_hours: float = field(default=24.0, metadata=check(positive))
+    # authserv-ids of the receiving MTAs whose Authentication-Results header we trust (their
+    # DMARC/DKIM/SPF verdict authenticates the sender). Empty: trust none.
+    trusted_authserv_ids: tuple[str, ...] = ()
+    # Also verify DKIM signatures ourselves (DNS lookups from the worker) when no trusted
+    # Authentication-Results says pass. Only for messages that ask for emergency support.
+    dkim_check: bool = True
+    # The calendar (calendars.toml) whose closed hours are "after hours": nights, weekends and
+    # its holidays. Empty: no after-hours surcharge.
+    after_hours_calendar: str = ""
+    # When the classifier put an accepted emergency at this level or a less severe one, the
+    # emergency stands (the customer asked and accepted the charge) but the ticket is tagged
+    # `emergency-review` for an agent. Empty: never flagged.
+    review_at_or_below: str = ""
+    # Seconds between worker 0's looks for held requests whose time is up.
+    check_interval_seconds: float = field(default=60.0, metadata=check(positive))
 
 
 # ---- severity.toml ----------------------------------------------------------------------------
@@ -477,3 +615,58 @@ class CalendarDef:
 class CalendarsFile:
     # [calendar.<name>] tables; SLA targets name the calendar their clock runs on.
     calendar: dict[str, CalendarDef] = field(default_factory=dict)
+
+
+# ---- forwarding.toml: outbound webhooks into existing help desks (gateway/forwarding.py) ------
+
+
+def _webhook_name(v: str) -> str | None:
+    if re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", v):
+        return None
+    return "must be lowercase letters, digits, '-' or '_' (it names deliveries, metrics, secret)"
+
+
+def _webhook_url(v: str) -> str | None:
+    # No user:password@ part: a URL ends up in logs and API answers; the secret signs instead.
+    if re.fullmatch(r"https?://[^\s/?#@]+(/[^\s#]*)?", v):
+        return None
+    return "must be an http(s) URL without credentials or fragment, e.g. https://desk.example.com/in"
+
+
+def _attempts(v: int) -> str | None:
+    return None if 1 <= v <= 100 else "must be from 1 to 100"
+
+
+def _timeout(v: float) -> str | None:
+    return None if 0 < v <= 120 else "must be more than 0 and at most 120 seconds"
+
+
+@dataclass(frozen=True)
+class ForwardWebhook:
+    # Names the webhook in deliveries, idempotency keys (<name>:<reference>:<change>), metrics
+    # and its secret: $GATEWAY_FORWARD_SECRET_<NAME> (upper case, '-' as '_') or the credential
+    # `forward-secret-<name>`, never this file. Nothing is ever sent unsigned.
+    name: str = field(metadata=check(_webhook_name))
+    # Where each delivery is POSTed. https://, or http:// only to this host (or allow_http).
+    url: str = field(metadata=check(_webhook_url))
+    # Queues (as routing.toml names them) whose tickets are forwarded; empty: every queue.
+    queues: tuple[str, ...] = ()
+    # Which changes: "created" (a new ticket) and "updated" (any later change to it).
+    events: tuple[Literal["created", "updated"], ...] = ("created", "updated")
+    # Attempts before a delivery becomes a dead letter (API /forwarding/dead-letters, metrics).
+    max_attempts: int = field(default=12, metadata=check(_attempts))
+    # Seconds to wait for the receiver (connect and answer); longer is a failed attempt.
+    timeout_seconds: float = field(default=10.0, metadata=check(_timeout))
+    # Delay before the first retry; it doubles with every attempt (jittered) up to the maximum.
+    backoff_seconds: float = field(default=30.0, metadata=check(positive))
+    max_backoff_seconds: float = field(default=3600.0, metadata=check(positive))
+    # Allow http:// to other hosts: ticket data then crosses the network unencrypted.
+    allow_http: bool = False
+
+
+@dataclass(frozen=True)
+class ForwardingFile:
+    # Seconds worker 0 waits between looks for new ticket changes and due deliveries.
+    poll_seconds: float = field(default=1.0, metadata=check(positive))
+    # [[webhook]] tables, one per receiving help desk (see ForwardWebhook).
+    webhook: tuple[ForwardWebhook, ...] = ()

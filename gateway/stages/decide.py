@@ -7,18 +7,25 @@ unanswered). `Defer` is not decided here: it is what the worker does when storag
 Pure: never touches storage or the network. In order: machines are discarded; the plan's
 channel entitlement (reject or downgrade); the plan's queue-jump right; routing (queue, tags,
 severity floor capped at the plan's ceiling, notifications); the SLA targets and due times of the
-final severity on the plan; the acknowledgement with the level's action text.
+final severity on the plan; the acknowledgement with the level's action text. Emergency support
+(gateway/emergency.py) is applied between the queue-jump right and routing: a reply confirming a
+held request is recognised first of all (so an SMS YES answering our prompt is not START); an
+unavailable request gets one polite reply instead of the acknowledgement; a held one is a `Hold`
+with no SLA clock yet and one "confirm the charge" request; an acknowledged one is an emergency
+at the top level.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from classifiers.types import Verdict
+from gateway import emergency as emergency_rules
 from gateway.calendars import Calendar
-from gateway.config.schema import AutomatedSection, SeverityFile
+from gateway.config.schema import AutomatedSection, EmergencyFile, SeverityFile
+from gateway.emergency import EmergencyStep
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.policy import (
     DueTimes,
@@ -103,6 +110,11 @@ class Decision:
     route: Route | None = None
     # Twilio SMS keywords: "out" (STOP) or "in" (START) — persist records the opt-out.
     sms_opt: str = ""
+    # What emergency support made of the message (gateway/emergency.py); persist opens the
+    # hold, the incident or the link it says.
+    emergency_step: EmergencyStep | None = None
+    # When a held request is released at its classified severity if nobody confirms it.
+    hold_deadline: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,7 @@ class Policy:
     severity: SeverityFile
     calendars: Mapping[str, Calendar]
     router: Router
+    emergency: EmergencyFile = field(default_factory=EmergencyFile)
 
 
 def decide(
@@ -143,6 +156,11 @@ def decide(
             outcome, verdict.severity, False, policy.default_queue, (), (), (), tuple(reasons)
         )
 
+    # A reply confirming a held emergency request comes first: an SMS "YES" answering our
+    # prompt is a confirmation, not Twilio's opt-in keyword START.
+    confirm = emergency_rules.confirmation(message, thread, policy.emergency)
+    if confirm is not None and confirm.outcome == "confirmed":
+        return _confirmed(message, customer, verdict, thread, now, policy, reasons, confirm)
     if message.channel == "twilio-sms":
         keyword = sms_keyword(message.text)
         if keyword is not None:
@@ -183,14 +201,37 @@ def decide(
         jump = False
         reasons.append(Reason("plan", "no-jump", f"plan {plan.name} does not jump the queue"))
 
-    emergency = False
     if message.header("x-twilio-event") == "gather":
-        emergency = _keypress(message, customer, entitlement.entitled, plan.emergency, reasons)
-        if emergency:
-            # The caller chose emergency support on a plan that has it: the top level, and the
-            # queue jump the plan allows. The keypress is the evidence billing relies on.
+        _keypress(message, customer, entitlement.entitled, plan.emergency, reasons)
+    step = emergency_rules.evaluate(
+        message,
+        customer,
+        plan,
+        entitlement.entitled,
+        verdict.severity,
+        thread,
+        policy.emergency,
+        policy.calendars,
+        levels,
+    )
+    if step is None:
+        step = confirm  # a message on a held ticket that does not confirm it: say so
+    emergency = False
+    if step is not None:
+        reasons.append(Reason("emergency", step.code, step.reason))
+        linked_to_emergency = (
+            step.outcome == "linked"
+            and thread.ticket is not None
+            and thread.ticket.emergency_acknowledged
+        )
+        if step.outcome == "accepted" or linked_to_emergency:
+            # An acknowledged emergency (or part of one): the top level, and the queue jump the
+            # plan allows; the queue puts acknowledged emergencies first of all.
+            emergency = True
             severity = levels[0] if levels else severity
             jump = plan.jump_queue
+        if step.review and step.outcome == "accepted":
+            reasons.append(Reason("emergency", "review", step.review))
     route = route_message(
         policy.router, _facts(message, customer, severity, jump, verdict, now, emergency)
     )
@@ -206,17 +247,28 @@ def decide(
 
     sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
     due = due_times(sla, policy.calendars, now)
-    reasons.append(Reason("sla", severity, _sla_text(sla, due)))
+    held = step is not None and step.outcome == "held"
+    if held:
+        # The SLA clock does not run while the customer has not acknowledged the charge: due
+        # times are set when the hold is released (confirmation or timeout).
+        due = DueTimes(None, None)
+        reasons.append(Reason("sla", severity, _sla_text(sla, due) + " until the hold ends"))
+    else:
+        reasons.append(Reason("sla", severity, _sla_text(sla, due)))
 
     replies: list[Reply] = []
+    answer = _emergency_reply(step, customer, sla, policy.emergency)
+    if answer is not None:
+        replies.append(answer)  # instead of the acknowledgement: one message, with the reference
     if thread.kind in ("new", "new-linked"):
-        replies.append(
-            Reply(
-                "acknowledgement",
-                "a new ticket is acknowledged once",
-                values=(("action", sla.action),),
+        if answer is None:
+            replies.append(
+                Reply(
+                    "acknowledgement",
+                    "a new ticket is acknowledged once",
+                    values=(("action", sla.action),),
+                )
             )
-        )
         for address in route.notify:
             replies.append(
                 Reply(
@@ -227,12 +279,14 @@ def decide(
                 )
             )
     return Decision(
-        outcome=Accept(thread.reason),
+        outcome=Hold(f"{emergency_rules.HOLD_REASON}: {step.reason}")
+        if held and step is not None
+        else Accept(thread.reason),
         severity=severity,
         jump_queue=jump,
         queue=route.queue,
-        holds=(),
-        billing_intents=(),
+        holds=("awaiting-acknowledgement",) if held else (),
+        billing_intents=("incident",) if step is not None and step.acknowledged else (),
         replies=tuple(replies),
         reasons=tuple(reasons),
         sla=sla,
@@ -240,6 +294,86 @@ def decide(
         resolution_due=due.resolution,
         route=route,
         emergency=emergency,
+        emergency_step=step,
+        hold_deadline=now + timedelta(minutes=policy.emergency.hold_timeout_minutes)
+        if held
+        else None,
+    )
+
+
+def _emergency_reply(
+    step: EmergencyStep | None, customer: Customer, sla: Sla, config: EmergencyFile
+) -> Reply | None:
+    """The one message an emergency request gets: why not, the charge to confirm, or that it
+    is accepted (persist adds the incident and how it is billed)."""
+    if step is None:
+        return None
+    if step.outcome == "unavailable":
+        return Reply(
+            "emergency-unavailable",
+            "an emergency that cannot be accepted gets one polite reply saying why",
+            values=(("reason", step.reason), ("help", step.help), ("action", sla.action)),
+        )
+    if step.outcome == "held":
+        return Reply(
+            "confirm-charge",
+            "a held emergency request gets exactly one confirmation request, to the contact",
+            # To the contact's own mailbox, never to an address the message merely claims.
+            to=customer.contact_email if _by_email(step) else None,
+            values=emergency_rules.prompt_values(step, config),
+        )
+    if step.outcome == "accepted":
+        return Reply("emergency-accepted", "an acknowledged emergency is confirmed once")
+    return None
+
+
+def _by_email(step: EmergencyStep) -> bool:
+    return step.evidence is not None and step.evidence.channel == "email"
+
+
+def _confirmed(
+    message: ParsedMessage,
+    customer: Customer,
+    verdict: Verdict,
+    thread: Thread,
+    now: datetime,
+    policy: Policy,
+    reasons: list[Reason],
+    step: EmergencyStep,
+) -> Decision:
+    """A reply that confirms a held request: the ticket is released as an acknowledged
+    emergency at the top level, routed as one, its SLA clock starting now."""
+    levels = policy.severity.levels
+    severity = levels[0] if levels else verdict.severity
+    plan = policy.plans.get(customer.plan)
+    reasons.append(Reason("emergency", step.code, step.reason))
+    route = route_message(
+        policy.router, _facts(message, customer, severity, plan.jump_queue, verdict, now, True)
+    )
+    reasons.append(Reason("route", route.rule or "default", route.reason))
+    sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
+    due = due_times(sla, policy.calendars, now)
+    reasons.append(Reason("sla", severity, _sla_text(sla, due) + ", from the release"))
+    replies = [Reply("emergency-accepted", "a confirmed emergency is confirmed once")]
+    replies.extend(
+        Reply("notify", f"routing rule {route.rule} notifies {a}", to=a, internal=True)
+        for a in route.notify
+    )
+    return Decision(
+        outcome=Accept(thread.reason),
+        severity=severity,
+        jump_queue=plan.jump_queue,
+        queue=route.queue,
+        holds=(),
+        billing_intents=("incident",),
+        replies=tuple(replies),
+        reasons=tuple(reasons),
+        sla=sla,
+        first_response_due=due.first_response,
+        resolution_due=due.resolution,
+        route=route,
+        emergency=True,
+        emergency_step=step,
     )
 
 
@@ -318,8 +452,9 @@ def _keypress(
     entitled: bool,
     plan_emergency: bool,
     reasons: list[Reason],
-) -> bool:
-    """Record the caller's choice with its evidence; True when it makes an emergency."""
+) -> None:
+    """Record the caller's choice with its evidence (what makes it an emergency, or not, is
+    gateway/emergency.py's rule)."""
     digit = message.header("x-twilio-digits") or ""
     call = message.header("x-twilio-callsid") or "?"
     at = message.received_at.isoformat().replace("+00:00", "Z")
@@ -330,12 +465,12 @@ def _keypress(
     authorised = "authorised" if customer.emergency_authorised else "NOT authorised"
     if digit != "1":
         reasons.append(Reason("policy", "normal-keypress", evidence + "; normal priority"))
-        return False
+        return
     if not (entitled and plan_emergency):
         reasons.append(
             Reason("policy", "emergency-unavailable", evidence + "; the plan has no emergency")
         )
-        return False
+        return
     reasons.append(
         Reason(
             "policy",
@@ -343,7 +478,6 @@ def _keypress(
             f"{evidence}; contact {authorised} for emergencies",
         )
     )
-    return True
 
 
 def _rank(levels: tuple[str, ...], level: str) -> int:

@@ -34,6 +34,7 @@ TEXT_LIMIT = 256 * 1024  # classifier and storage need the start of the text, no
 _HEADER_NAME = re.compile(rb"^[!-9;-~]+:")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _TAG = re.compile(r"<[^>]+>")
+_ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
 _STYLE = re.compile(r"<(script|style)\b.*?</\1>", re.S | re.I)
 
 
@@ -133,21 +134,25 @@ def _decode(value: object) -> str:
             text = str(make_header(decode_header(text)))
         except Exception:  # bad charset or broken encoded-word: keep the raw text
             pass
-    return " ".join(text.split())
+    # NUL never belongs in text we store (PostgreSQL refuses it in TEXT: the message would be
+    # quarantined); split() folds CR/LF, so no decoded value can carry a header break.
+    return " ".join(text.replace("\x00", "").split())
 
 
 def _msgids(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
-    return tuple(m.lower() for m in _MSGID.findall(value))
+    return tuple(m.lower() for m in _MSGID.findall(value.replace("\x00", "")))
 
 
 def _one_msgid(value: str | None) -> str | None:
     ids = _msgids(value)
     if ids:
         return ids[0]
-    value = (value or "").strip().strip("<>").strip()
-    return value.lower() if value and " " not in value else None
+    value = (value or "").replace("\x00", "").strip().strip("<>").strip()
+    # Any whitespace (a folded header keeps its CRLF) means this is no id: echoed into our
+    # reply's In-Reply-To it would break the header (tests/hostile/test_injection.py).
+    return value.lower() if value and value.split() == [value] else None
 
 
 def html_to_text(markup: str) -> str:
@@ -155,6 +160,28 @@ def html_to_text(markup: str) -> str:
     text = re.sub(r"<br\s*/?>|</p>|</div>|</tr>", "\n", text, flags=re.I)
     text = html.unescape(_TAG.sub(" ", text))
     return re.sub(r"[ \t]+", " ", text).strip()
+
+
+def _sender(raw_from: str, decoded_from: str) -> tuple[str, str]:
+    """(display name, still encoded, and address) of a From header.
+
+    The address is read with the encoded-words hidden (RFC 2047 5: an encoded-word is never
+    part of an addr-spec): decoding first let a display name like =?utf-8?q?=3Cceo@x=3E?=
+    stand in for the real address. Only a From with no address outside its encoded-words (a
+    broken mailer encoding the whole header) is read decoded.
+    """
+    words: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        words.append(match.group(0))
+        return f"\x01{len(words) - 1}\x01"
+
+    masked = _ENCODED_WORD.sub(hide, " ".join(raw_from.replace("\x00", "").split()))
+    name, addr = parseaddr(masked)
+    if "@" not in addr or "\x01" in addr:
+        name, addr = parseaddr(decoded_from)
+        return name, addr
+    return re.sub("\x01(\\d+)\x01", lambda m: words[int(m.group(1))], name), addr
 
 
 def _payload_text(part: Message) -> str:
@@ -199,7 +226,7 @@ def _walk(msg: Message, max_attachment: int) -> tuple[str, list[Attachment], lis
         attachments.append(
             Attachment(
                 filename=_safe_filename(_decode(filename) or "attachment"),
-                content_type=ctype,
+                content_type=ctype.replace("\x00", ""),
                 size=len(data),
                 sha256=hashlib.sha256(data).hexdigest(),
                 content=data if keep else None,
@@ -241,10 +268,10 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
     for name, value in msg.items():
         headers.append((str(name).lower(), _decode(value)))
     hdr = dict(reversed(headers))  # first occurrence wins
-    name, addr = parseaddr(hdr.get("from", ""))
+    name, addr = _sender(str(msg.get("From") or ""), hdr.get("from", ""))
     sender = addr.strip().lower()
     if not sender and envelope.mail_from:
-        sender = envelope.mail_from.lower()
+        sender = envelope.mail_from.replace("\x00", "").lower()
     message_id = _one_msgid(msg.get("Message-ID") and str(msg.get("Message-ID")))
     date: datetime | None = None
     try:
@@ -276,7 +303,7 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
         sender_name=_decode(name),
         subject=subject[:998],
         date=date,
-        text=text[:TEXT_LIMIT],
+        text=text[:TEXT_LIMIT].replace("\x00", ""),
         headers=tuple(headers),
         attachments=tuple(attachments),
         raw_sha256=hashlib.sha256(raw).hexdigest(),

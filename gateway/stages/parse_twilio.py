@@ -40,7 +40,17 @@ def _first_line(text: str, limit: int = 60) -> str:
 def _str_map(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         return {}
-    return {str(k): str(v) for k, v in value.items()}
+    # NUL never reaches stored text (PostgreSQL refuses it: the event would be quarantined).
+    return {str(k): str(v).replace("\x00", "") for k, v in value.items()}
+
+
+def _int(value: str | None) -> int:
+    """A count or duration as Twilio sends it; anything that is no number is 0, so an odd
+    value never makes parse raise (tests/hostile/test_twilio_abuse.py)."""
+    try:
+        return int(float(value or 0))
+    except (ValueError, OverflowError):
+        return 0
 
 
 def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage:
@@ -104,7 +114,7 @@ def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage
 def _sms(params: Mapping[str, str], headers: list[tuple[str, str]]) -> tuple[str, str]:
     body = params.get("Body", "")
     media: list[str] = []
-    for i in range(min(int(params.get("NumMedia", "0") or 0), 10)):
+    for i in range(min(_int(params.get("NumMedia")), 10)):
         url = params.get(f"MediaUrl{i}")
         if url:
             media.append(f"{url} ({params.get(f'MediaContentType{i}', 'unknown type')})")
@@ -136,7 +146,7 @@ def _voice(
         )
     if event == "recording":
         url = params.get("RecordingUrl", "")
-        duration = int(params.get("RecordingDuration", "0") or 0)
+        duration = _int(params.get("RecordingDuration"))
         status = params.get("RecordingStatus", "completed")
         lines = [
             f"Voicemail from {caller}, {duration} s (call {call_sid}, recording "

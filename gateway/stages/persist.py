@@ -4,7 +4,8 @@ Owns exactly-once (DESIGN promise 2): the intake row claims the message's dedup 
 unique constraint before anything else is written, so a redelivery, a replay, the same mail by
 SMTP and IMAP, or two instances racing all end as one ticket plus recorded duplicates. In the
 same transaction: the ticket or follow-up, the message, attachment records, every recorded
-reason, and outbox rows (acknowledgements pass the outbox gate and the per-recipient limit
+reason, an emergency's hold, incident and ledger rows (`gateway/emergency_holds.py`), and outbox
+rows (acknowledgements pass the outbox gate and the per-recipient limit
 here, because the limit needs history). `record` runs inside the caller's transaction (the
 pipeline gives each message of a batch its own SAVEPOINT); blobs are made durable *before* that
 transaction commits. A crash anywhere before the commit leaves the spool entry to be processed
@@ -14,13 +15,14 @@ again, harmlessly.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
+from gateway import emergency_holds
 from gateway.config.loader import Templates
 from gateway.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
@@ -179,7 +181,14 @@ def record(
     if ticket is not None and message.channel == "twilio-voice":
         _voicemail_update(session, ticket, message, stored)
     # -- end Twilio ---------------------------------------------------------------------------
+    # -- emergency support: the hold, the incident and its billing, or the link ----------------
+    billed: tuple[tuple[str, str], ...] = ()
+    if ticket is not None and decision.emergency_step is not None:
+        billed = emergency_holds.apply(session, ticket, decision, thread, now)
+    # -- end emergency ------------------------------------------------------------------------
     for reply in decision.replies:
+        if billed and reply.template.startswith("emergency-"):
+            reply = replace(reply, values=(*reply.values, *billed))
         _queue_reply(session, reply, message, customer, automated, ticket, intake, ctx, now)
     return Persisted(kind, ticket.reference if ticket else None, outcome.reason)
 
@@ -234,14 +243,16 @@ def _ticket_for(
             if rank < ticket.severity_rank:
                 # A follow-up may raise a ticket's severity (the customer says it got worse),
                 # never lower it: an agent lowers severity, with a reason.
+                step = decision.emergency_step
+                acknowledged = step is not None and step.acknowledged  # emergency.py's top level
                 session.add(
                     TicketEvent(
                         ticket_id=ticket.id,
                         kind="severity",
                         old=ticket.severity,
                         new=decision.severity,
-                        reason=verdict.explain(),
-                        actor="classifier",
+                        reason=step.reason if step and acknowledged else verdict.explain(),
+                        actor="emergency" if acknowledged else "classifier",
                         at=now,
                     )
                 )

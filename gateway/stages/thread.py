@@ -4,7 +4,10 @@ Owns the threading rule (DESIGN "Lessons", Zammad #5064): headers first — In-R
 References against messages we stored and mail we sent — then a subject token `[#T-000123]`,
 but only from a sender bound to that ticket's account (or, for the unknown account, the very
 address that opened it). A reply to a closed ticket reopens it within the window, else opens a
-new ticket linked to it. Reads through the narrow `ThreadLookup`; never writes.
+new ticket linked to it. An SMS or voicemail that matches nothing, from a contact of an account
+with an open emergency requested within the incident window, is a new ticket linked to that
+emergency (`Thread.incident`: one incident, billed once). Reads through the narrow
+`ThreadLookup`; never writes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ class ThreadLookup(Protocol):
         """The most recent open ticket this phone texted into with activity since `since`."""
         ...
 
+    def open_emergency_for_account(self, account_id: str, since: datetime) -> TicketRef | None:
+        """The account's most recent open emergency (acknowledged, or held awaiting its
+        acknowledgement) requested since `since`."""
+        ...
+
 
 def thread(
     message: ParsedMessage,
@@ -38,6 +46,7 @@ def thread(
     now: datetime,
     reopen_window: timedelta,
     sms_window: timedelta = timedelta(hours=24),
+    incident_window: timedelta | None = None,
 ) -> Thread:
     ids = tuple(dict.fromkeys(message.in_reply_to + tuple(reversed(message.references))))
     ticket = lookup.ticket_for_message_ids(ids) if ids else None
@@ -57,7 +66,14 @@ def thread(
                     f"{message.sender} is not bound to that ticket's account",
                 )
     if ticket is None and message.channel == "twilio-sms":
-        return _sms_thread(message, lookup, now, sms_window)
+        found = _sms_thread(message, lookup, now, sms_window)
+        if found.kind == "new" and incident_window is not None:
+            return _incident_link(message, customer, lookup, now, incident_window) or found
+        return found
+    if ticket is None and message.channel == "twilio-voice" and incident_window is not None:
+        linked = _incident_link(message, customer, lookup, now, incident_window)
+        if linked is not None:
+            return linked
     if ticket is None:
         return Thread("new", None, "no thread headers or token matched an existing ticket")
     if ticket.status in CLOSED:
@@ -83,6 +99,31 @@ def _sms_thread(
         hours = f"{window.total_seconds() / 3600:g}"
         return Thread("new", None, f"no open SMS ticket from {message.sender} in {hours} h")
     return Thread("follow-up", ticket, f"follow-up on {ticket.reference}: SMS from the same number")
+
+
+def _incident_link(
+    message: ParsedMessage,
+    customer: Customer,
+    lookup: ThreadLookup,
+    now: datetime,
+    window: timedelta,
+) -> Thread | None:
+    """An SMS or voicemail from a contact of an account with an open emergency requested
+    within `window` belongs to that emergency's incident (issue 7: "one incident"): a new
+    ticket linked to it, never billed again. Only a known contact's number links."""
+    if customer.account_id == UNKNOWN_ACCOUNT or not customer.known:
+        return None
+    emergency = lookup.open_emergency_for_account(customer.account_id, now - window)
+    if emergency is None:
+        return None
+    hours = f"{window.total_seconds() / 3600:g}"
+    return Thread(
+        "new-linked",
+        emergency,
+        f"{message.sender} is a contact of {customer.account_id}, whose emergency "
+        f"{emergency.reference} is open and was requested within {hours} h: linked to it",
+        incident=True,
+    )
 
 
 def _may_append(ticket: TicketRef, customer: Customer, message: ParsedMessage) -> bool:

@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, nulls_last, select
 from sqlalchemy.orm import Session
 
-from gateway.message import TicketRef
+from gateway.message import Prompt, TicketRef
+from gateway.storage.billing_tables import EmergencyRequest
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -26,7 +27,10 @@ TICKET_SCHEMA = 1
 OPEN_STATUSES = ("new", "open", "waiting", "reopened")
 
 
-def _ref(ticket: Ticket) -> TicketRef:
+def _ref(ticket: Ticket, session: Session | None = None) -> TicketRef:
+    awaiting, prompts = (
+        _awaiting(session, ticket.id) if ticket.held and session is not None else (False, ())
+    )
     return TicketRef(
         id=ticket.id,
         reference=ticket.reference or "",
@@ -34,7 +38,37 @@ def _ref(ticket: Ticket) -> TicketRef:
         status=ticket.status,
         closed_at=as_utc(ticket.closed_at),
         contact_email=ticket.contact_email,
+        severity=ticket.severity,
+        held=ticket.held,
+        emergency=ticket.emergency,
+        emergency_acknowledged=ticket.emergency_acknowledged,
+        awaiting_acknowledgement=awaiting,
+        prompts=prompts,
     )
+
+
+# Outbox kinds of our "confirm the emergency charge" requests (templates/confirm-charge.*).
+PROMPT_KINDS = ("confirm-charge", "sms-confirm-charge")
+
+
+def _awaiting(session: Session, ticket_id: int) -> tuple[bool, tuple[Prompt, ...]]:
+    """Is the held ticket awaiting the customer's acknowledgement, and which prompts did we send
+    for it (only a reply to one of them confirms: gateway/emergency.py)?"""
+    waiting = session.execute(
+        select(EmergencyRequest.id).where(
+            EmergencyRequest.ticket_id == ticket_id, EmergencyRequest.status == "awaiting"
+        )
+    ).first()
+    if waiting is None:
+        return False, ()
+    rows = session.execute(
+        select(OutboxRow.channel, OutboxRow.header_message_id, OutboxRow.recipient).where(
+            OutboxRow.ticket_id == ticket_id,
+            OutboxRow.kind.in_(PROMPT_KINDS),
+            OutboxRow.status.in_(("pending", "sending", "sent")),
+        )
+    ).all()
+    return True, tuple(Prompt(c, m, r) for c, m, r in rows)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -59,20 +93,20 @@ class SessionThreadLookup:
             .order_by(Message.id.desc())
             .limit(1)
         ).scalar_one_or_none()
-        if row is None:
+        if row is None:  # our own outgoing mail (an acknowledgement, a confirmation request)
             row = self.session.execute(
                 select(Ticket)
                 .join(OutboxRow, OutboxRow.ticket_id == Ticket.id)
                 .where(OutboxRow.header_message_id.in_(ids))
                 .limit(1)
             ).scalar_one_or_none()
-        return _ref(row) if row is not None else None
+        return _ref(row, self.session) if row is not None else None
 
     def ticket_by_reference(self, reference: str) -> TicketRef | None:
         row = self.session.execute(
             select(Ticket).where(Ticket.reference == reference)
         ).scalar_one_or_none()
-        return _ref(row) if row is not None else None
+        return _ref(row, self.session) if row is not None else None
 
     def open_sms_ticket_for_phone(self, phone: str, since: datetime) -> TicketRef | None:
         row = self.session.execute(
@@ -87,7 +121,22 @@ class SessionThreadLookup:
             .order_by(Ticket.id.desc())
             .limit(1)
         ).scalar_one_or_none()
-        return _ref(row) if row is not None else None
+        return _ref(row, self.session) if row is not None else None
+
+    def open_emergency_for_account(self, account_id: str, since: datetime) -> TicketRef | None:
+        row = self.session.execute(
+            select(Ticket)
+            .join(EmergencyRequest, EmergencyRequest.ticket_id == Ticket.id)
+            .where(
+                Ticket.account_id == account_id,
+                Ticket.status.in_(OPEN_STATUSES),
+                EmergencyRequest.status.in_(("awaiting", "accepted", "confirmed")),
+                EmergencyRequest.requested_at >= since.astimezone(UTC),
+            )
+            .order_by(EmergencyRequest.requested_at.desc(), Ticket.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return _ref(row, self.session) if row is not None else None
 
 
 def queue_order() -> list[ColumnElement[Any]]:
@@ -161,10 +210,16 @@ def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> di
             "escalation_level": ticket.escalation_level,
         },
     }
+    # An accepted emergency the classifier rated far lower: an agent should look (emergency.py).
+    out["emergency_review"] = "emergency-review" in out["tags"]
     if ticket.linked_from_id:
         linked = session.get(Ticket, ticket.linked_from_id)
         out["linked_from"] = linked.reference if linked else None
     if detail:
+        from gateway.billing import ticket_billing  # billing reads tickets through this module
+
+        # The emergency request, incident, ledger and link, each explained in plain words.
+        out["billing"] = ticket_billing(session, ticket.id)
         messages = session.execute(
             select(Message).where(Message.ticket_id == ticket.id).order_by(Message.id)
         ).scalars()

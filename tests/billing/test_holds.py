@@ -1,0 +1,348 @@
+"""Held emergencies: without an authenticated sender or an acknowledgement the ticket is held
+"awaiting acknowledgement" (no SLA clock, one "confirm the charge" message); only a reply to
+that message from the contact's own mailbox, or YES from the contact's phone, releases it as an
+emergency; nobody answering releases it at its classified severity, unbilled."""
+
+from __future__ import annotations
+
+import email as email_lib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email import policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from gateway import outbox_sender, twilio_outbound
+from gateway.cli import main as gateway_main
+from gateway.policy import due_times, sla_for
+from gateway.storage.models import DecisionRecord, SmsOptOut, TicketEvent
+from gateway.storage.queries import as_utc, list_queue
+from tests.billing.conftest import DANA, PHRASE, TUESDAY_10, Desk, email
+from tests.helpers import CapturingRelay, Gateway
+from tests.twilio.conftest import (
+    BASIC_CUSTOMER,
+    BASIC_PHONE,
+    GROWTH_PHONE,
+    OUR_NUMBER,
+    PUBLIC,
+    SID,
+    TOKEN,
+    AppServer,
+    FakeTwilioApi,
+    signed_post,
+    sms_params,
+)
+
+
+def test_a_forged_from_is_held_and_only_a_reply_from_the_real_mailbox_releases_it(
+    make_config: Callable[..., Path], tmp_path: Path, relay: CapturingRelay
+) -> None:
+    """End to end: spool -> worker -> outbox -> a real SMTP relay -> the mailbox's reply."""
+    gw = Gateway(make_config(storage__url=f"sqlite:///{tmp_path / 'gw.db'}"))
+    try:
+        # The forger writes as Dana, with the acknowledgement, but nobody authenticated it.
+        gw.ingest(email(message_id="<forged@evil.example>", authenticated=False))
+        gw.drain()
+        (ticket,) = gw.tickets()
+        assert ticket.held and not ticket.emergency and ticket.first_response_due is None
+        assert ticket.hold_reason.startswith("awaiting acknowledgement: ")
+        assert "alone is not enough" in ticket.hold_reason
+        # The one confirmation request goes to Dana's own mailbox, through the real relay.
+        outbound = replace(gw.settings.gateway.outbound, enabled=True, relay_port=relay.port)
+        assert outbox_sender.send_due(gw.worker.sessions, outbound, "test") == 1
+        (sent,) = relay.messages
+        prompt = email_lib.message_from_bytes(sent, policy=policy.default)
+        assert relay.recipients == [[DANA]]
+        assert "USD 250.00" in prompt.get_content() and "CONFIRM" in prompt.get_content()
+        prompt_id = str(prompt["Message-ID"])
+
+        forgeries = [
+            # the token in the subject, the word, the forged From: still not a reply to it
+            email(f"Re: [#{ticket.reference}] CONFIRM", "CONFIRM", message_id="<f1@evil>"),
+            # a reply to the forger's own first mail
+            email(
+                "Re: CONFIRM",
+                "CONFIRM",
+                message_id="<f2@evil>",
+                In_Reply_To="<forged@evil.example>",
+            ),
+            # even knowing our Message-ID (it cannot), from another address it is not Dana's
+            email(
+                "Re: confirm",
+                "CONFIRM",
+                sender="mallory@evil.example",
+                message_id="<f3@evil>",
+                In_Reply_To=prompt_id,
+            ),
+        ]
+        for raw in forgeries:
+            gw.ingest(raw)
+        gw.drain()
+        (still,) = gw.tickets()
+        assert still.held and not still.emergency and still.message_count == 4
+        with gw.session() as session:
+            refused = session.execute(
+                select(DecisionRecord.text).where(DecisionRecord.code == "not-confirmed")
+            ).scalars()
+            assert [text.split(",")[0] for text in refused] == [
+                f"from {DANA}",
+                f"from {DANA}",
+                "a reply to our confirmation request",
+            ]
+
+        # Dana's real mailbox answers our message: that proves she controls it.
+        gw.ingest(
+            email(
+                f"Re: {prompt['Subject']}",
+                f"CONFIRM\n\nOn Tue, Support wrote:\n> reply with the word CONFIRM\n> {PHRASE}",
+                message_id="<real-reply@acme-clinic.example>",
+                authenticated=False,
+                acknowledged=False,
+                In_Reply_To=prompt_id,
+            )
+        )
+        gw.drain()
+        released = gw.tickets()[0]
+        assert (released.held, released.emergency, released.emergency_acknowledged) == (
+            False,
+            True,
+            True,
+        )
+        assert released.severity == "urgent" and released.first_response_due is not None
+        with gw.session() as session:
+            from gateway.storage.billing_tables import Incident
+
+            (incident,) = session.execute(select(Incident)).scalars()
+        assert incident.evidence_reference == "<real-reply@acme-clinic.example>"
+        assert incident.evidence_text == "CONFIRM"
+        assert incident.sender == DANA and incident.contact == f"Dana Whitfield <{DANA}>"
+        assert f"to our confirmation request <{prompt_id.strip('<>')}>" in incident.authentication
+    finally:
+        gw.close()
+
+
+def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply_releases_it(
+    desk: Desk,
+) -> None:
+    asked = desk.mail(email(acknowledged=False, message_id="<ask@a>"), TUESDAY_10)
+    ref = asked.reference or ""
+    assert asked.outcome == "hold"
+    held = desk.show(ref)
+    assert held["held"] and held["first_response_due"] is None and held["resolution_due"] is None
+    with desk.gw.session() as session:  # visible in the queue, after everything not held
+        desk.mail(
+            email("Question", "How do I print?", acknowledged=False, message_id="<q@a>"), TUESDAY_10
+        )
+        assert [t.reference for t in list_queue(session)] == ["T-000002", ref]
+    (prompt,) = desk.outbox(ref)
+    assert (prompt.kind, prompt.recipient) == ("confirm-charge", DANA)
+    for words in (
+        "USD 250.00 per incident",
+        "USD 100.00 surcharge outside business hours",
+        "version 2026-11",
+        "the word CONFIRM",
+        "within 4 hours",
+    ):
+        assert words in prompt.body, words
+
+    # More mail on the held ticket, even asking again: still the one request.
+    desk.mail(
+        email(
+            "Re: [EMERGENCY] Server down",
+            "Still down.",
+            acknowledged=False,
+            message_id="<more@a>",
+            In_Reply_To="<ask@a>",
+        ),
+        TUESDAY_10 + timedelta(minutes=5),
+    )
+    # A reply to our request that only quotes it (the client quoted our instruction).
+    desk.mail(
+        email(
+            "Re: confirm",
+            "Who are you?\n\n> reply to this email with the word CONFIRM",
+            acknowledged=False,
+            message_id="<quote@a>",
+            In_Reply_To=f"<{prompt.header_message_id}>",
+        ),
+        TUESDAY_10 + timedelta(minutes=10),
+    )
+    assert [r.kind for r in desk.outbox(ref)] == ["confirm-charge"]
+    assert desk.ticket(ref).held and desk.incidents() == []
+
+    release = TUESDAY_10 + timedelta(minutes=30)
+    confirmed = desk.mail(
+        email(
+            "Re: confirm",
+            "Confirm, please hurry.",
+            acknowledged=False,
+            message_id="<yes@a>",
+            In_Reply_To=f"<{prompt.header_message_id}>",
+        ),
+        release,
+    )
+    assert confirmed.outcome == "follow-up"
+    ticket = desk.ticket(ref)
+    assert (ticket.held, ticket.emergency_acknowledged, ticket.severity) == (False, True, "urgent")
+    # The SLA clock starts at the release, on the urgent level's targets.
+    policy = desk.runtime.policy
+    due = due_times(
+        sla_for(policy.severity, policy.plans, "urgent", "growth"), policy.calendars, release
+    )
+    assert as_utc(ticket.first_response_due) == due.first_response
+    (incident,) = desk.incidents()
+    assert (incident.evidence_reference, incident.evidence_text) == (
+        "<yes@a>",
+        "Confirm, please hurry.",
+    )
+    assert as_utc(incident.evidence_at) == release
+    assert incident.price_minor == 25000 and incident.terms_version == "2026-11"
+    (request,) = desk.requests()
+    assert request.status == "confirmed" and request.reference == "<ask@a>"
+    assert [r.kind for r in desk.outbox(ref)] == ["confirm-charge", "emergency-accepted", "notify"]
+
+
+def test_a_held_request_nobody_confirms_is_released_at_its_classified_severity_unbilled(
+    desk: Desk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked = desk.mail(
+        email("[EMERGENCY] Question", "How do I change my password?", acknowledged=False),
+        TUESDAY_10,
+    )
+    ref = asked.reference or ""
+    classified = desk.ticket(ref).severity
+    config = str(desk.gw.settings.directory)
+
+    def release_holds(at: datetime) -> str:
+        assert (
+            gateway_main(["--config", config, "billing", "release-holds", "--at", at.isoformat()])
+            == 0
+        )
+        return capsys.readouterr().out
+
+    deadline = TUESDAY_10 + timedelta(minutes=240)
+    assert "no held emergency is due" in release_holds(deadline - timedelta(seconds=1))
+    assert desk.ticket(ref).held
+    assert release_holds(deadline) == f"released {ref}: no confirmation in time, not billed\n"
+    ticket = desk.ticket(ref)
+    assert (ticket.held, ticket.emergency, ticket.severity) == (False, False, classified)
+    policy = desk.runtime.policy
+    due = due_times(
+        sla_for(policy.severity, policy.plans, classified, "growth"), policy.calendars, deadline
+    )
+    assert as_utc(ticket.first_response_due) == due.first_response
+    assert desk.incidents() == [] and desk.ledger() == []
+    (request,) = desk.requests()
+    assert request.status == "expired"
+    with desk.gw.session() as session:
+        note = session.execute(
+            select(TicketEvent).where(TicketEvent.kind == "hold", TicketEvent.new == "released")
+        ).scalar_one()
+    assert "not billed" in note.reason and "4 hours" in note.reason
+    prompt, notice = desk.outbox(ref)
+    assert (notice.kind, notice.recipient, notice.status) == ("emergency-released", DANA, "pending")
+    assert notice.in_reply_to == prompt.header_message_id and "Nothing is charged" in notice.body
+    # A confirmation arriving after the release bills nothing.
+    desk.mail(
+        email(
+            "Re: confirm",
+            "CONFIRM",
+            acknowledged=False,
+            message_id="<late@a>",
+            In_Reply_To=f"<{prompt.header_message_id}>",
+        ),
+        deadline + timedelta(minutes=5),
+    )
+    assert desk.incidents() == [] and not desk.ticket(ref).emergency
+    assert release_holds(deadline + timedelta(days=1)).startswith("no held emergency is due")
+
+
+# -- SMS: YES to our prompt, end to end through the signed webhooks and Twilio's REST API -------
+
+
+@pytest.fixture
+def twilio_gateway(
+    make_config: Callable[..., Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[AppServer, Gateway, FakeTwilioApi]]:
+    monkeypatch.setenv("GATEWAY_TWILIO_AUTH_TOKEN", TOKEN)
+    api = FakeTwilioApi()
+    config = make_config(
+        storage__url=f"sqlite:///{tmp_path / 'gw.db'}",
+        webhooks__public_url=PUBLIC,
+        webhooks__account_sid=SID,
+        webhooks__from_number=OUR_NUMBER,
+        webhooks__rest_base_url=api.url,
+    )
+    with (config / "customers.toml").open("a") as fh:
+        fh.write(BASIC_CUSTOMER)
+    gw = Gateway(config)
+    app = AppServer(config).start()
+    yield app, gw, api
+    app.stop()
+    gw.close()
+    api.close()
+
+
+def test_an_sms_emergency_is_held_and_yes_from_the_contacts_phone_releases_it(
+    twilio_gateway: tuple[AppServer, Gateway, FakeTwilioApi],
+) -> None:
+    app, gw, api = twilio_gateway
+
+    def text(body: str, sid: str, sender: str = GROWTH_PHONE) -> None:
+        assert signed_post(app.port, "/twilio/sms", sms_params(body, sid, sender))[0] == 200
+        gw.drain()
+
+    def send() -> list[str]:
+        twilio_outbound.send_due_sms(gw.worker.sessions, gw.box.current.settings)
+        return [t["Body"] for t in api.texts()]
+
+    text("EMERGENCY our server is down", "SM1")
+    (ticket,) = gw.tickets()
+    assert ticket.held and ticket.hold_reason.startswith("awaiting acknowledgement")
+    (prompt,) = send()
+    assert "Reply YES to confirm the charge" in prompt and "USD 250.00" in prompt
+    # YES from a number we never asked is Twilio's opt-in keyword, as it always was.
+    text("YES", "SM2", BASIC_PHONE)
+    assert gw.tickets()[0].held
+
+    text("yes", "SM3")
+    (released,) = gw.tickets()
+    assert (released.held, released.emergency_acknowledged, released.severity) == (
+        False,
+        True,
+        "urgent",
+    )
+    with gw.session() as session:
+        from gateway.storage.billing_tables import Incident
+
+        (incident,) = session.execute(select(Incident)).scalars()
+        # Only the stranger's YES was START; Dana's YES answered our prompt.
+        opts = [(o.phone, o.keyword) for o in session.execute(select(SmsOptOut)).scalars()]
+        assert opts == [(BASIC_PHONE, "START")]
+    assert (incident.channel, incident.evidence_reference, incident.evidence_text) == (
+        "sms",
+        "SM3",
+        "yes",
+    )
+    assert incident.sender == GROWTH_PHONE and "as reported by Twilio" in incident.authentication
+    assert [i.outcome for i in gw.intakes()] == ["hold", "discard", "follow-up"]
+    accepted = send()[-1]
+    assert "accepted (incident INC-000001)" in accepted
+    assert released.first_response_due is not None  # its clock runs from the YES
+
+
+def test_worker_zero_releases_held_requests_whose_time_is_up_on_its_own(desk: Desk) -> None:
+    # Asked five hours ago by the wall clock (the worker's job reads it): the four hours are up.
+    asked = desk.mail(email(acknowledged=False), datetime.now(UTC) - timedelta(hours=5))
+    recent = desk.mail(
+        email(acknowledged=False, message_id="<recent@a>"), datetime.now(UTC) - timedelta(hours=1)
+    )
+    desk.gw.worker.release_holds_once()
+    assert not desk.ticket(asked.reference or "").held
+    assert desk.ticket(recent.reference or "").held
+    assert [r.status for r in desk.requests()] == ["expired", "awaiting"]
