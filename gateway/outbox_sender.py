@@ -4,7 +4,8 @@ Owns claiming (a row is marked `sending` with a lease, `FOR UPDATE SKIP LOCKED` 
 several instances never send the same row at once), delivery with exponential backoff, and the
 headers every automated mail carries: the row's stable Message-ID (a resend after a crash is the
 same message, recognisable downstream), `Auto-Submitted: auto-replied` (RFC 3834) and our loop
-marker. A lease that expires (crash mid-send) returns the row to `pending`. Never decides whom to
+marker. A lease that expires (crash mid-send) returns the row to `pending`. A relay's 5xx is
+final (`failed`, with its reply); a 4xx or a lost connection is retried. Never decides whom to
 write to: `outbox.gate` did that when the row was written.
 """
 
