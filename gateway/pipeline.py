@@ -6,9 +6,11 @@ a plain function in `gateway/stages/`; only `persist.record` writes.
 A batch is one database transaction (one durable commit for up to `workers.batch_size`
 messages) with one SAVEPOINT per message, so one bad message rolls back alone. Threading runs
 inside that transaction, so a reply later in the same batch finds the ticket an earlier message
-just opened. Blobs for the whole batch are made durable before the transaction starts. Storage
-errors (the database is down) escape as `StorageUnavailableError` for the worker to defer the
-whole batch; anything else fails only its own message with the stage that raised.
+just opened; on PostgreSQL the transaction first takes an advisory lock per voice call and per
+texting phone, so two workers never open two tickets for what must thread into one. Blobs for
+the whole batch are made durable before the transaction starts. Storage errors (the database is
+down) escape as `StorageUnavailableError` for the worker to defer the whole batch; anything else
+fails only its own message with the stage that raised.
 """
 
 from __future__ import annotations
