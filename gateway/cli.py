@@ -273,21 +273,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return worst
 
 
-@contextlib.contextmanager
-def _session(settings: Settings, *, write: bool = False) -> Iterator[Any]:
-    """A session on the configured database; its engine is disposed afterwards, so a command run
-    in-process (tests, the API) leaves no connection behind. `write`: on SQLite the transaction
-    takes the write lock up front (BEGIN IMMEDIATE) and waits for it, as the workers do; a
-    transaction that reads first and writes later would fail at once with "database is locked"
-    whenever a daemon thread holds the lock."""
-    from gateway.storage.db import make_engine, session_factory
+def _session(settings: Settings, *, write: bool = False) -> Any:
+    from gateway.storage.db import open_session
 
-    engine = make_engine(settings.database_url, immediate=write)
-    try:
-        with session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
+    return open_session(settings.database_url, write=write)
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:

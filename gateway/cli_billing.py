@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -79,23 +77,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-@contextmanager
-def _session(settings: Settings, *, write: bool = False) -> Iterator[Session]:
-    """A session on the configured database; `write`: one transaction, committed at the end
-    (SQLite takes its write lock up front, as the workers do)."""
-    from gateway.storage.db import make_engine, session_factory
+def _session(settings: Settings, *, write: bool = False) -> Any:
+    from gateway.storage.db import open_session
 
-    engine = make_engine(settings.database_url, immediate=write)
-    try:
-        sessions = session_factory(engine)
-        if write:
-            with sessions.begin() as session:
-                yield session
-        else:
-            with sessions() as session:
-                yield session
-    finally:
-        engine.dispose()
+    return open_session(settings.database_url, write=write)
 
 
 def _actor(args: argparse.Namespace) -> Any:

@@ -7,6 +7,8 @@ migration.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,22 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def open_session(url: str, *, write: bool = False) -> Iterator[Session]:
+    """One short-lived session for a command: committed when the block ends normally, rolled
+    back on an exception, its engine disposed either way (a command run in-process leaves no
+    connection behind). `write`: on SQLite the transaction takes the write lock up front
+    (BEGIN IMMEDIATE) and waits for it, as the workers do; one that reads first and writes later
+    fails at once with "database is locked" whenever a daemon thread holds the lock."""
+    engine = make_engine(url, immediate=write)
+    try:
+        with session_factory(engine)() as session:
+            yield session
+            session.commit()
+    finally:
+        engine.dispose()
 
 
 def alembic_config(url: str) -> Config:
