@@ -22,11 +22,11 @@ import os
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway import clock
 from gateway.spool import Envelope, Spool
 
 
@@ -39,7 +39,7 @@ def make_message(n: int, size: int) -> bytes:
 def envelope() -> Envelope:
     return Envelope(
         channel="smtp",
-        received_at=datetime.now(UTC),
+        received_at=clock.now(),
         mail_from="bench@example.com",
         recipients=("support@example.net",),
         peer="127.0.0.1",

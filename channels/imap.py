@@ -51,12 +51,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
+from gateway import clock as business_clock
 from gateway.config.loader import LOCAL_HOSTS, Settings, secret
 from gateway.config.schema import ImapMailbox
 from gateway.faults import crash_point
@@ -416,7 +416,7 @@ class MailboxPoller:
         client = self._open()
         try:
             self._drain(client, threading.Event())
-            self.stats.last_fetch_at = time.time()
+            self.stats.last_fetch_at = business_clock.wall_seconds()
         except _SpoolUnavailableError:
             pass
         finally:
@@ -531,7 +531,8 @@ class MailboxPoller:
             try:
                 self._drain(client, stop)
                 spool_failures = 0
-                self.stats.last_fetch_at = time.time()  # a whole successful look at the folder
+                # a whole successful look at the folder
+                self.stats.last_fetch_at = business_clock.wall_seconds()
             except _SpoolUnavailableError:
                 # Temporary (DESIGN promise 1): the messages stay unseen in place. Keep the
                 # connection; back off before trying again.
@@ -650,7 +651,7 @@ class MailboxPoller:
                 continue
             envelope = Envelope(
                 channel="imap",
-                received_at=datetime.now(UTC),
+                received_at=business_clock.now(),
                 mail_from=None,
                 recipients=tuple(r.lower() for r in self.box.recipients),
                 peer=self.channel,

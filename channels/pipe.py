@@ -12,8 +12,8 @@ Never parses beyond the "is this a message" check, never touches the database.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from gateway import clock as business_clock
 from gateway.spool import Envelope, Spool, SpoolError
 from gateway.stages.parse import looks_like_message
 
@@ -45,7 +45,7 @@ def ingest(
         )
     envelope = Envelope(
         channel="pipe",
-        received_at=datetime.now(UTC),
+        received_at=business_clock.now(),
         mail_from=sender,
         recipients=(recipient.lower(),) if recipient else (),
         peer=source,

@@ -23,12 +23,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from gateway import clock as business_clock
 from gateway.faults import crash_point
 from gateway.spool import Envelope, Spool, SpoolFullError
 
@@ -106,7 +106,7 @@ class IntakeHandler:
         meta = (("helo", str(session.host_name or "")[:255]),)
         env = Envelope(
             channel=self.channel,
-            received_at=datetime.now(UTC),
+            received_at=business_clock.now(),
             mail_from=envelope.mail_from or "",
             recipients=tuple(a.lower() for a in envelope.rcpt_tos),
             peer=str(session.peer[0]) if session.peer else None,

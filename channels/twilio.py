@@ -28,7 +28,6 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import urlencode
 
@@ -42,6 +41,7 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
+from gateway import clock as business_clock
 from gateway.directory import normalise_phone
 from gateway.faults import crash_point
 from gateway.http_server import HttpServer, serve_http
@@ -133,7 +133,7 @@ class TwilioChannel:
         caller = params.get("From") or request.query_params.get("caller") or ""
         env = Envelope(
             channel=channel,
-            received_at=datetime.now(UTC),
+            received_at=business_clock.now(),
             mail_from=normalise_phone(caller) if caller else "",
             recipients=(params["To"],) if params.get("To") else (),
             peer=request.client.host if request.client else None,

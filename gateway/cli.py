@@ -13,12 +13,12 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway import clock as business_clock
 from gateway.config.errors import ConfigError
 from gateway.config.loader import Settings, default_config_dir, load_lenient
 
@@ -163,7 +163,7 @@ def _ensure_schema(url: str, worker: Any, unavailable: Any, status_path: Path | 
             logging.getLogger("gateway.worker").error("database unavailable at start: %s", exc)
             worker.stats.last_error = f"storage unavailable: {exc}"
             if worker.stats.storage_down_since is None:
-                worker.stats.storage_down_since = time.time()
+                worker.stats.storage_down_since = business_clock.wall_seconds()
             if status_path is not None:
                 worker.write_status(status_path)
             worker.stopping.wait(delay)
@@ -465,7 +465,6 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     """The verdict for a message, creating nothing (how an admin tests a rule)."""
-    from datetime import UTC, datetime
 
     from gateway.runtime import load_runtime
     from gateway.spool import Envelope
@@ -478,7 +477,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     channel = {"email": "smtp", "sms": "twilio-sms", "voicemail": "twilio-voice"}[args.channel]
     if args.channel != "email" and b":" not in raw.split(b"\n", 1)[0]:
         raw = b"Subject: \n\n" + raw  # a bare SMS or transcript: text only
-    envelope = Envelope(channel=channel, received_at=datetime.now(UTC))
+    envelope = Envelope(channel=channel, received_at=business_clock.now())
     message = parse(raw, envelope, "classify", runtime.settings.gateway.limits.max_attachment_bytes)
     customer = identify(message, runtime.directory)
     verdict = classify(message, customer, runtime.engine, runtime.settings.severity.default)
@@ -559,7 +558,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
+    from datetime import datetime
 
     from gateway.explain import explain
     from gateway.runtime import load_runtime
@@ -584,7 +583,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             sessions = None
     runtime = load_runtime(Path(args.config), imported_accounts=accounts)
     raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    at = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    at = datetime.fromisoformat(args.at) if args.at else business_clock.now()
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
     channel = {"email": "smtp", "sms": "twilio-sms", "voice": "twilio-voice"}.get(
@@ -637,7 +636,7 @@ def cmd_escalate(args: argparse.Namespace) -> int:
     if not settings.severity.escalation.steps:
         print("escalation is off: severity.toml has no [[escalation.steps]]", file=sys.stderr)
         return 0
-    now = datetime.now(UTC)
+    now = business_clock.now()
     if args.at:
         try:
             now = datetime.fromisoformat(args.at)
@@ -813,6 +812,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return code
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from gateway import clock as business_clock
 from gateway.config.loader import Settings, load_lenient
 
 
@@ -122,7 +123,7 @@ def cmd_bundle_add(args: argparse.Namespace) -> int:
             args.account,
             args.units,
             actor=_actor(args),
-            at=datetime.now(UTC),
+            at=business_clock.now(),
             note=args.note,
             known_accounts=_known_accounts(settings, session),
         )
@@ -204,7 +205,7 @@ def cmd_credit(args: argparse.Namespace) -> int:
             ticket.id,
             args.kind,
             actor=_actor(args),
-            at=datetime.now(UTC),
+            at=business_clock.now(),
             reason=args.reason,
         )
         if error is not None:
@@ -220,7 +221,7 @@ def cmd_release_holds(args: argparse.Namespace) -> int:
     from gateway.emergency_holds import release_expired
     from gateway.storage.db import make_engine, session_factory
 
-    now = datetime.now(UTC)
+    now = business_clock.now()
     if args.at:
         try:
             now = parse_when(args.at, option="--at")

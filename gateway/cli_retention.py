@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway import clock as business_clock
 from gateway.config.errors import ConfigError
 from gateway.config.loader import Settings, load_lenient
 
@@ -102,7 +102,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         report = purge(
             session_factory(engine),
             BlobStore(settings.state_dir / "blobs", fsync=settings.gateway.spool.fsync),
-            now=datetime.now(UTC),
+            now=business_clock.now(),
             older_than_days=days,
             raw_message_days=retention.raw_message_days,
             apply=args.apply,
@@ -166,7 +166,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
             spool_dir=settings.spool_dir,
             config_dir=settings.directory,
             config_contacts=config_contacts,
-            now=datetime.now(UTC),
+            now=business_clock.now(),
             actor=Actor(args.actor, "cli"),
             apply=args.apply,
             force=args.force,

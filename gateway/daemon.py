@@ -30,6 +30,7 @@ from starlette.applications import Starlette
 from channels.imap import PollerThread, start_pollers
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
 from channels.twilio import TwilioChannel, build_app, start_webhooks
+from gateway import clock as business_clock
 from gateway.api.app import build_api_app
 from gateway.api.context import ApiContext
 from gateway.blobs import BlobStore
@@ -102,7 +103,7 @@ class Daemon:
     def _start_worker(self, index: int) -> subprocess.Popen[bytes]:
         while len(self.worker_started) <= index:
             self.worker_started.append(0.0)
-        self.worker_started[index] = time.time()
+        self.worker_started[index] = business_clock.wall_seconds()
         cmd = [
             sys.executable,
             "-m",
@@ -117,6 +118,16 @@ class Daemon:
 
     async def run(self) -> int:
         settings = self.box.current.settings
+        test_clock = business_clock.current()
+        if test_clock.hooked:
+            # A test hook (gateway/clock.py): every SLA, calendar and hold is computed from a
+            # moved clock. Never in production; say so loudly where an operator will look.
+            log.warning(
+                "!!! %s is set: this daemon's clock reads %s, not the real time. "
+                "It is a test-only hook; unset it in any real deployment. !!!",
+                business_clock.HOOK_ENV,
+                test_clock.now().isoformat(timespec="seconds"),
+            )
         lock = lock_state_dir(self.state_dir)
         self.status_dir.mkdir(exist_ok=True)
         g = settings.gateway
@@ -286,7 +297,7 @@ class Daemon:
             log.error("event loop blocked for %.1fs: withholding the watchdog ping", lag)
             return False
         bound = self.box.current.settings.gateway.workers.stuck_seconds
-        now = time.time()
+        now = business_clock.wall_seconds()
         for i, started in enumerate(self.worker_started):
             if now - started < bound:
                 continue  # a fresh worker gets the bound to write its first heartbeat
@@ -339,7 +350,7 @@ class Daemon:
         assert self.spool is not None
         data = {
             "pid": os.getpid(),
-            "time": time.time(),
+            "time": business_clock.wall_seconds(),
             "stopped": stopped,
             "listeners": self.listeners,
             "workers": [p.pid for p in self.workers],

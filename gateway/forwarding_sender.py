@@ -16,10 +16,9 @@ its signature, or log a secret or a body (bodies carry customer text).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -27,6 +26,7 @@ from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from gateway import clock as business_clock
 from gateway import forwarding
 from gateway.config.loader import secret
 from gateway.config.schema import ForwardingFile, ForwardWebhook
@@ -47,9 +47,6 @@ LEASE_MARGIN = timedelta(seconds=60)
 
 Clock = Callable[[], datetime]
 
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -232,7 +229,7 @@ def post(client: httpx.Client, hook: ForwardWebhook, row: ForwardDelivery) -> At
     payload = row.body.encode("utf-8")
     sent_headers = forwarding.headers(
         secret=key,
-        timestamp=int(time.time()),
+        timestamp=int(business_clock.wall_seconds()),
         payload=payload,
         event=row.event,
         key=row.idempotency_key,
@@ -331,7 +328,7 @@ def deliver_due(
     sessions: sessionmaker[Session],
     webhooks: Sequence[ForwardWebhook],
     instance: str,
-    clock: Clock = utc_now,
+    clock: Clock = business_clock.now,
 ) -> int:
     """Claim what is due and POST it; return how many attempts were made. `clock` decides what
     is due and when the next attempt is (tests freeze it); signatures use the real time."""
@@ -379,7 +376,7 @@ def run_once(
     sessions: sessionmaker[Session],
     config: ForwardingFile,
     instance: str,
-    clock: Clock = utc_now,
+    clock: Clock = business_clock.now,
 ) -> int:
     """One pass of worker 0's forwarding thread: fan out, then deliver. Returns the work done
     (journal rows consumed + attempts made); 0 means idle. Never raises: a database outage or

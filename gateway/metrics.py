@@ -12,9 +12,7 @@ shared-memory counters across worker processes and nothing to lose on restart. N
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway import forwarding_sender
 from gateway.pipeline import BUCKETS
 from gateway.spool import Spool
@@ -68,7 +67,7 @@ class GatewayCollector(Collector):
         yield depth
         age = GaugeMetricFamily("gateway_spool_oldest_age_seconds", "Age of the oldest entry.")
         oldest = min((e.envelope.received_at for e in pending), default=None)
-        age.add_metric([], (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0)
+        age.add_metric([], (business_clock.now() - oldest).total_seconds() if oldest else 0.0)
         yield age
         q = GaugeMetricFamily("gateway_quarantine_size", "Messages quarantined after failures.")
         q.add_metric([], self.spool.quarantine_count())
@@ -102,7 +101,7 @@ class GatewayCollector(Collector):
             temp.add_metric([name], _number(stats.get("temp_failures")))
             last = stats.get("last_fetch_at")
             if name.startswith("imap:") and isinstance(last, int | float):
-                since.add_metric([name[5:]], max(0.0, time.time() - float(last)))
+                since.add_metric([name[5:]], max(0.0, business_clock.wall_seconds() - float(last)))
         yield accepted
         yield temp
         yield since
@@ -148,7 +147,7 @@ class GatewayCollector(Collector):
         yield lag
 
     def _database(self) -> Iterator[Metric]:
-        now = datetime.now(UTC)
+        now = business_clock.now()
         with self.sessions() as session:
             intake = CounterMetricFamily(
                 "gateway_intake",

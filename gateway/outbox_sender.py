@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway.config.loader import secret
 from gateway.config.schema import OutboundSection
 from gateway.faults import crash_point
@@ -38,7 +39,7 @@ def build_email(row: OutboxRow, outbound: OutboundSection, instance: str) -> Ema
     msg["To"] = row.recipient
     msg["Subject"] = row.subject
     msg["Message-ID"] = f"<{row.header_message_id}>"
-    msg["Date"] = format_datetime(datetime.now(UTC))
+    msg["Date"] = format_datetime(business_clock.now())
     if row.in_reply_to:
         msg["In-Reply-To"] = f"<{row.in_reply_to}>"
         msg["References"] = f"<{row.in_reply_to}>"
@@ -92,7 +93,7 @@ def send_due(sessions: sessionmaker[Session], outbound: OutboundSection, instanc
     """Send what is due; return how many were delivered."""
     if not outbound.enabled:
         return 0
-    now = datetime.now(UTC)
+    now = business_clock.now()
     ids = claim(sessions, instance, now)
     if not ids:
         return 0
@@ -161,7 +162,7 @@ def _finish(sessions: sessionmaker[Session], row_id: int, status: str, reason: s
             .values(
                 status=status,
                 status_reason=reason[:2000],
-                sent_at=datetime.now(UTC) if status == "sent" else None,
+                sent_at=business_clock.now() if status == "sent" else None,
                 claimed_by=None,
                 claimed_until=None,
             )
@@ -171,7 +172,7 @@ def _finish(sessions: sessionmaker[Session], row_id: int, status: str, reason: s
 def _reschedule(
     sessions: sessionmaker[Session], rows: list[OutboxRow], outbound: OutboundSection, reason: str
 ) -> None:
-    now = datetime.now(UTC)
+    now = business_clock.now()
     with sessions.begin() as session:
         for row in rows:
             attempts = row.attempts + 1

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 
 from sqlalchemy import text
@@ -30,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway.blobs import BlobStore
 from gateway.emergency import authenticate, for_classifier
 from gateway.faults import crash_point
@@ -142,7 +143,7 @@ def process_batch(
     timings: Timings | None = None,
     now: datetime | None = None,
 ) -> list[JobResult]:
-    now = now or datetime.now(UTC)
+    now = now or business_clock.now()
     settings = runtime.settings
     limit = settings.gateway.limits.per_message_seconds
     results: dict[str, JobResult] = {}

@@ -31,8 +31,8 @@ Layout and file format
     quarantine/  entries that failed max_attempts times, or were quarantined outright
 
 An entry is ONE file named ``<id>.msg`` so that moving it between directories is a single atomic
-rename. ``<id>`` is ``f"{time.time_ns():020d}-{12 random hex digits}"``: lexical order is arrival
-order. The file is::
+rename. ``<id>`` is ``f"{wall_nanoseconds:020d}-{12 random hex digits}"`` (real time, never the
+test clock): lexical order is arrival order. The file is::
 
     <header: one line of ASCII JSON>\\n<raw message bytes, exactly as received>
 
@@ -74,6 +74,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Final
 
+from gateway import clock as business_clock
 from gateway.faults import crash_point, spool_write_fault
 
 __all__ = [
@@ -882,7 +883,7 @@ class Spool:
             attempts=attempts,
             last_stage=stage,
             last_error=error[:_MAX_ERROR_CHARS],
-            quarantined_at=datetime.now(UTC),
+            quarantined_at=business_clock.now(),
         )
         try:
             # Stage, error and time are written into the file BEFORE it moves: a quarantined
@@ -1005,7 +1006,7 @@ class Spool:
 def _new_id() -> str:
     # Wall-clock nanoseconds make ids sort by arrival across processes; the random part keeps
     # two arrivals in the same nanosecond (or on two hosts) apart.
-    return f"{time.time_ns():020d}-{secrets.token_hex(6)}"
+    return f"{business_clock.wall_nanoseconds():020d}-{secrets.token_hex(6)}"
 
 
 def _filename(entry_id: str) -> str:

@@ -11,7 +11,7 @@ The auth token comes only from `secret()`; the REST base URL may be rewritten (t
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -21,6 +21,7 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 from twilio.rest import Client
 
+from gateway import clock as business_clock
 from gateway.config.loader import Settings, secret
 from gateway.outbox_sender import _finish, _reschedule, claim
 from gateway.stages.parse_twilio import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
@@ -70,7 +71,7 @@ def send_due_sms(sessions: sessionmaker[Session], settings: Settings) -> int:
         return 0  # not configured: rows wait in the outbox (gateway show lists them)
     instance = settings.gateway.gateway.instance
     outbound = settings.gateway.outbound
-    ids = claim(sessions, instance, datetime.now(UTC), channel="sms")
+    ids = claim(sessions, instance, business_clock.now(), channel="sms")
     if not ids:
         return 0
     client = rest_client(settings, token)
@@ -105,7 +106,7 @@ def expire_transcriptions(sessions: sessionmaker[Session], settings: Settings) -
     """Voicemails still waiting for a transcript after the configured wait: mark them
     "transcription unavailable" (the recording link stays). Returns how many."""
     wait = timedelta(minutes=settings.gateway.webhooks.transcription_wait_minutes)
-    now = datetime.now(UTC)
+    now = business_clock.now()
     with sessions.begin() as session:
         rows = list(
             session.execute(

@@ -21,11 +21,11 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway import (
     emergency_holds,
     escalation_scheduler,
@@ -105,7 +105,7 @@ class Worker:
         by_id: dict[str, Entry] = {}
         for entry in entries:
             self.stats.last_entry_age = max(
-                0.0, time.time() - entry.envelope.received_at.timestamp()
+                0.0, (business_clock.now() - entry.envelope.received_at).total_seconds()
             )
             try:
                 jobs.append(Job(self.spool.read_raw(entry), entry.envelope, entry.id))
@@ -152,7 +152,7 @@ class Worker:
         self.stats.deferrals += len(entries)
         self.stats.last_error = f"storage unavailable: {text}"[:2000]
         if self.stats.storage_down_since is None:
-            self.stats.storage_down_since = time.time()
+            self.stats.storage_down_since = business_clock.wall_seconds()
             log.error("database unavailable, deferring intake: %s", text)
         self._backoff = min(10.0, max(0.2, self._backoff * 2))
         self.stopping.wait(self._backoff * (0.5 + random.random() / 2))
@@ -245,7 +245,7 @@ class Worker:
         runtime = self.box.current
         try:
             escalation_scheduler.run_once(
-                self.sessions, runtime.settings, runtime.policy.calendars, datetime.now(UTC)
+                self.sessions, runtime.settings, runtime.policy.calendars, business_clock.now()
             )
         except Exception as exc:  # a database outage or bug must not stop the outbox sender
             log.warning("escalation scheduler: %s: %s", type(exc).__name__, exc)
@@ -259,7 +259,7 @@ class Worker:
                 self.sessions,
                 runtime.settings,
                 runtime.policy.calendars,
-                datetime.now(UTC),
+                business_clock.now(),
                 runtime.persist.company,
             )
         except Exception as exc:  # a database outage or bug must not stop the outbox sender
@@ -269,7 +269,7 @@ class Worker:
         data = {
             "pid": os.getpid(),
             "index": self.index,
-            "time": time.time(),
+            "time": business_clock.wall_seconds(),
             "processed": self.stats.processed,
             "outcomes": self.stats.outcomes,
             "failures": self.stats.failures,

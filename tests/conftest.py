@@ -3,6 +3,11 @@
 Factories over globals (aiosmtpd's conftest style): each test gets its own state directory and,
 for PostgreSQL, its own database. Under CI=true a missing PostgreSQL is a failure, elsewhere a
 clearly reported skip.
+
+Time: no test reads the machine's clock for a decision. `GATEWAY_TEST_EPOCH=<ISO 8601 UTC
+instant>` reruns the suite at that instant: every test's clock, and every daemon or CLI a test
+starts, begins there and moves forward (through the hook in gateway/clock.py). Tests whose
+outcome depends on the instant name it with `pin_clock` and keep it whatever the epoch.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from gateway import clock
 from tests.helpers import (
     PG_ADMIN_URL,
     CapturingRelay,
@@ -28,8 +35,55 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+EPOCH_ENV = "GATEWAY_TEST_EPOCH"
+
+
+def suite_epoch() -> str | None:
+    """The instant the suite runs at, from GATEWAY_TEST_EPOCH (None: the wall clock)."""
+    epoch = os.environ.get(EPOCH_ENV, "").strip()
+    if not epoch:
+        return None
+    try:
+        clock.parse_instant(epoch)
+    except clock.ClockHookError as exc:
+        raise pytest.UsageError(f"{EPOCH_ENV}: {exc}") from exc
+    return epoch
+
+
+
 def pytest_report_header() -> list[str]:
-    return [f"postgresql: {'available' if pg_available() else 'NOT available'} ({PG_ADMIN_URL})"]
+    epoch = suite_epoch()
+    return [
+        f"postgresql: {'available' if pg_available() else 'NOT available'} ({PG_ADMIN_URL})",
+        f"clock: {f'{EPOCH_ENV}={epoch}' if epoch else 'the wall clock'} "
+        "(tests that name their instant keep it)",
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _epoch_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts at GATEWAY_TEST_EPOCH when it is set; the hook reaches the daemons and
+    CLIs a test starts through the environment."""
+    epoch = suite_epoch()
+    if epoch:
+        monkeypatch.setenv(clock.HOOK_ENV, epoch)
+    clock.reset()
+    yield
+    clock.reset()
+
+
+@pytest.fixture
+def pin_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], datetime]:
+    """Name the instant a test relies on: `pin_clock("2026-12-15T15:00:00Z")` (a Tuesday, 10:00
+    in New York). The clock starts there and moves forward, in-process and in every daemon or
+    CLI the test starts afterwards, whatever GATEWAY_TEST_EPOCH says."""
+
+    def pin(instant: str) -> datetime:
+        monkeypatch.setenv(clock.HOOK_ENV, instant)
+        clock.reset()
+        return clock.now()
+
+    return pin
 
 
 @pytest.fixture(scope="session")

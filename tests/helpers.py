@@ -18,8 +18,15 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from gateway import clock
+
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+# Named instants for tests whose outcome depends on the time (pass them to `pin_clock`). The
+# sample config's business calendar is Monday-Friday 09:00-17:00 America/New_York.
+BUSINESS_HOURS = "2026-12-15T15:00:00Z"  # Tuesday 10:00 in New York
+AFTER_HOURS = "2026-12-12T08:00:00Z"  # Saturday 03:00 in New York
 
 
 def free_port() -> int:
@@ -275,7 +282,6 @@ class Gateway:
         mail_from: str | None = None,
         channel_key: str | None = None,
     ) -> str:
-        from datetime import UTC, datetime
 
         from gateway.spool import Envelope
 
@@ -283,7 +289,7 @@ class Gateway:
             raw,
             Envelope(
                 channel=channel,
-                received_at=datetime.now(UTC),
+                received_at=clock.now(),
                 mail_from=mail_from if mail_from is not None else "sender@example.net",
                 recipients=("support@example.com",),
                 channel_key=channel_key,

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from gateway import clock as business_clock
 from gateway import escalation_scheduler
 from gateway.calendars import (
     Calendar,
@@ -563,7 +564,7 @@ def test_a_ticket_made_from_mail_escalates_on_the_clock_the_pipeline_gave_it(
 
 def test_the_worker_outbox_thread_runs_the_scheduler(gateway: Gateway) -> None:
     """Worker 0 escalates on its own (real clock here: a ticket a month overdue)."""
-    tid = new_ticket(gateway, datetime.now(UTC) - timedelta(days=30))
+    tid = new_ticket(gateway, business_clock.now() - timedelta(days=30))
     thread = threading.Thread(target=gateway.worker._outbox_loop, daemon=True)
     thread.start()
     try:

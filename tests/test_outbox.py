@@ -3,10 +3,12 @@ stable Message-ID, through a real SMTP relay."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from email import message_from_bytes
 
-from gateway import outbox_sender
-from tests.helpers import CapturingRelay, Gateway, make_email
+from gateway import clock, outbox_sender
+from tests.helpers import BUSINESS_HOURS, CapturingRelay, Gateway, make_email
 
 
 def deliver(gateway: Gateway, port: int) -> int:
@@ -19,8 +21,11 @@ def deliver(gateway: Gateway, port: int) -> int:
 
 
 def test_an_acknowledgement_is_delivered_once_with_its_stable_message_id(
-    gateway: Gateway, relay: CapturingRelay
+    gateway: Gateway,
+    relay: CapturingRelay,
+    pin_clock: Callable[[str], datetime],
 ) -> None:
+    pin_clock(BUSINESS_HOURS)
     gateway.ingest(make_email())
     gateway.drain()
     (row,) = gateway.outbox()
@@ -36,9 +41,12 @@ def test_an_acknowledgement_is_delivered_once_with_its_stable_message_id(
 
 
 def test_a_relay_that_is_down_defers_delivery_with_backoff_and_nothing_is_lost(
-    gateway: Gateway, relay: CapturingRelay
+    gateway: Gateway,
+    relay: CapturingRelay,
+    pin_clock: Callable[[str], datetime],
 ) -> None:
-    from datetime import UTC, datetime
+    pin_clock(BUSINESS_HOURS)
+    from datetime import UTC
 
     from sqlalchemy import update
 
@@ -52,13 +60,13 @@ def test_a_relay_that_is_down_defers_delivery_with_backoff_and_nothing_is_lost(
     (row,) = gateway.outbox()
     assert row.status == "pending" and row.attempts == 1
     assert "relay unavailable" in row.status_reason
-    assert row.next_attempt_at.replace(tzinfo=UTC) > datetime.now(UTC)
+    assert row.next_attempt_at.replace(tzinfo=UTC) > clock.now()
     # The relay is back and the backoff has elapsed.
     relay2 = CapturingRelay()
     relay2.start()
     try:
         with gateway.worker.sessions.begin() as s:
-            s.execute(update(OutboxRow).values(next_attempt_at=datetime.now(UTC)))
+            s.execute(update(OutboxRow).values(next_attempt_at=clock.now()))
         assert deliver(gateway, relay2.port) == 1
         assert len(relay2.messages) == 1
     finally:
@@ -66,10 +74,13 @@ def test_a_relay_that_is_down_defers_delivery_with_backoff_and_nothing_is_lost(
 
 
 def test_a_send_interrupted_by_a_crash_is_sent_again_with_the_same_message_id(
-    gateway: Gateway, relay: CapturingRelay
+    gateway: Gateway,
+    relay: CapturingRelay,
+    pin_clock: Callable[[str], datetime],
 ) -> None:
     """At least once: a row left `sending` by a dead process returns when its lease expires."""
-    from datetime import UTC, datetime, timedelta
+    pin_clock(BUSINESS_HOURS)
+    from datetime import timedelta
 
     from sqlalchemy import update
 
@@ -82,7 +93,7 @@ def test_a_send_interrupted_by_a_crash_is_sent_again_with_the_same_message_id(
             update(OutboxRow).values(
                 status="sending",
                 claimed_by="dead",
-                claimed_until=datetime.now(UTC) - timedelta(seconds=1),
+                claimed_until=clock.now() - timedelta(seconds=1),
             )
         )
     assert deliver(gateway, relay.port) == 1

@@ -4,11 +4,12 @@ duplicates recorded, threading that strangers cannot hijack, poison messages qua
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import pytest
 
 from gateway.stages import classify as classify_stage
-from tests.helpers import Gateway, make_email
+from tests.helpers import BUSINESS_HOURS, Gateway, make_email
 
 
 def outcomes(gw: Gateway) -> list[str]:
@@ -136,7 +137,10 @@ def test_a_reply_to_a_closed_ticket_reopens_it(gateway: Gateway) -> None:
     assert ticket.status == "reopened"
 
 
-def test_new_tickets_get_one_acknowledgement_and_follow_ups_none(gateway: Gateway) -> None:
+def test_new_tickets_get_one_acknowledgement_and_follow_ups_none(
+    gateway: Gateway, pin_clock: Callable[[str], datetime]
+) -> None:
+    pin_clock(BUSINESS_HOURS)
     gateway.ingest(make_email(message_id="<a1@x>"))
     gateway.ingest(make_email(body="more", message_id="<a2@x>", In_Reply_To="<a1@x>"))
     gateway.drain()

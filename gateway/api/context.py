@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from fastapi import Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway.api.auth import TokenSource, TokenTable
 from gateway.blobs import BlobStore
 from gateway.config.loader import Settings
@@ -22,9 +23,6 @@ from gateway.spool import Spool
 
 CONTEXT_KEY = "api_context"
 
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class ApiContext:
     blobs: BlobStore
     # The live configuration: a reload (SIGHUP) takes effect on the next request.
     settings: Callable[[], Settings]
-    clock: Callable[[], datetime] = field(default=_utcnow)
+    clock: Callable[[], datetime] = field(default=business_clock.now)
 
 
 def token_source(settings: Callable[[], Settings]) -> TokenSource:

@@ -19,13 +19,14 @@ Mounting (gateway/api/app.py)::
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway import forwarding_sender
 from gateway.api.auth import ApiError, Principal, require
 from gateway.api.errors import documented_errors
@@ -123,7 +124,7 @@ def retry_dead_letter(
     sessions: Sessions,
     delivery_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
 ) -> Delivery:
-    now = datetime.now(UTC)
+    now = business_clock.now()
     with sessions.begin() as session:
         before = forwarding_sender.get_delivery(session, delivery_id)
         if before is None:

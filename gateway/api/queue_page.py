@@ -35,7 +35,7 @@ Mounting (gateway/api/app.py)::
             sessions=sessions,                         # sessionmaker[Session]
             tokens=token_source,                       # gateway.api.auth.TokenSource
             levels=lambda: box.current.settings.severity.levels,
-            now=lambda: datetime.now(UTC),             # optional; tests freeze it
+            now=business_clock.now,             # optional; tests freeze it
             settings=QueuePageSettings(),              # optional: thresholds, refresh
         )
     )
@@ -65,6 +65,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import clock as business_clock
 from gateway.api.auth import TokenSource
 from gateway.storage.models import Ticket
 from gateway.storage.queries import OPEN_STATUSES, as_utc, list_queue
@@ -365,7 +366,7 @@ def queue_routes(
 ) -> list[BaseRoute]:
     """The queue page's routes, ready to add to the API app (see the module docstring)."""
     cfg = settings or QueuePageSettings()
-    clock: Callable[[], datetime] = now or (lambda: datetime.now(UTC))
+    clock: Callable[[], datetime] = now or (business_clock.now)
     store = logins if logins is not None else LoginSessions(cfg.max_sessions)
     env = template_environment()
 

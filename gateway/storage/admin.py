@@ -11,11 +11,12 @@ called from the pipeline: only people change tickets this way.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from gateway import clock as business_clock
 from gateway.audit import Actor, record_action
 from gateway.storage.models import Message, SeverityLabel, Ticket, TicketEvent, TicketPause
 from gateway.storage.queries import as_utc, find_ticket
@@ -189,7 +190,7 @@ def set_status(
             status,
             actor=_actor(actor),
             reason=reason,
-            at=datetime.now(UTC),
+            at=business_clock.now(),
             resolution=resolution,
         )
     except AdminError as exc:
@@ -214,7 +215,13 @@ def set_severity(
         return f"no ticket {ref}"
     try:
         correct_severity(
-            session, ticket, level, levels, actor=_actor(actor), reason=reason, at=datetime.now(UTC)
+            session,
+            ticket,
+            level,
+            levels,
+            actor=_actor(actor),
+            reason=reason,
+            at=business_clock.now(),
         )
     except AdminError as exc:
         session.rollback()

@@ -9,11 +9,10 @@ Every method may raise SQLAlchemy's errors when the database is down; callers tr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from gateway import clock as business_clock
 from gateway.storage.models import ChannelState
 
 
@@ -36,7 +35,7 @@ class ChannelStateStore:
         """Insert or replace. Portable upsert: UPDATE, else INSERT; a concurrent INSERT that wins
         the unique constraint makes us UPDATE once more."""
         for _attempt in range(2):
-            now = datetime.now(UTC)
+            now = business_clock.now()
             try:
                 with self.engine.begin() as conn:
                     changed = conn.execute(

@@ -13,13 +13,13 @@ import csv
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway import clock as business_clock
 from gateway.config.schema import Account, Contact
 from gateway.directory import normalise_phone
 from gateway.storage.models import CustomerAccount, CustomerContact
@@ -54,7 +54,7 @@ def import_csv(
     report = ImportReport()
     accounts: dict[str, CustomerAccount] = {}
     contacts: dict[str, list[CustomerContact]] = {}
-    now = datetime.now(UTC)
+    now = business_clock.now()
     with path.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in ("account", "plan") if c not in (reader.fieldnames or [])]

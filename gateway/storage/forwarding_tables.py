@@ -22,13 +22,14 @@ Shares `Base` with gateway.storage.models (imported at its end so Alembic sees e
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ForeignKey, Index, Integer, String, Text, event, insert, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, object_session
 
+from gateway import clock as business_clock
 from gateway.storage.models import Base, Ticket, UTCDateTime
 
 CREATED = "created"
@@ -87,7 +88,7 @@ class ForwardDelivery(Base):
 
 def _journal(connection: Connection, ticket_id: int, kind: str) -> None:
     connection.execute(
-        insert(ForwardChange).values(ticket_id=ticket_id, event=kind, at=datetime.now(UTC))
+        insert(ForwardChange).values(ticket_id=ticket_id, event=kind, at=business_clock.now())
     )
 
 

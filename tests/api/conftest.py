@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import uvicorn
 
+from gateway import clock
 from gateway.api.app import build_api_app
 from gateway.api.auth import token_digest
 from gateway.api.context import ApiContext
@@ -27,7 +28,7 @@ from gateway.blobs import BlobStore
 from gateway.health import health_endpoints
 from gateway.metrics import GatewayCollector
 from gateway.storage.db import make_engine, session_factory
-from tests.helpers import Gateway, make_email
+from tests.helpers import BUSINESS_HOURS, Gateway, make_email
 
 # Test tokens (never real ones): configured by their hashes, presented in clear.
 READ_TOKEN = "igw_test-read-0f2b7c9e1d4a6b8c0e2f4a6c8e0b2d4f"
@@ -107,7 +108,7 @@ class ApiServer:
             spool=self.gateway.spool,
             blobs=BlobStore(settings.state_dir / "blobs", fsync=False),
             settings=lambda: self.gateway.box.current.settings,
-            clock=lambda: self.now or datetime.now(UTC),
+            clock=lambda: self.now or clock.now(),
         )
         status_dir = settings.state_dir / "status"
         status_dir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +244,12 @@ def sqlite_api_config(make_config: Callable[..., Path]) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def api(api_config: Callable[..., Path]) -> Iterator[ApiServer]:
-    """A live API with seeded tickets, on SQLite and on PostgreSQL."""
+def api(
+    api_config: Callable[..., Path], pin_clock: Callable[[str], datetime]
+) -> Iterator[ApiServer]:
+    """A live API with seeded tickets, on SQLite and on PostgreSQL, seeded in business hours
+    (the seeded outage would go to on-call after hours and change the queues)."""
+    pin_clock(BUSINESS_HOURS)
     server = ApiServer(api_config()).start()
     seed(server)
     yield server
@@ -252,8 +257,11 @@ def api(api_config: Callable[..., Path]) -> Iterator[ApiServer]:
 
 
 @pytest.fixture
-def sqlite_api(sqlite_api_config: Callable[..., Path]) -> Iterator[ApiServer]:
-    """A live API with seeded tickets on SQLite."""
+def sqlite_api(
+    sqlite_api_config: Callable[..., Path], pin_clock: Callable[[str], datetime]
+) -> Iterator[ApiServer]:
+    """A live API with seeded tickets on SQLite, seeded in business hours."""
+    pin_clock(BUSINESS_HOURS)
     server = ApiServer(sqlite_api_config()).start()
     seed(server)
     yield server

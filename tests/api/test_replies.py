@@ -8,13 +8,13 @@ import email
 import json
 import urllib.parse
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from email.message import Message as EmailMessage
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+from gateway import clock
 from gateway.config.schema import OutboundSection
 from gateway.outbox_sender import send_due
 from gateway.storage.models import Message, OutboxRow, SmsOptOut, Ticket
@@ -194,7 +194,7 @@ def test_an_sms_reply_goes_to_the_customers_number_through_twilio(
         with server.gateway.session() as session:
             session.add(
                 SmsOptOut(
-                    phone=GROWTH_PHONE, opted_out=True, keyword="STOP", updated_at=datetime.now(UTC)
+                    phone=GROWTH_PHONE, opted_out=True, keyword="STOP", updated_at=clock.now()
                 )
             )
             session.commit()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
+from gateway import clock
 from gateway.api.views import content_disposition, safe_content_type, safe_filename
 from gateway.cli import main as cli_main
 from gateway.storage.agent_tables import AuditEntry
@@ -67,7 +68,7 @@ def test_the_queue_is_listed_in_the_one_queue_order_with_filters_and_pages(api: 
 
     # Breached: judged at the API's clock. Nothing is late now; a week on, everything is.
     assert refs(api.get("/api/v1/tickets?breached=true")) == []
-    api.now = datetime.now(UTC) + timedelta(days=30)
+    api.now = clock.now() + timedelta(days=30)
     late = api.get("/api/v1/tickets?breached=true")
     assert refs(late) == refs(listed)
     assert all(t["sla"]["first_response_breached"] for t in late.json()["tickets"])

@@ -8,20 +8,20 @@ from __future__ import annotations
 import email as email_lib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email import policy
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from gateway import outbox_sender, twilio_outbound
+from gateway import clock, outbox_sender, twilio_outbound
 from gateway.cli import main as gateway_main
 from gateway.policy import due_times, sla_for
 from gateway.storage.models import DecisionRecord, SmsOptOut, TicketEvent
 from gateway.storage.queries import as_utc, list_queue
 from tests.billing.conftest import DANA, PHRASE, TUESDAY_10, Desk, email
-from tests.helpers import CapturingRelay, Gateway
+from tests.helpers import BUSINESS_HOURS, CapturingRelay, Gateway
 from tests.twilio.conftest import (
     BASIC_CUSTOMER,
     BASIC_PHONE,
@@ -38,9 +38,13 @@ from tests.twilio.conftest import (
 
 
 def test_a_forged_from_is_held_and_only_a_reply_from_the_real_mailbox_releases_it(
-    make_config: Callable[..., Path], tmp_path: Path, relay: CapturingRelay
+    make_config: Callable[..., Path],
+    tmp_path: Path,
+    relay: CapturingRelay,
+    pin_clock: Callable[[str], datetime],
 ) -> None:
     """End to end: spool -> worker -> outbox -> a real SMTP relay -> the mailbox's reply."""
+    pin_clock(BUSINESS_HOURS)
     gw = Gateway(make_config(storage__url=f"sqlite:///{tmp_path / 'gw.db'}"))
     try:
         # The forger writes as Dana, with the acknowledgement, but nobody authenticated it.
@@ -290,7 +294,9 @@ def twilio_gateway(
 
 def test_an_sms_emergency_is_held_and_yes_from_the_contacts_phone_releases_it(
     twilio_gateway: tuple[AppServer, Gateway, FakeTwilioApi],
+    pin_clock: Callable[[str], datetime],
 ) -> None:
+    pin_clock(BUSINESS_HOURS)  # after hours, the confirmation names the surcharge
     app, gw, api = twilio_gateway
 
     def text(body: str, sid: str, sender: str = GROWTH_PHONE) -> None:
@@ -338,9 +344,9 @@ def test_an_sms_emergency_is_held_and_yes_from_the_contacts_phone_releases_it(
 
 def test_worker_zero_releases_held_requests_whose_time_is_up_on_its_own(desk: Desk) -> None:
     # Asked five hours ago by the wall clock (the worker's job reads it): the four hours are up.
-    asked = desk.mail(email(acknowledged=False), datetime.now(UTC) - timedelta(hours=5))
+    asked = desk.mail(email(acknowledged=False), clock.now() - timedelta(hours=5))
     recent = desk.mail(
-        email(acknowledged=False, message_id="<recent@a>"), datetime.now(UTC) - timedelta(hours=1)
+        email(acknowledged=False, message_id="<recent@a>"), clock.now() - timedelta(hours=1)
     )
     desk.gw.worker.release_holds_once()
     assert not desk.ticket(asked.reference or "").held

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from aiosmtpd.controller import Controller
 from tests.faults import rig
 from tests.faults.ledger import FaultRow, Ledger, count_markers, query, rows
 from tests.faults.load import email_for, send_smtp
-from tests.helpers import DaemonProcess, free_port, wait_for
+from tests.helpers import BUSINESS_HOURS, DaemonProcess, free_port, wait_for
 from tests.twilio.conftest import FakeTwilioApi
 
 
@@ -99,7 +100,9 @@ def test_a_relay_refusing_mail_delays_or_fails_replies_but_never_loses_or_double
     fake_twilio: FakeTwilioApi,
     daemons: list[DaemonProcess],
     record_faults: Callable[[list[FaultRow]], None],
+    pin_clock: Callable[[str], datetime],
 ) -> None:
+    pin_clock(BUSINESS_HOURS)
     relay = SwitchableRelay()
     controller = relay.start()
     try:

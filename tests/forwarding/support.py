@@ -9,13 +9,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from gateway import forwarding_sender
+from gateway import clock, forwarding_sender
 from tests.helpers import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,7 +140,7 @@ class Clock:
     """A frozen clock the sender reads; tests move it past a backoff instead of sleeping."""
 
     def __init__(self) -> None:
-        self.now = datetime.now(UTC)
+        self.now = clock.now()
 
     def __call__(self) -> datetime:
         return self.now

@@ -5,6 +5,7 @@ on a frozen clock that the tests move past each backoff."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.forwarding.support import (
     readme_verify,
     webhook_toml,
 )
-from tests.helpers import Gateway, make_email
+from tests.helpers import BUSINESS_HOURS, Gateway, make_email
 
 GatewayFactory = Callable[..., Gateway]
 ReceiverFactory = Callable[..., Receiver]
@@ -122,8 +123,12 @@ def test_a_follow_up_from_the_customer_is_delivered_as_an_update(
 
 
 def test_a_webhook_receives_only_the_queues_and_events_it_names(
-    forwarding_gateway: GatewayFactory, receivers: ReceiverFactory, clock: Clock
+    forwarding_gateway: GatewayFactory,
+    receivers: ReceiverFactory,
+    clock: Clock,
+    pin_clock: Callable[[str], datetime],
 ) -> None:
+    pin_clock(BUSINESS_HOURS)
     everything, billing = receivers(), receivers()
     gw = forwarding_gateway(
         webhook_toml(WEBHOOK, everything.url),

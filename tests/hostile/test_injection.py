@@ -7,14 +7,13 @@ and script in a body are stored as text."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import EmailMessage, Message
 from pathlib import Path
 
 from sqlalchemy import select
 
-from gateway import outbox_sender
+from gateway import clock, outbox_sender
 from gateway.storage.models import AttachmentRecord, OutboxRow
 from gateway.storage.models import Message as StoredMessage
 from tests.helpers import CapturingRelay, Gateway
@@ -121,7 +120,7 @@ def test_an_unbuildable_outbox_row_is_a_dead_letter_and_the_rows_after_it_are_se
 ) -> None:
     """Defence in depth for the outbox: whatever text reached a row (a template, a config value,
     a future channel), one row that cannot be a mail must not stall the others forever."""
-    now = datetime.now(UTC)
+    now = clock.now()
 
     def row(n: int, in_reply_to: str) -> OutboxRow:
         return OutboxRow(

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
+from gateway import clock
 from gateway.storage.db import make_engine
 from gateway.storage.models import Base
 from tests.helpers import Gateway
@@ -235,7 +236,7 @@ def rosa_story(gw: Gateway) -> Story:
             Actor("alice", "api"),
             "ticket.contact",
             story.first_ticket,
-            at=datetime.now(UTC),
+            at=clock.now(),
             before={"contact": ROSA},
             after={"note": f"called {ROSA_NAME} on +1 (617) 555-0177", "said": SENTENCE},
         )
@@ -256,7 +257,7 @@ def rosa_story(gw: Gateway) -> Story:
                 f"{ROSA_NAME} <{ROSA}>",
             ),
             quote=quote,
-            at=datetime.now(UTC),
+            at=clock.now(),
         )
         desk_ticket = session.execute(
             select(Ticket).where(Ticket.reference == story.colleague_ticket)
@@ -268,13 +269,13 @@ def rosa_story(gw: Gateway) -> Story:
                 "email",
                 "<desk-1@quokka-vet.example>",
                 "yes",
-                datetime.now(UTC),
+                clock.now(),
                 COLLEAGUE,
                 "dkim=pass",
                 f"Front Desk <{COLLEAGUE}>",
             ),
             quote=quote,
-            at=datetime.now(UTC),
+            at=clock.now(),
         )
         assert export_incidents(
             session, datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
@@ -286,7 +287,7 @@ def rosa_story(gw: Gateway) -> Story:
     assert fan_out(
         gw.worker.sessions,
         [ForwardWebhook(name="helpdesk", url="https://desk.example/hook")],
-        datetime.now(UTC),
+        clock.now(),
     )
     # A message of hers that failed processing and sits in the quarantine.
     gw.ingest(

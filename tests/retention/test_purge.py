@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 
+from gateway import clock
 from gateway.audit import Actor
 from gateway.blobs import BlobStore
 from gateway.config.errors import ConfigError
@@ -25,7 +26,7 @@ from gateway.storage.queries import find_ticket
 from tests.helpers import Gateway
 from tests.retention.conftest import LOGO, dump, email_from, run_cli, tree
 
-NOW = datetime.now(UTC)
+NOW = clock.now()
 LONG_AGO = NOW - timedelta(days=400)
 SECRET = b"%PDF-1.4 the lab results of patient 4711 " * 20
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
-from gateway import twilio_outbound
+from gateway import clock, twilio_outbound
 from gateway.storage.models import DecisionRecord, Message, SmsOptOut
 from gateway.storage.queries import ticket_json
 from tests.helpers import Gateway
@@ -212,7 +212,7 @@ def test_sms_from_the_same_number_joins_its_open_ticket_unless_it_starts_with_ne
     with gw.worker.sessions.begin() as session:
         from gateway.storage.models import Ticket
 
-        old = datetime.now(UTC) - timedelta(hours=30)
+        old = clock.now() - timedelta(hours=30)
         session.execute(update(Ticket).values(last_activity_at=old, updated_at=old))
     signed_post(app.port, "/twilio/sms", sms_params("And the phones", "SM53"))
     gw.drain()
@@ -350,7 +350,7 @@ def test_without_a_transcription_the_ticket_says_unavailable_and_keeps_the_recor
         session.execute(
             update(Message)
             .where(Message.header_message_id.like("recording.%"))
-            .values(received_at=datetime.now(UTC) - timedelta(hours=1))
+            .values(received_at=clock.now() - timedelta(hours=1))
         )
     assert twilio_outbound.expire_transcriptions(gw.worker.sessions, gw.box.current.settings) == 1
     for ticket in gw.tickets():
