@@ -364,6 +364,40 @@ def test_a_mailbox_with_a_wrong_password_does_not_stop_another(
     assert not bad.stats.connected
 
 
+def test_mail_announced_during_our_own_search_is_taken_before_idle_not_at_its_renewal(
+    dovecot: Dovecot,
+    user: str,
+    make_poller: Poller,
+    spool: Spool,
+    run_poller: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race behind a flaky test: mail arrives while the poller's SEARCH runs. The server
+    answers the SEARCH on its old view and announces the message (`* 1 EXISTS`) in that same
+    response; having announced it, it says nothing at IDLE. Reproduced exactly: the first empty
+    SEARCH is followed by an APPEND from another session and one more command of ours that
+    carries the announcement. The poller must take the message now, not at IDLE renewal."""
+    raced = False
+
+    class RacingClient(IMAPClient):  # type: ignore[misc]
+        def search(self, criteria: Any = "ALL", charset: str | None = None) -> Any:
+            nonlocal raced
+            found = super().search(criteria, charset)
+            if not found and not raced:
+                raced = True
+                dovecot.append(user, mail(1))
+                # Any command now carries `* 1 EXISTS` in its answer (RFC 3501 7.3.1).
+                super().search(["SUBJECT", "no-such-subject-in-this-mailbox"])
+            return found
+
+    monkeypatch.setattr("channels.imap.IMAPClient", RacingClient)
+    poller = make_poller(idle=True)
+    poller.idle_renew_seconds = 600.0  # renewal would come far too late for this test
+    run_poller(poller)
+    wait_for(lambda: raced, timeout=30)
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=20)
+
+
 def test_starttls_required_but_not_offered_refuses_to_log_in_in_plaintext(
     dovecot: Dovecot, user: str, make_poller: Poller, run_poller: Run
 ) -> None:
