@@ -37,6 +37,24 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 EPOCH_ENV = "GATEWAY_TEST_EPOCH"
 
+# Tests that load the whole machine (kill -9 under mixed load, a soak that watches RSS, several
+# daemons at once, a browser): CI runs them alone after the parallel part (.ci/test), so their
+# real servers never compete for the two cores with another test's.
+SERIAL = (
+    "tests/faults/",
+    "tests/soak/",
+    "tests/test_instances.py",
+    "tests/test_reload_under_load.py",
+    "tests/imap/test_imap_cluster.py",
+    "tests/queue_page/test_browser.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SERIAL) or f"tests/{item.nodeid}".startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
+
 
 def suite_epoch() -> str | None:
     """The instant the suite runs at, from GATEWAY_TEST_EPOCH (None: the wall clock)."""

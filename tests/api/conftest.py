@@ -284,6 +284,20 @@ def all_logs() -> Iterator[list[str]]:
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    # Any uvicorn started earlier in this process with its default log_config (the queue page's
+    # and the dead-letter tests' servers, the daemon's http_server) ran dictConfig, which stops
+    # uvicorn's loggers propagating and raises their level: this test then saw no access line
+    # when it ran after one of them (found when the suite first ran in two processes).
+    saved = {}
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        saved[name] = (logger.propagate, logger.disabled, logger.level)
+        logger.propagate, logger.disabled = True, False
+        logger.setLevel(logging.NOTSET)
     yield lines
+    for name, (propagate, disabled, level) in saved.items():
+        logger = logging.getLogger(name)
+        logger.propagate, logger.disabled = propagate, disabled
+        logger.setLevel(level)
     root.removeHandler(handler)
     root.setLevel(old_level)
