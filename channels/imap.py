@@ -59,8 +59,8 @@ from imapclient.exceptions import LoginError
 from gateway import clock as business_clock
 from gateway.config.loader import LOCAL_HOSTS, Settings, secret
 from gateway.config.schema import ImapMailbox
-from gateway.faults import crash_point
-from gateway.spool import Envelope, Spool, SpoolError
+from gateway.intake.faults import crash_point
+from gateway.intake.spool import Envelope, Spool, SpoolError
 from gateway.storage.channel_state import ChannelStateStore, ClusterLock
 
 __all__ = [

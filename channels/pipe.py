@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import clock as business_clock
-from gateway.spool import Envelope, Spool, SpoolError
+from gateway.intake.spool import Envelope, Spool, SpoolError
 from gateway.stages.parse import looks_like_message
 
 EX_OK = 0

@@ -43,11 +43,11 @@ from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from gateway import clock as business_clock
 from gateway.directory import normalise_phone
-from gateway.faults import crash_point
 from gateway.http_server import HttpServer, serve_http
+from gateway.intake.faults import crash_point
+from gateway.intake.spool import Envelope, Spool, SpoolFullError
 from gateway.policy import check_channel_entitlement
 from gateway.runtime import Runtime
-from gateway.spool import Envelope, Spool, SpoolFullError
 from gateway.stages.decide import sms_keyword
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 @contextlib.contextmanager
 def _open_spool(settings: Settings) -> Iterator[Any]:
     """The configured spool for an operator's command, closed afterwards."""
-    from gateway.spool import Spool
+    from gateway.intake.spool import Spool
 
     spool = Spool(settings.spool_dir)
     try:
@@ -228,7 +228,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from channels.pipe import EX_TEMPFAIL, ingest
-    from gateway.spool import Spool, SpoolError
+    from gateway.intake.spool import Spool, SpoolError
 
     try:
         settings = _settings(args)
@@ -466,8 +466,8 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     """The verdict for a message, creating nothing (how an admin tests a rule)."""
 
+    from gateway.intake.spool import Envelope
     from gateway.runtime import load_runtime
-    from gateway.spool import Envelope
     from gateway.stages.classify import classify
     from gateway.stages.identify import identify
     from gateway.stages.parse import parse

@@ -79,7 +79,7 @@ def _print_config_error(exc: ConfigError) -> None:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     from gateway.audit import Actor
-    from gateway.blobs import BlobStore
+    from gateway.intake.blobs import BlobStore
     from gateway.retention import describe, purge
     from gateway.storage.db import make_engine, session_factory
 
@@ -119,8 +119,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from gateway.audit import Actor
-    from gateway.blobs import BlobStore
     from gateway.erasure import ErasureError, describe, erase, parse_contact
+    from gateway.intake.blobs import BlobStore
     from gateway.storage.db import make_engine, session_factory
 
     kinds: set[str] = set()

@@ -33,14 +33,14 @@ from channels.twilio import TwilioChannel, build_app, start_webhooks
 from gateway import clock as business_clock
 from gateway.api.app import build_api_app
 from gateway.api.context import ApiContext
-from gateway.blobs import BlobStore
 from gateway.config.loader import Settings
 from gateway.health import health_endpoints
 from gateway.http_server import HttpServer, RefuseWhileStopping, serve_http
+from gateway.intake.blobs import BlobStore
+from gateway.intake.spool import Spool
 from gateway.metrics import GatewayCollector
 from gateway.notify import Notifier, watchdog_interval
 from gateway.runtime import RuntimeBox
-from gateway.spool import Spool
 from gateway.storage.db import make_engine, session_factory
 from gateway.twilio_outbound import auth_token as twilio_auth_token
 

@@ -80,10 +80,10 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapper, Session, sessionmaker
 
 from gateway.audit import Actor, record_action
-from gateway.blobs import BlobStore
 from gateway.directory import normalise_phone
+from gateway.intake.blobs import BlobStore
+from gateway.intake.spool import Spool
 from gateway.retention import blob_files, chunks, delete_files, still_referenced
-from gateway.spool import Spool
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.models import (
     AttachmentRecord,

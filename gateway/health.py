@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from gateway.intake.spool import Spool
 from gateway.metrics import GatewayCollector
-from gateway.spool import Spool
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 

@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
 from gateway import forwarding_sender
+from gateway.intake.spool import Spool
 from gateway.pipeline import BUCKETS
-from gateway.spool import Spool
 from gateway.storage.models import Intake, OutboxRow, Ticket
 from gateway.storage.queries import OPEN_STATUSES
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway import clock as business_clock
 from gateway.config.loader import secret
 from gateway.config.schema import OutboundSection
-from gateway.faults import crash_point
+from gateway.intake.faults import crash_point
 from gateway.stages.automated import OWN_LOOP_HEADER
 from gateway.storage.models import OutboxRow
 

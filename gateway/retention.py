@@ -1,6 +1,6 @@
 """Retention: `gateway purge` removes what a closed ticket no longer needs, and deletes blobs.
 
-Owns the purge rule and the only code that deletes blobs (`gateway/blobs.py` never deletes).
+Owns the purge rule and the only code that deletes blobs (`gateway/intake/blobs.py` never deletes).
 
 * **Closed tickets past retention** (status resolved or closed, closed before the cutoff) and
   **messages that never became a ticket** (rejected, discarded) received before the cutoff lose
@@ -43,7 +43,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.audit import Actor, record_action
-from gateway.blobs import BlobStore
+from gateway.intake.blobs import BlobStore
 from gateway.storage.models import (
     AttachmentRecord,
     Message,

@@ -283,7 +283,7 @@ class Gateway:
         channel_key: str | None = None,
     ) -> str:
 
-        from gateway.spool import Envelope
+        from gateway.intake.spool import Envelope
 
         return self.spool.enqueue(
             raw,

@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.audit import Actor, record_action
-from gateway.blobs import BlobStore
+from gateway.intake.blobs import BlobStore
 from gateway.message import Automated
 from gateway.outbox import gate, new_message_id
 from gateway.stages.persist import opted_out, sms_gate

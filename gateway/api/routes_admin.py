@@ -33,7 +33,7 @@ from gateway.api.schemas import (
 )
 from gateway.api.views import download_headers
 from gateway.audit import Actor, record_action
-from gateway.spool import Entry, QuarantineRecord, SpoolError
+from gateway.intake.spool import Entry, QuarantineRecord, SpoolError
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.queries import as_utc
 

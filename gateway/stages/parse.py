@@ -21,8 +21,8 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
+from gateway.intake.spool import Envelope
 from gateway.message import Attachment, ParsedMessage
-from gateway.spool import Envelope
 
 # mail-parser logs every MIME part it does not handle at WARNING; that is noise, not news.
 logging.getLogger("mailparser").setLevel(logging.ERROR)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from classifiers.types import Verdict
 from gateway import emergency_holds
 from gateway.config.loader import Templates
-from gateway.faults import crash_point
+from gateway.intake.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.outbox import Draft, gate, render
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply

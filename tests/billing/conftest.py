@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from gateway.intake.spool import Envelope
 from gateway.pipeline import process
 from gateway.runtime import Runtime
-from gateway.spool import Envelope
 from gateway.stages.persist import Persisted
 from gateway.storage.billing_tables import (
     Bundle,

@@ -23,8 +23,8 @@ from gateway.billing import (
 )
 from gateway.cli import main as gateway_main
 from gateway.emergency import Evidence, Quote
+from gateway.intake.spool import Envelope
 from gateway.pipeline import Job, JobResult, process_batch
-from gateway.spool import Envelope
 from gateway.storage.billing_tables import Bundle, LedgerEntry
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import Ticket

@@ -20,8 +20,8 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from channels.twilio import TwilioChannel, build_app, start_webhooks
+from gateway.intake.spool import Spool
 from gateway.runtime import load_runtime
-from gateway.spool import Spool
 from tests.helpers import Gateway
 
 TOKEN = "test-auth-token-0123456789abcdef"

@@ -75,7 +75,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from gateway import clock as business_clock
-from gateway.faults import crash_point, spool_write_fault
+from gateway.intake.faults import crash_point, spool_write_fault
 
 __all__ = [
     "Entry",

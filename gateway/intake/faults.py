@@ -7,7 +7,7 @@ What this module owns
   The points (each a one-line `crash_point(...)` call where it happens):
 
   - ``mid-spool-write``: a message is written to ``spool/tmp/`` but neither fsynced nor renamed
-    into ``incoming/`` (`gateway/spool.py`); nobody was acknowledged, recover() deletes it;
+    into ``incoming/`` (`gateway/intake/spool.py`); nobody was acknowledged, recover() deletes it;
   - ``after-spool-before-ack``: durable in the spool, the 250 / 2xx not yet sent (SMTP, Twilio);
   - ``imap-after-spool-before-move``: durable in the spool, the IMAP server not yet told;
   - ``after-ack-before-persist``: a worker decided, nothing written yet (`gateway/pipeline.py`);
