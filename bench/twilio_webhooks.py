@@ -34,7 +34,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.twilio import TwilioChannel, build_app, start_webhooks
 from gateway.intake.spool import Spool
-from gateway.runtime import load_runtime
+from gateway.service.runtime import load_runtime
 from tests.helpers import configure
 
 TOKEN = "bench-token"

@@ -43,11 +43,11 @@ from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from gateway import clock as business_clock
 from gateway.directory import normalise_phone
-from gateway.http_server import HttpServer, serve_http
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError
 from gateway.policy import check_channel_entitlement
-from gateway.runtime import Runtime
+from gateway.service.http_server import HttpServer, serve_http
+from gateway.service.runtime import Runtime
 from gateway.stages.decide import sms_keyword
 
 log = logging.getLogger(__name__)
@@ -344,5 +344,5 @@ def build_app(channel: TwilioChannel) -> Starlette:
 
 
 async def start_webhooks(app: Starlette, host: str, port: int) -> HttpServer:
-    """Serve the webhook app in the running loop (see gateway.http_server)."""
+    """Serve the webhook app in the running loop (see gateway.service.http_server)."""
     return await serve_http(app, host, port)

@@ -82,7 +82,7 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from gateway.runtime import load_runtime
+    from gateway.service.runtime import load_runtime
 
     try:
         load_runtime(Path(args.config))
@@ -94,8 +94,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.daemon import AlreadyRunningError, run_daemon
-    from gateway.runtime import RuntimeBox, load_runtime
+    from gateway.service.daemon import AlreadyRunningError, run_daemon
+    from gateway.service.runtime import RuntimeBox, load_runtime
     from gateway.storage.db import is_sqlite, upgrade
 
     _setup_logging(args.verbose)
@@ -116,8 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from gateway.runtime import RuntimeBox, load_runtime
-    from gateway.worker import Worker, storage_unavailable
+    from gateway.service.runtime import RuntimeBox, load_runtime
+    from gateway.service.worker import Worker, storage_unavailable
 
     _setup_logging(args.verbose)
     runtime = load_runtime(Path(args.config))
@@ -160,7 +160,9 @@ def _ensure_schema(url: str, worker: Any, unavailable: Any, status_path: Path | 
         except Exception as exc:
             if not unavailable(exc):
                 raise
-            logging.getLogger("gateway.worker").error("database unavailable at start: %s", exc)
+            logging.getLogger("gateway.service.worker").error(
+                "database unavailable at start: %s", exc
+            )
             worker.stats.last_error = f"storage unavailable: {exc}"
             if worker.stats.storage_down_since is None:
                 worker.stats.storage_down_since = business_clock.wall_seconds()
@@ -467,7 +469,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     """The verdict for a message, creating nothing (how an admin tests a rule)."""
 
     from gateway.intake.spool import Envelope
-    from gateway.runtime import load_runtime
+    from gateway.service.runtime import load_runtime
     from gateway.stages.classify import classify
     from gateway.stages.identify import identify
     from gateway.stages.parse import parse
@@ -516,7 +518,7 @@ def _classifier_settings(settings: Settings) -> Any:
         settings.severity.classifier, settings.severity.levels, "severity.toml"
     )
     if csettings is None:
-        from gateway.runtime import convert_problem
+        from gateway.service.runtime import convert_problem
 
         raise ConfigError([convert_problem(p) for p in problems])
     return csettings
@@ -524,7 +526,7 @@ def _classifier_settings(settings: Settings) -> Any:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from classifiers.training import train
-    from gateway.runtime import model_dir
+    from gateway.service.runtime import model_dir
 
     settings = load_lenient(Path(args.config))[0]
     labels = [] if args.no_labels else _labels(settings)
@@ -544,7 +546,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from classifiers.training import evaluate
-    from gateway.runtime import model_dir
+    from gateway.service.runtime import model_dir
 
     settings = load_lenient(Path(args.config))[0]
     evaluate(
@@ -561,7 +563,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from gateway.explain import explain
-    from gateway.runtime import load_runtime
+    from gateway.service.runtime import load_runtime
     from gateway.storage.customers import load_accounts
     from gateway.storage.db import is_sqlite, make_engine, session_factory
 

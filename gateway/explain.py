@@ -17,7 +17,7 @@ from classifiers.types import Verdict
 from gateway.emergency import authenticate, for_classifier
 from gateway.intake.spool import Envelope
 from gateway.message import Automated, Customer, ParsedMessage, Thread
-from gateway.runtime import Runtime
+from gateway.service.runtime import Runtime
 from gateway.stages.automated import check_automated
 from gateway.stages.classify import classify
 from gateway.stages.decide import Decision, decide

@@ -7,7 +7,7 @@ ticket to one webhook go out in order), the signed POST (httpx; redirects are no
 signed ticket is never re-sent to a host nobody configured), the outcome (2xx: delivered and
 the stored body dropped; anything else: retried with backoff; after `max_attempts`: a dead
 letter) and the admin's view and retry of dead letters. See gateway/forwarding.py for why this
-is at least once for every change. Runs in worker 0's forwarding thread (gateway/worker.py).
+is at least once for every change. Runs in worker 0's forwarding thread (gateway/service/worker.py).
 
 Must never: hold a database transaction open across a network call, send a delivery without
 its signature, or log a secret or a body (bodies carry customer text).

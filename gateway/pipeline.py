@@ -36,7 +36,7 @@ from gateway.intake.blobs import BlobStore
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope
 from gateway.message import ParsedMessage
-from gateway.runtime import Runtime
+from gateway.service.runtime import Runtime
 from gateway.stages.automated import check_automated
 from gateway.stages.classify import classify
 from gateway.stages.decide import decide

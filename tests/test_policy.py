@@ -131,7 +131,7 @@ def test_a_severity_floor_never_lifts_a_ticket_above_its_plans_ceiling() -> None
 
 @pytest.fixture(scope="module")
 def runtime():  # type: ignore[no-untyped-def]
-    from gateway.runtime import load_runtime
+    from gateway.service.runtime import load_runtime
 
     return load_runtime(ROOT / "config")
 

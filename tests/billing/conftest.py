@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from gateway.intake.spool import Envelope
 from gateway.pipeline import process
-from gateway.runtime import Runtime
+from gateway.service.runtime import Runtime
 from gateway.stages.persist import Persisted
 from gateway.storage.billing_tables import (
     Bundle,

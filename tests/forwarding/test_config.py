@@ -12,7 +12,7 @@ import pytest
 from gateway import forwarding_sender
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
-from gateway.runtime import RuntimeBox, load_runtime
+from gateway.service.runtime import RuntimeBox, load_runtime
 from tests.forwarding.support import ROOT, WEBHOOK, webhook_toml, write_forwarding
 from tests.helpers import configure
 

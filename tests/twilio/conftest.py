@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from channels.twilio import TwilioChannel, build_app, start_webhooks
 from gateway.intake.spool import Spool
-from gateway.runtime import load_runtime
+from gateway.service.runtime import load_runtime
 from tests.helpers import Gateway
 
 TOKEN = "test-auth-token-0123456789abcdef"

@@ -34,13 +34,13 @@ from gateway import clock as business_clock
 from gateway.api.app import build_api_app
 from gateway.api.context import ApiContext
 from gateway.config.loader import Settings
-from gateway.health import health_endpoints
-from gateway.http_server import HttpServer, RefuseWhileStopping, serve_http
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
-from gateway.metrics import GatewayCollector
-from gateway.notify import Notifier, watchdog_interval
-from gateway.runtime import RuntimeBox
+from gateway.service.health import health_endpoints
+from gateway.service.http_server import HttpServer, RefuseWhileStopping, serve_http
+from gateway.service.metrics import GatewayCollector
+from gateway.service.notify import Notifier, watchdog_interval
+from gateway.service.runtime import RuntimeBox
 from gateway.storage.db import make_engine, session_factory
 from gateway.twilio_outbound import auth_token as twilio_auth_token
 
@@ -246,7 +246,7 @@ class Daemon:
         log.info("stopped")
 
     def _health_app(self, settings: Settings) -> Starlette:
-        """The [api] app: health and metrics (gateway/health.py) with the agents' API, the
+        """The [api] app: health and metrics (gateway/service/health.py) with the agents' API, the
         queue page and forwarding routes around them (gateway/api/app.py)."""
         assert self.spool is not None
         sessions = session_factory(make_engine(settings.database_url))

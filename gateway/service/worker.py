@@ -37,7 +37,7 @@ from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Entry, Spool
 from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
 from gateway.pipeline import storage_unavailable as storage_unavailable
-from gateway.runtime import RuntimeBox
+from gateway.service.runtime import RuntimeBox
 from gateway.storage.db import make_engine, session_factory
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Owns what "alive" and "ready" mean. `/healthz`: the process answers (liveness; t
 watchdog covers wedged work). `/readyz`: the database answers, the spool is writable with room
 to spare, and every listener is bound — a load balancer sends webhooks elsewhere while this is
 503, and intake still works from the spool. `/metrics`: Prometheus text from
-`gateway.metrics.GatewayCollector`. Never writes anything.
+`gateway.service.metrics.GatewayCollector`. Never writes anything.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.intake.spool import Spool
-from gateway.metrics import GatewayCollector
+from gateway.service.metrics import GatewayCollector
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
