@@ -42,10 +42,10 @@ from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from gateway import clock as business_clock
-from gateway.directory import normalise_phone
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError
-from gateway.policy import check_channel_entitlement
+from gateway.policy.directory import normalise_phone
+from gateway.policy.plans import check_channel_entitlement
 from gateway.service.http_server import HttpServer, serve_http
 from gateway.service.runtime import Runtime
 from gateway.stages.decide import sms_keyword

@@ -1,8 +1,8 @@
 """Is an instant after hours? The flag an emergency charge carries ("Additional fees may apply to
 after hours service"), with the reason in plain words for `gateway show` and the ledger.
 
-Owns only the explanation: whether a calendar is open is `gateway.calendars.is_open`'s decision,
-never re-implemented here (one place for each rule of the business), so "after hours" is
+Owns only the explanation: whether a calendar is open is `gateway.policy.calendars.is_open`'s
+decision, never re-implemented here (one place for each rule of the business), so "after hours" is
 exactly "the calendar is closed", DST change days and holidays included.
 
 Must never: read a clock (the instant is the caller's), read files or touch the database, or
@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from gateway.calendars import WEEKDAYS, Calendar, is_open
+from gateway.policy.calendars import WEEKDAYS, Calendar, is_open
 
 
 @dataclass(frozen=True)

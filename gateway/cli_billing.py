@@ -217,8 +217,8 @@ def cmd_credit(args: argparse.Namespace) -> int:
 
 
 def cmd_release_holds(args: argparse.Namespace) -> int:
-    from gateway.calendars import build_calendars
     from gateway.emergency_holds import release_expired
+    from gateway.policy.calendars import build_calendars
     from gateway.storage.db import make_engine, session_factory
 
     now = business_clock.now()

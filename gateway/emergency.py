@@ -32,10 +32,10 @@ from decimal import Decimal
 from typing import Literal
 
 from gateway.after_hours import after_hours, describe_hours
-from gateway.calendars import Calendar
 from gateway.config.schema import EmergencyFile, Plan
 from gateway.message import Customer, ParsedMessage, Thread
-from gateway.policy import channel_kind
+from gateway.policy.calendars import Calendar
+from gateway.policy.plans import channel_kind
 from gateway.sender_auth import DnsTxtResolver, authenticate_sender
 
 # The hold reason of a ticket awaiting the customer's acknowledgement (queue and `show`).

@@ -26,12 +26,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.billing import link_ticket, record_incident
-from gateway.calendars import Calendar
 from gateway.config.loader import Settings
 from gateway.emergency import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quote, hold_time
 from gateway.message import Thread
 from gateway.outbox import gate, new_message_id
-from gateway.policy import Sla, due_times
+from gateway.policy.calendars import Calendar
+from gateway.policy.plans import Sla, due_times
 from gateway.stages.decide import Decision
 from gateway.storage.billing_tables import EmergencyRequest
 from gateway.storage.models import OutboxRow, Ticket, TicketEvent

@@ -1,6 +1,6 @@
 """The escalation scheduler: finds tickets due an escalation, records each once, tells the step.
 
-Owns the database side of escalation; the rules are `gateway.escalation`'s. `run_once` reads
+Owns the database side of escalation; the rules are `gateway.policy.escalation`'s. `run_once` reads
 the open tickets that can be due (one index-friendly query), asks `due_escalations` about each,
 and for each ticket with something due, in one short transaction:
   lock the ticket row (`FOR UPDATE SKIP LOCKED` on PostgreSQL: another instance busy with it
@@ -32,9 +32,10 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.calendars import Calendar
 from gateway.config.loader import Settings
-from gateway.escalation import (
+from gateway.outbox import new_message_id
+from gateway.policy.calendars import Calendar
+from gateway.policy.escalation import (
     OPEN_STATUSES,
     Escalation,
     EscalationPolicy,
@@ -42,7 +43,6 @@ from gateway.escalation import (
     TicketClock,
     due_escalations,
 )
-from gateway.outbox import new_message_id
 from gateway.storage.models import EscalationEvent, OutboxRow, Ticket, TicketEvent, TicketPause
 from gateway.storage.queries import as_utc
 

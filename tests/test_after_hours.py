@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.after_hours import after_hours, describe_hours
-from gateway.calendars import Calendar, build_calendars, is_open
 from gateway.config.schema import CalendarsFile
 from gateway.config.validate import build
+from gateway.policy.calendars import Calendar, build_calendars, is_open
 
 ROOT = Path(__file__).resolve().parents[1]
 NY = ZoneInfo("America/New_York")

@@ -22,18 +22,19 @@ from sqlalchemy import select
 
 from gateway import clock as business_clock
 from gateway import escalation_scheduler
-from gateway.calendars import (
+from gateway.cli import main
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load
+from gateway.config.schema import CalendarDef
+from gateway.escalation_scheduler import Escalated, run_once
+from gateway.policy.calendars import (
     Calendar,
     add_business_minutes,
     build_calendar,
     is_open,
     next_opening,
 )
-from gateway.cli import main
-from gateway.config.errors import ConfigError
-from gateway.config.loader import load
-from gateway.config.schema import CalendarDef
-from gateway.escalation import (
+from gateway.policy.escalation import (
     Escalation,
     EscalationPolicy,
     Recorded,
@@ -41,7 +42,6 @@ from gateway.escalation import (
     TicketClock,
     due_escalations,
 )
-from gateway.escalation_scheduler import Escalated, run_once
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import EscalationEvent, OutboxRow, Ticket, TicketEvent, TicketPause
 from gateway.storage.queries import OPEN_STATUSES, as_utc
@@ -99,11 +99,11 @@ def kinds(events: tuple[Escalation, ...] | list[Escalated]) -> list[tuple[str, s
     return [(e.target, e.kind, e.step) for e in events]
 
 
-# ---- the pure rules (gateway/escalation.py) ----------------------------------------------------
+# ---- the pure rules (gateway/policy/escalation.py) ------------------------------------------
 
 
 def test_escalation_counts_open_tickets_like_the_queue() -> None:
-    from gateway import escalation
+    from gateway.policy import escalation
 
     assert escalation.OPEN_STATUSES == OPEN_STATUSES
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.calendars import check_calendars
 from gateway.config.errors import ConfigError, ConfigProblem, find_line
 from gateway.config.schema import (
     CalendarsFile,
@@ -29,7 +28,8 @@ from gateway.config.schema import (
 )
 from gateway.config.validate import build
 from gateway.forwarding import check_forwarding, known_queues
-from gateway.routing import check_routing
+from gateway.policy.calendars import check_calendars
+from gateway.policy.routing import check_routing
 
 T = TypeVar("T")
 

@@ -457,7 +457,7 @@ class LevelDef:
     action: str = ""
 
 
-# -- [escalation] in severity.toml (gateway/escalation.py, gateway/escalation_scheduler.py) --
+# -- [escalation] in severity.toml (gateway/policy/escalation.py, escalation_scheduler.py) --
 
 
 def _percent(v: int) -> str | None:
@@ -518,7 +518,7 @@ class RouteMatch:
     """[rule.match]: every condition given must hold (AND); a list holds when any value does (OR).
 
     A key left out matches anything; a rule without [rule.match] matches every ticket. Names
-    (plans, levels, calendars) are checked against the other files by `gateway.routing`."""
+    (plans, levels, calendars) are checked against the other files by `gateway.policy.routing`."""
 
     # Channel kinds as plans.toml names them: "email", "sms", "voice" (not "smtp" or "imap").
     channel: tuple[str, ...] | None = None
@@ -591,7 +591,8 @@ class RoutingFile:
 
 @dataclass(frozen=True)
 class CalendarDef:
-    # One business-hours calendar for SLA clocks, checked by `gateway.calendars.check_calendars`.
+    # One business-hours calendar for SLA clocks, checked by
+    # `gateway.policy.calendars.check_calendars`.
     # IANA timezone name ("America/New_York", "Europe/Berlin", "UTC"); hours are local wall-clock
     # time there, so 08:00-18:00 stays 08:00-18:00 on both DST change days.
     timezone: str = "UTC"

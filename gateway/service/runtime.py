@@ -18,13 +18,13 @@ from pathlib import Path
 
 from classifiers.engine import Engine, build_engine
 from classifiers.settings import parse_classifier_table
-from gateway.calendars import build_calendars
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.loader import Settings, load
 from gateway.config.schema import Account, CustomersFile
-from gateway.directory import Directory
-from gateway.policy import Plans
-from gateway.routing import build_router
+from gateway.policy.calendars import build_calendars
+from gateway.policy.directory import Directory
+from gateway.policy.plans import Plans
+from gateway.policy.routing import build_router
 from gateway.sender_auth import DnsTxtResolver
 from gateway.stages.decide import Policy
 from gateway.stages.persist import PersistContext

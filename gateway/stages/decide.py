@@ -23,11 +23,11 @@ from datetime import datetime, timedelta
 
 from classifiers.types import Verdict
 from gateway import emergency as emergency_rules
-from gateway.calendars import Calendar
 from gateway.config.schema import AutomatedSection, EmergencyFile, SeverityFile
 from gateway.emergency import EmergencyStep
 from gateway.message import Automated, Customer, ParsedMessage, Thread
-from gateway.policy import (
+from gateway.policy.calendars import Calendar
+from gateway.policy.plans import (
     DueTimes,
     Plans,
     Sla,
@@ -37,8 +37,8 @@ from gateway.policy import (
     due_times,
     sla_for,
 )
-from gateway.routing import Route, Router, RoutingFacts
-from gateway.routing import route as route_message
+from gateway.policy.routing import Route, Router, RoutingFacts
+from gateway.policy.routing import route as route_message
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
-from gateway.directory import normalise_phone
 from gateway.intake.spool import Envelope
 from gateway.message import ParsedMessage
+from gateway.policy.directory import normalise_phone
 
 VOICE_EVENTS: Final = ("call", "gather", "recording", "transcription")
 # Twilio transcribes recordings of 2 to 120 seconds only (<Record transcribe> docs).

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from gateway.calendars import Calendar, add_business_minutes
 from gateway.config.schema import LevelDef, Plan, PlansFile, SeverityFile
 from gateway.message import Customer
+from gateway.policy.calendars import Calendar, add_business_minutes
 
 CHANNEL_KIND = {
     "smtp": "email",

@@ -45,13 +45,13 @@ from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from gateway.calendars import (
+from gateway.config.schema import EscalationSection
+from gateway.policy.calendars import (
     Calendar,
     CalendarClosedError,
     add_business_minutes_with_pauses,
     business_minutes_between,
 )
-from gateway.config.schema import EscalationSection
 
 Target = Literal["first_response", "resolution", "activity"]
 Kind = Literal["near", "breach", "linger"]

@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from gateway.calendars import Calendar, is_open
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.schema import RouteMatch, RouteRule, RoutingFile
-from gateway.directory import normalise_phone
-from gateway.policy import CHANNEL_KIND
+from gateway.policy.calendars import Calendar, is_open
+from gateway.policy.directory import normalise_phone
+from gateway.policy.plans import CHANNEL_KIND
 
 FILE = "routing.toml"
 _RULE_NAME = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
