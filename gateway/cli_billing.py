@@ -1,7 +1,7 @@
 """CLI commands for billing (bundles, ledger, export).
 
 Registered on the main parser by `gateway.cli.build_parser`. Commands print plain words for an
-admin; the rules they apply live in `gateway/billing.py` and `gateway/emergency_holds.py`,
+admin; the rules they apply live in `gateway/emergency/ledger.py` and `gateway/emergency/holds.py`,
 never here. Every change (a bundle, a credit) is audited as `cli:<user>` in its transaction.
 
     gateway billing bundle add ACCOUNT UNITS [--note TEXT]
@@ -114,7 +114,7 @@ def _known_accounts(settings: Settings, session: Session) -> set[str]:
 
 
 def cmd_bundle_add(args: argparse.Namespace) -> int:
-    from gateway.billing import add_bundle, bundle_balance
+    from gateway.emergency.ledger import add_bundle, bundle_balance
 
     settings = _settings(args)
     with _session(settings, write=True) as session:
@@ -137,7 +137,7 @@ def cmd_bundle_add(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from gateway.billing import account_billing
+    from gateway.emergency.ledger import account_billing
 
     settings = _settings(args)
     with _session(settings) as session:
@@ -167,7 +167,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gateway.billing import export_incidents
+    from gateway.emergency.ledger import export_incidents
 
     try:
         since = parse_when(args.since, option="--from")
@@ -191,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_credit(args: argparse.Namespace) -> int:
-    from gateway.billing import credit_incident
+    from gateway.emergency.ledger import credit_incident
     from gateway.storage.queries import find_ticket
 
     settings = _settings(args)
@@ -217,7 +217,7 @@ def cmd_credit(args: argparse.Namespace) -> int:
 
 
 def cmd_release_holds(args: argparse.Namespace) -> int:
-    from gateway.emergency_holds import release_expired
+    from gateway.emergency.holds import release_expired
     from gateway.policy.calendars import build_calendars
     from gateway.storage.db import make_engine, session_factory
 

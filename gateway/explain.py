@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Verdict
-from gateway.emergency import authenticate, for_classifier
+from gateway.emergency.rules import authenticate, for_classifier
 from gateway.intake.spool import Envelope
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.service.runtime import Runtime

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # sender_auth imports the parse stage, which imports this module
-    from gateway.sender_auth import SenderAuth
+    from gateway.emergency.sender_auth import SenderAuth
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ class ParsedMessage:
     raw_size: int
     dedup_key: str
     defects: tuple[str, ...] = ()
-    # Is the From address authenticated (gateway/sender_auth.py)? Computed from the raw bytes
-    # only for mail asking for emergency support (gateway/emergency.py: authenticate); None
+    # Is the From address authenticated (gateway/emergency/sender_auth.py)? Computed from the raw
+    # bytes
+    # only for mail asking for emergency support (gateway/emergency/rules.py: authenticate); None
     # when not computed.
     sender_auth: SenderAuth | None = None
 
@@ -106,7 +107,7 @@ class TicketRef:
     status: str
     closed_at: datetime | None
     contact_email: str | None
-    # -- emergency support (gateway/emergency.py); only ever added --------------------------
+    # -- emergency support (gateway/emergency/rules.py); only ever added --------------------------
     severity: str = ""
     held: bool = False
     emergency: bool = False

@@ -31,7 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
-from gateway.emergency import authenticate, for_classifier
+from gateway.emergency.rules import authenticate, for_classifier
 from gateway.intake.blobs import BlobStore
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope

@@ -164,7 +164,7 @@ class TicketDetail(TicketSummary):
     resolution: Resolution | None
     links: Links
     billing: dict[str, Any] | None = Field(
-        description="Emergency billing for the ticket (gateway.billing), null if none."
+        description="Emergency billing for the ticket (gateway.emergency.ledger), null if none."
     )
 
 

@@ -50,7 +50,8 @@ from gateway.storage.queries import OPEN_STATUSES, as_utc, find_ticket, queue_or
 API_PREFIX = "/api/v1"
 MAX_PAGE = 500
 
-# A ticket's billing, when gateway.billing is installed: (session, ticket id) -> JSON or None.
+# A ticket's billing, when gateway.emergency.ledger is installed: (session, ticket id) -> JSON or
+# None.
 BillingLookup = Callable[[Session, int], dict[str, Any] | None]
 
 

@@ -69,7 +69,7 @@ class Settings:
     routing: RoutingFile
     templates: Templates
     rules_dir: Path
-    # emergency.toml: emergency (billable) support (gateway/emergency.py).
+    # emergency.toml: emergency (billable) support (gateway/emergency/rules.py).
     emergency: EmergencyFile = field(default_factory=EmergencyFile)
     # forwarding.toml: outbound webhooks into help desks (gateway/forwarding.py).
     forwarding: ForwardingFile = field(default_factory=ForwardingFile)
@@ -363,7 +363,7 @@ def _check_severity(directory: Path, severity: SeverityFile, problems: list[Conf
         )
 
 
-# Templates emergency support sends (gateway/emergency.py); each needs an English text.
+# Templates emergency support sends (gateway/emergency/rules.py); each needs an English text.
 EMERGENCY_TEMPLATES = (
     "emergency-unavailable",
     "confirm-charge",

@@ -366,8 +366,8 @@ class Plan:
     jump_queue: bool = True
     # Per-level SLA overrides, e.g. [plan.sla.urgent] first_response_minutes = 30.
     sla: dict[str, SlaTarget] = field(default_factory=dict)
-    # -- emergency billing (gateway/billing.py); required when emergency = true --------------
-    # Price of one emergency incident, a quoted decimal in `currency`: "250.00".
+    # -- emergency billing (gateway/emergency/ledger.py); required when emergency = true
+    # -------------- Price of one emergency incident, a quoted decimal in `currency`: "250.00".
     emergency_price: str = field(default="", metadata=check(lambda v: _money(v)))
     # Added to the price when the emergency is asked for after hours (emergency.toml's
     # after_hours_calendar); "" or "0" for none. A prepaid bundle unit covers the price, not this.
@@ -382,7 +382,8 @@ class PlansFile:
     plan: tuple[Plan, ...] = ()
 
 
-# ---- emergency.toml: emergency (billable) support (gateway/emergency.py) ---------------------
+# ---- emergency.toml: emergency (billable) support (gateway/emergency/rules.py)
+# ---------------------
 
 
 def _money(v: str) -> str | None:

@@ -21,11 +21,11 @@ from classifiers.settings import parse_classifier_table
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.loader import Settings, load
 from gateway.config.schema import Account, CustomersFile
+from gateway.emergency.sender_auth import DnsTxtResolver
 from gateway.policy.calendars import build_calendars
 from gateway.policy.directory import Directory
 from gateway.policy.plans import Plans
 from gateway.policy.routing import build_router
-from gateway.sender_auth import DnsTxtResolver
 from gateway.stages.decide import Policy
 from gateway.stages.persist import PersistContext
 
@@ -41,7 +41,7 @@ class Runtime:
     persist: PersistContext
     generation: int
     # DNS TXT lookups for our own DKIM check of mail asking for emergency support
-    # (gateway/emergency.py: authenticate); None: no DKIM check. Tests inject a stand-in.
+    # (gateway/emergency/rules.py: authenticate); None: no DKIM check. Tests inject a stand-in.
     dkim_resolver: DnsTxtResolver | None = None
 
     @property

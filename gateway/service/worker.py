@@ -26,13 +26,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
-from gateway import (
-    emergency_holds,
-    escalation_scheduler,
-    forwarding_sender,
-    outbox_sender,
-    twilio_outbound,
-)
+from gateway import escalation_scheduler, forwarding_sender, outbox_sender, twilio_outbound
+from gateway.emergency import holds as emergency_holds
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Entry, Spool
 from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
@@ -251,7 +246,7 @@ class Worker:
             log.warning("escalation scheduler: %s: %s", type(exc).__name__, exc)
 
     def release_holds_once(self) -> None:
-        """Release emergency holds nobody confirmed in time (gateway/emergency_holds.py),
+        """Release emergency holds nobody confirmed in time (gateway/emergency/holds.py),
         worker 0 only."""
         runtime = self.box.current
         try:

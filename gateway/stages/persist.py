@@ -4,7 +4,7 @@ Owns exactly-once (DESIGN promise 2): the intake row claims the message's dedup 
 unique constraint before anything else is written, so a redelivery, a replay, the same mail by
 SMTP and IMAP, or two instances racing all end as one ticket plus recorded duplicates. In the
 same transaction: the ticket or follow-up, the message, attachment records, every recorded
-reason, an emergency's hold, incident and ledger rows (`gateway/emergency_holds.py`), and outbox
+reason, an emergency's hold, incident and ledger rows (`gateway/emergency/holds.py`), and outbox
 rows (acknowledgements pass the outbox gate and the per-recipient limit
 here, because the limit needs history). `record` runs inside the caller's transaction (the
 pipeline gives each message of a batch its own SAVEPOINT); blobs are made durable *before* that
@@ -22,8 +22,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
-from gateway import emergency_holds
 from gateway.config.loader import Templates
+from gateway.emergency import holds as emergency_holds
 from gateway.intake.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.outbox import Draft, gate, render

@@ -53,7 +53,7 @@ PROMPT_KINDS = ("confirm-charge", "sms-confirm-charge")
 
 def _awaiting(session: Session, ticket_id: int) -> tuple[bool, tuple[Prompt, ...]]:
     """Is the held ticket awaiting the customer's acknowledgement, and which prompts did we send
-    for it (only a reply to one of them confirms: gateway/emergency.py)?"""
+    for it (only a reply to one of them confirms: gateway/emergency/rules.py)?"""
     waiting = session.execute(
         select(EmergencyRequest.id).where(
             EmergencyRequest.ticket_id == ticket_id, EmergencyRequest.status == "awaiting"
@@ -216,7 +216,9 @@ def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> di
         linked = session.get(Ticket, ticket.linked_from_id)
         out["linked_from"] = linked.reference if linked else None
     if detail:
-        from gateway.billing import ticket_billing  # billing reads tickets through this module
+        from gateway.emergency.ledger import (
+            ticket_billing,  # billing reads tickets through this module
+        )
 
         # The emergency request, incident, ledger and link, each explained in plain words.
         out["billing"] = ticket_billing(session, ticket.id)

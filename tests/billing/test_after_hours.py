@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config.loader import load
 from gateway.config.schema import CalendarDef, CalendarsFile, EmergencyFile
-from gateway.emergency import quote
+from gateway.emergency.rules import quote
 from gateway.policy.calendars import build_calendars
 from gateway.policy.plans import Plans
 from gateway.storage.queries import as_utc

@@ -1,10 +1,10 @@
 """The database side of emergency support: requests, holds, releases, incidents and links.
 
 Owns what happens to a ticket once decide has judged an emergency request
-(`gateway/emergency.py`): `apply` runs inside persist's transaction and opens the held request
+(`gateway/emergency/rules.py`): `apply` runs inside persist's transaction and opens the held request
 (the ticket is held "awaiting acknowledgement", its SLA clock stopped), or acknowledges the
 emergency (released if it was held: top of the queue, due times from now, the incident billed
-through `gateway/billing.py`), or links a ticket to an account's open emergency.
+through `gateway/emergency/ledger.py`), or links a ticket to an account's open emergency.
 `release_expired` is worker 0's periodic job (like escalation): a held request nobody confirmed
 within `hold_timeout_minutes` is released at its classified severity, with a note on the ticket
 and one message to the customer, never billed.
@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.billing import link_ticket, record_incident
 from gateway.config.loader import Settings
-from gateway.emergency import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quote, hold_time
+from gateway.emergency.ledger import link_ticket, record_incident
+from gateway.emergency.rules import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quote, hold_time
 from gateway.message import Thread
 from gateway.outbox import gate, new_message_id
 from gateway.policy.calendars import Calendar

@@ -13,11 +13,11 @@ Failing 1 or 2 makes the request "unavailable" (one polite reply, the ticket goe
 classified severity); failing 3 or 4 makes it "held" until the contact confirms. Also owns
 whether a message confirms a held request (`confirmation`: only a reply to our prompt, from its
 recipient, with the word), the price quoted (`quote`, with the after-hours flag of
-`gateway.after_hours`), the agent-review flag when the classifier disagrees (`review_flag`), and
-for which mail the sender's authentication is computed (`authenticate`).
+`gateway.emergency.after_hours`), the agent-review flag when the classifier disagrees
+(`review_flag`), and for which mail the sender's authentication is computed (`authenticate`).
 
-Pure: never touches storage or a clock, never writes the ledger (gateway/billing.py does) and
-never holds a ticket (persist does, as decide says). Its only I/O is DKIM's DNS lookup, through
+Pure: never touches storage or a clock, never writes the ledger (gateway/emergency/ledger.py does)
+and never holds a ticket (persist does, as decide says). Its only I/O is DKIM's DNS lookup, through
 the resolver the caller injects into `authenticate`.
 """
 
@@ -31,12 +31,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from gateway.after_hours import after_hours, describe_hours
 from gateway.config.schema import EmergencyFile, Plan
+from gateway.emergency.after_hours import after_hours, describe_hours
+from gateway.emergency.sender_auth import DnsTxtResolver, authenticate_sender
 from gateway.message import Customer, ParsedMessage, Thread
 from gateway.policy.calendars import Calendar
 from gateway.policy.plans import channel_kind
-from gateway.sender_auth import DnsTxtResolver, authenticate_sender
 
 # The hold reason of a ticket awaiting the customer's acknowledgement (queue and `show`).
 HOLD_REASON = "awaiting acknowledgement"

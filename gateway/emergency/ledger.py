@@ -16,7 +16,7 @@ Owns the money rules of emergency support (issue 7, DESIGN promise 5):
   row lock, and always equals the number of debits of that bundle.
 Agent and admin actions (bundle purchases, credits) are audited in the same transaction.
 
-Never decides whether something is an emergency (gateway/emergency.py), never commits (every
+Never decides whether something is an emergency (gateway/emergency/rules.py), never commits (every
 function works in the caller's transaction), never reads a clock (`at` is the caller's).
 """
 
@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.audit import Actor, record_action
-from gateway.emergency import Evidence, Quote, money
+from gateway.emergency.rules import Evidence, Quote, money
 from gateway.storage.billing_tables import (
     Bundle,
     EmergencyRequest,
