@@ -629,7 +629,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 def cmd_escalate(args: argparse.Namespace) -> int:
     """One escalation scheduler run now (or --at a time); --dry-run only says what it would do."""
     from gateway.config.loader import load
-    from gateway.escalation_scheduler import run_once
+    from gateway.outbound.escalation_scheduler import run_once
     from gateway.policy.calendars import build_calendars
     from gateway.storage.db import make_engine, session_factory
 

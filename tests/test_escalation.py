@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from gateway import clock as business_clock
-from gateway import escalation_scheduler
 from gateway.cli import main
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
 from gateway.config.schema import CalendarDef
-from gateway.escalation_scheduler import Escalated, run_once
+from gateway.outbound import escalation_scheduler
+from gateway.outbound.escalation_scheduler import Escalated, run_once
 from gateway.policy.calendars import (
     Calendar,
     add_business_minutes,
@@ -280,7 +280,7 @@ def test_nothing_comes_due_while_the_calendar_is_closed(created: datetime, after
     assert due_escalations(c, POLICY, next_opening(BUSINESS, t1)) == ()
 
 
-# ---- the scheduler on both databases (gateway/escalation_scheduler.py) -----------------------
+# ---- the scheduler on both databases (gateway/outbound/escalation_scheduler.py) -----------
 
 
 def new_ticket(

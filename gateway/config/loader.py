@@ -27,7 +27,7 @@ from gateway.config.schema import (
     SeverityFile,
 )
 from gateway.config.validate import build
-from gateway.forwarding import check_forwarding, known_queues
+from gateway.outbound.forwarding import check_forwarding, known_queues
 from gateway.policy.calendars import check_calendars
 from gateway.policy.routing import check_routing
 
@@ -71,7 +71,7 @@ class Settings:
     rules_dir: Path
     # emergency.toml: emergency (billable) support (gateway/emergency/rules.py).
     emergency: EmergencyFile = field(default_factory=EmergencyFile)
-    # forwarding.toml: outbound webhooks into help desks (gateway/forwarding.py).
+    # forwarding.toml: outbound webhooks into help desks (gateway/outbound/forwarding.py).
     forwarding: ForwardingFile = field(default_factory=ForwardingFile)
 
     @property

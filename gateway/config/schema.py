@@ -619,7 +619,7 @@ class CalendarsFile:
     calendar: dict[str, CalendarDef] = field(default_factory=dict)
 
 
-# ---- forwarding.toml: outbound webhooks into existing help desks (gateway/forwarding.py) ------
+# ---- forwarding.toml: outbound webhooks into existing help desks (gateway/outbound/forwarding.py)
 
 
 def _webhook_name(v: str) -> str | None:

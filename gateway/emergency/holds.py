@@ -29,7 +29,7 @@ from gateway.config.loader import Settings
 from gateway.emergency.ledger import link_ticket, record_incident
 from gateway.emergency.rules import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quote, hold_time
 from gateway.message import Thread
-from gateway.outbox import gate, new_message_id
+from gateway.outbound.outbox import gate, new_message_id
 from gateway.policy.calendars import Calendar
 from gateway.policy.plans import Sla, due_times
 from gateway.stages.decide import Decision

@@ -36,13 +36,13 @@ from gateway.api.context import ApiContext
 from gateway.config.loader import Settings
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
+from gateway.outbound.twilio_sender import auth_token as twilio_auth_token
 from gateway.service.health import health_endpoints
 from gateway.service.http_server import HttpServer, RefuseWhileStopping, serve_http
 from gateway.service.metrics import GatewayCollector
 from gateway.service.notify import Notifier, watchdog_interval
 from gateway.service.runtime import RuntimeBox
 from gateway.storage.db import make_engine, session_factory
-from gateway.twilio_outbound import auth_token as twilio_auth_token
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
-from gateway import forwarding_sender
 from gateway.intake.spool import Spool
+from gateway.outbound import forwarding_sender
 from gateway.pipeline import BUCKETS
 from gateway.storage.models import Intake, OutboxRow, Ticket
 from gateway.storage.queries import OPEN_STATUSES
@@ -219,7 +219,8 @@ class GatewayCollector(Collector):
         yield breached
 
     def _forwarding(self) -> Iterator[Metric]:
-        """Webhook deliveries (gateway/forwarding_sender.py): backlog, delivered, dead letters."""
+        """Webhook deliveries (gateway/outbound/forwarding_sender.py): backlog, delivered, dead
+        letters."""
         with self.sessions() as session:
             counts = forwarding_sender.delivery_counts(session)
             journal = forwarding_sender.pending_changes(session)

@@ -26,10 +26,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
-from gateway import escalation_scheduler, forwarding_sender, outbox_sender, twilio_outbound
 from gateway.emergency import holds as emergency_holds
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Entry, Spool
+from gateway.outbound import escalation_scheduler, forwarding_sender
+from gateway.outbound import mail_sender as outbox_sender
+from gateway.outbound import twilio_sender as twilio_outbound
 from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
 from gateway.pipeline import storage_unavailable as storage_unavailable
 from gateway.service.runtime import RuntimeBox
@@ -222,7 +224,8 @@ class Worker:
                 self.stopping.wait(1.0)
 
     def _forwarding_loop(self) -> None:
-        """Ticket changes to help-desk webhooks (gateway/forwarding_sender.py), worker 0 only."""
+        """Ticket changes to help-desk webhooks (gateway/outbound/forwarding_sender.py), worker 0
+        only."""
         checked = None
         while not self.stopping.is_set():
             settings = self.box.current.settings
@@ -236,7 +239,8 @@ class Worker:
                 self.stopping.wait(settings.forwarding.poll_seconds)
 
     def escalate_once(self) -> None:
-        """One escalation scheduler run (gateway/escalation_scheduler.py), worker 0 only."""
+        """One escalation scheduler run (gateway/outbound/escalation_scheduler.py), worker 0
+        only."""
         runtime = self.box.current
         try:
             escalation_scheduler.run_once(

@@ -26,7 +26,7 @@ from gateway.config.loader import Templates
 from gateway.emergency import holds as emergency_holds
 from gateway.intake.faults import crash_point
 from gateway.message import Automated, Customer, ParsedMessage, Thread
-from gateway.outbox import Draft, gate, render
+from gateway.outbound.outbox import Draft, gate, render
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
 from gateway.stages.parse_twilio import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
 from gateway.storage.models import (

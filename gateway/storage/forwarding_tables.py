@@ -8,7 +8,7 @@ Owns two tables and the one rule that makes forwarding complete:
   back with the very change it records (a transactional outbox, with no call to forget: persist,
   admin commands, the API, the escalation scheduler and every later writer are covered by
   changing a ticket through the ORM, which they do anyway). The journal knows nothing of the
-  configuration; `gateway.forwarding_sender.fan_out` turns its rows into deliveries.
+  configuration; `gateway.outbound.forwarding_sender.fan_out` turns its rows into deliveries.
 * `forward_deliveries` — one POST to one webhook for one change, delivered at least once:
   unique `idempotency_key` (`<webhook>:<ticket reference>:<change id>`), a stored body (the
   same bytes on every attempt), status `pending | sending | delivered | dead`, attempts, the

@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from gateway import clock, forwarding_sender
+from gateway import clock
+from gateway.outbound import forwarding_sender
 from tests.helpers import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]

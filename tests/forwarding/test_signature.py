@@ -11,8 +11,8 @@ from email.message import Message
 
 import pytest
 
-from gateway import forwarding
 from gateway.config.schema import ForwardWebhook
+from gateway.outbound import forwarding
 from tests.forwarding.support import (
     ROOT,
     SECRET,

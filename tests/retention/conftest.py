@@ -282,7 +282,7 @@ def rosa_story(gw: Gateway) -> Story:
         ).lines
     # Every ticket forwarded to a help desk: webhook bodies carry her messages (JSON).
     from gateway.config.schema import ForwardWebhook
-    from gateway.forwarding_sender import fan_out
+    from gateway.outbound.forwarding_sender import fan_out
 
     assert fan_out(
         gw.worker.sessions,

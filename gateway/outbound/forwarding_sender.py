@@ -6,8 +6,9 @@ LOCKED` on PostgreSQL so two instances never send one delivery at once; the deli
 ticket to one webhook go out in order), the signed POST (httpx; redirects are not followed: a
 signed ticket is never re-sent to a host nobody configured), the outcome (2xx: delivered and
 the stored body dropped; anything else: retried with backoff; after `max_attempts`: a dead
-letter) and the admin's view and retry of dead letters. See gateway/forwarding.py for why this
-is at least once for every change. Runs in worker 0's forwarding thread (gateway/service/worker.py).
+letter) and the admin's view and retry of dead letters. See gateway/outbound/forwarding.py for
+why this is at least once for every change. Runs in worker 0's forwarding thread
+(gateway/service/worker.py).
 
 Must never: hold a database transaction open across a network call, send a delivery without
 its signature, or log a secret or a body (bodies carry customer text).
@@ -27,9 +28,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from gateway import clock as business_clock
-from gateway import forwarding
 from gateway.config.loader import secret
 from gateway.config.schema import ForwardingFile, ForwardWebhook
+from gateway.outbound import forwarding
 from gateway.storage.forwarding_tables import CREATED, UPDATED, ForwardChange, ForwardDelivery
 from gateway.storage.models import Ticket
 from gateway.storage.queries import as_utc, ticket_json

@@ -5,7 +5,8 @@ names, https, known queues; `missing_secrets`), which ticket changes a webhook r
 (`wants`), the idempotency key, the JSON body (the spine's ticket JSON in an envelope), the
 signature (HMAC-SHA256 over `<timestamp>.<body>`, header `X-Intake-Signature: v1=<hex>`) and
 the retry delay (exponential, capped, jittered). Pure: no database, no network, no clock of its own.
-`gateway.forwarding_sender` does the I/O; `gateway.storage.forwarding_tables` holds the rows.
+`gateway.outbound.forwarding_sender` does the I/O; `gateway.storage.forwarding_tables` holds
+the rows.
 
 How "every new ticket and every update is delivered at least once" holds, link by link:
 1. Every ticket insert and every UPDATE that changes a ticket column writes a journal row

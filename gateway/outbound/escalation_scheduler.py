@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config.loader import Settings
-from gateway.outbox import new_message_id
+from gateway.outbound.outbox import new_message_id
 from gateway.policy.calendars import Calendar
 from gateway.policy.escalation import (
     OPEN_STATUSES,

@@ -58,7 +58,7 @@ def claim(
     instance: str,
     now: datetime,
     limit: int = 20,
-    channel: str = "email",  # "sms" rows are sent by gateway/twilio_outbound.py
+    channel: str = "email",  # "sms" rows are sent by gateway/outbound/twilio_sender.py
 ) -> list[int]:
     with sessions.begin() as session:
         # Rows whose lease ran out were being sent by a process that died: send them again.
