@@ -85,7 +85,7 @@ def _session(settings: Settings, *, write: bool = False) -> Any:
 
 
 def _actor(args: argparse.Namespace) -> Any:
-    from gateway.audit import Actor
+    from gateway.privacy.audit import Actor
 
     return Actor(args.actor, "cli")
 

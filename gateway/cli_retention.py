@@ -1,8 +1,9 @@
 """CLI commands for purge and erase (retention and privacy).
 
 Registered on the main parser by `gateway.cli.build_parser`. Commands print plain words for an
-admin; the rules they apply live in the modules they call (`gateway.retention`,
-`gateway.erasure`), never here. Both are dry runs unless `--apply`; both record who ran them.
+admin; the rules they apply live in the modules they call (`gateway.privacy.retention`,
+`gateway.privacy.erasure`), never here. Both are dry runs unless `--apply`; both record who ran
+them.
 
 Exit codes: 0 done (or a dry run), 1 a problem the output explains (erasure refused or not
 verified, a config error), 2 usage (a number of days below 1, a contact that is neither an
@@ -78,9 +79,9 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from gateway.audit import Actor
     from gateway.intake.blobs import BlobStore
-    from gateway.retention import describe, purge
+    from gateway.privacy.audit import Actor
+    from gateway.privacy.retention import describe, purge
     from gateway.storage.db import make_engine, session_factory
 
     try:
@@ -118,9 +119,9 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from gateway.audit import Actor
-    from gateway.erasure import ErasureError, describe, erase, parse_contact
     from gateway.intake.blobs import BlobStore
+    from gateway.privacy.audit import Actor
+    from gateway.privacy.erasure import ErasureError, describe, erase, parse_contact
     from gateway.storage.db import make_engine, session_factory
 
     kinds: set[str] = set()

@@ -29,9 +29,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway import clock as business_clock
 from gateway.api.auth import ApiError, Principal, require
 from gateway.api.errors import documented_errors
-from gateway.audit import Actor, record_action
 from gateway.outbound import forwarding_sender
 from gateway.outbound.forwarding_sender import DeliveryView
+from gateway.privacy.audit import Actor, record_action
 
 router = APIRouter(prefix="/forwarding", tags=["forwarding"])
 

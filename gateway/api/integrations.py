@@ -16,8 +16,8 @@ from typing import Any
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy.orm import Session
 
-from gateway.audit import Actor
 from gateway.emergency import ledger as billing
+from gateway.privacy.audit import Actor
 
 
 @dataclass(frozen=True)

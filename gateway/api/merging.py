@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gateway.api import integrations
-from gateway.audit import Actor, record_action
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.admin import AdminError, change_status
 from gateway.storage.agent_tables import TicketLink
 from gateway.storage.models import (

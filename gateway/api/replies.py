@@ -24,10 +24,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.audit import Actor, record_action
 from gateway.intake.blobs import BlobStore
 from gateway.message import Automated
 from gateway.outbound.outbox import gate, new_message_id
+from gateway.privacy.audit import Actor, record_action
 from gateway.stages.persist import opted_out, sms_gate
 from gateway.storage.admin import AdminError, mark_first_response
 from gateway.storage.models import Message, OutboxRow, Ticket

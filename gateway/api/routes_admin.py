@@ -33,8 +33,8 @@ from gateway.api.schemas import (
     SpoolEntryOut,
 )
 from gateway.api.views import download_headers
-from gateway.audit import Actor, record_action
 from gateway.intake.spool import Entry, QuarantineRecord, SpoolError
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.queries import as_utc
 

@@ -269,7 +269,7 @@ class ImapMailbox:
     recipients: tuple[str, ...] = ()
 
 
-# ---- [retention] in gateway.toml: `gateway purge` (gateway/retention.py) ---------------------
+# ---- [retention] in gateway.toml: `gateway purge` (gateway/privacy/retention.py) ---
 
 
 def _retention_days(v: int) -> str | None:
@@ -382,8 +382,7 @@ class PlansFile:
     plan: tuple[Plan, ...] = ()
 
 
-# ---- emergency.toml: emergency (billable) support (gateway/emergency/rules.py)
-# ---------------------
+# ---- emergency.toml: emergency (billable) support (gateway/emergency/rules.py) ---
 
 
 def _money(v: str) -> str | None:

@@ -34,8 +34,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.audit import Actor, record_action
 from gateway.emergency.rules import Evidence, Quote, money
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.billing_tables import (
     Bundle,
     EmergencyRequest,

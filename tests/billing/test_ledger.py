@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.audit import Actor, audit_entries
 from gateway.cli import main as gateway_main
 from gateway.emergency.ledger import (
     account_billing,
@@ -25,6 +24,7 @@ from gateway.emergency.ledger import (
 from gateway.emergency.rules import Evidence, Quote
 from gateway.intake.spool import Envelope
 from gateway.pipeline import Job, JobResult, process_batch
+from gateway.privacy.audit import Actor, audit_entries
 from gateway.storage.billing_tables import Bundle, LedgerEntry
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import Ticket

@@ -135,9 +135,9 @@ def rosa_story(gw: Gateway) -> Story:
     with a colleague), a redelivered duplicate, a colleague's mail naming her, a text from her
     phone through the signed Twilio webhook, agents' changes, an audited agent action, a
     billed incident resting on her words, a quarantined message of hers."""
-    from gateway.audit import Actor, record_action
     from gateway.emergency.ledger import export_incidents, record_incident
     from gateway.emergency.rules import Evidence, Quote
+    from gateway.privacy.audit import Actor, record_action
     from gateway.storage.admin import set_severity, set_status
     from gateway.storage.models import Message, Ticket
 

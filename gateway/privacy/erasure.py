@@ -79,11 +79,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapper, Session, sessionmaker
 
-from gateway.audit import Actor, record_action
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
 from gateway.policy.directory import normalise_phone
-from gateway.retention import blob_files, chunks, delete_files, still_referenced
+from gateway.privacy.audit import Actor, record_action
+from gateway.privacy.retention import blob_files, chunks, delete_files, still_referenced
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.models import (
     AttachmentRecord,

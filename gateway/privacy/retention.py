@@ -42,8 +42,8 @@ from typing import Final, TypeVar
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.audit import Actor, record_action
 from gateway.intake.blobs import BlobStore
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.models import (
     AttachmentRecord,
     Message,
@@ -65,7 +65,7 @@ _SHA: Final = re.compile(r"[0-9a-f]{64}")
 T = TypeVar("T")
 
 
-# ---- blobs: listing, reference checks and deletion (shared with gateway.erasure) -------------
+# ---- blobs: listing, reference checks and deletion (shared with gateway.privacy.erasure) ---
 
 
 @dataclass(frozen=True)
