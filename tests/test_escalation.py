@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from gateway import clock as business_clock
-from gateway.cli import main
+from gateway.cli.main import main
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
 from gateway.config.schema import CalendarDef

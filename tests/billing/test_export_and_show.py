@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.cli import main as gateway_main
+from gateway.cli.main import main as gateway_main
 from gateway.emergency.holds import release_expired
 from gateway.emergency.ledger import add_bundle, credit_incident, export_incidents
 from gateway.privacy.audit import Actor

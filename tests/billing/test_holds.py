@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway import clock
-from gateway.cli import main as gateway_main
+from gateway.cli.main import main as gateway_main
 from gateway.outbound import mail_sender as outbox_sender
 from gateway.outbound import twilio_sender as twilio_outbound
 from gateway.policy.plans import due_times, sla_for

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.cli import main as gateway_main
+from gateway.cli.main import main as gateway_main
 from gateway.emergency.ledger import (
     account_billing,
     add_bundle,

@@ -409,7 +409,7 @@ def run_cli(config: Path, *args: str) -> CliResult:
     import contextlib
     import io
 
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

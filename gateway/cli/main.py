@@ -795,7 +795,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
     d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)
 
-    from gateway import cli_api, cli_billing, cli_retention
+    from gateway.cli import billing as cli_billing
+    from gateway.cli import privacy as cli_retention
+    from gateway.cli import tokens as cli_api
 
     for module in (cli_billing, cli_retention, cli_api):
         module.register(sub)

@@ -1,6 +1,6 @@
 """CLI commands for purge and erase (retention and privacy).
 
-Registered on the main parser by `gateway.cli.build_parser`. Commands print plain words for an
+Registered on the main parser by `gateway.cli.main.build_parser`. Commands print plain words for an
 admin; the rules they apply live in the modules they call (`gateway.privacy.retention`,
 `gateway.privacy.erasure`), never here. Both are dry runs unless `--apply`; both record who ran
 them.

@@ -1,6 +1,6 @@
 """CLI commands for billing (bundles, ledger, export).
 
-Registered on the main parser by `gateway.cli.build_parser`. Commands print plain words for an
+Registered on the main parser by `gateway.cli.main.build_parser`. Commands print plain words for an
 admin; the rules they apply live in `gateway/emergency/ledger.py` and `gateway/emergency/holds.py`,
 never here. Every change (a bundle, a credit) is audited as `cli:<user>` in its transaction.
 

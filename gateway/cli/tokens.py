@@ -1,6 +1,6 @@
 """CLI commands for API tokens (create a token and its hash for gateway.toml).
 
-Registered on the main parser by `gateway.cli.build_parser`. Commands print plain words for an
+Registered on the main parser by `gateway.cli.main.build_parser`. Commands print plain words for an
 admin; the rules they apply live in the modules they call, never here.
 
 `gateway api token create NAME [--scope read|write|admin]` prints a new random token ONCE (on
