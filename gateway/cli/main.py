@@ -545,7 +545,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifiers.training import evaluate
+    from classifiers.evaluation import evaluate
     from gateway.service.runtime import model_dir
 
     settings = load_lenient(Path(args.config))[0]
