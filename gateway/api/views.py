@@ -45,7 +45,8 @@ from gateway.storage.models import (
     Ticket,
     TicketEvent,
 )
-from gateway.storage.queries import OPEN_STATUSES, as_utc, find_ticket, queue_order, ticket_json
+from gateway.storage.queries import OPEN_STATUSES, as_utc, find_ticket, queue_order
+from gateway.ticket_json import ticket_json
 
 API_PREFIX = "/api/v1"
 MAX_PAGE = 500

@@ -282,7 +282,8 @@ def _session(settings: Settings, *, write: bool = False) -> Any:
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
-    from gateway.storage.queries import OPEN_STATUSES, list_queue, ticket_json
+    from gateway.storage.queries import OPEN_STATUSES, list_queue
+    from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
     statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
@@ -301,7 +302,8 @@ def cmd_tickets(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from gateway.storage.queries import find_ticket, ticket_json
+    from gateway.storage.queries import find_ticket
+    from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
     with _session(settings) as session:

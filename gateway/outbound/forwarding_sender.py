@@ -33,7 +33,8 @@ from gateway.config.schema import ForwardingFile, ForwardWebhook
 from gateway.outbound import forwarding
 from gateway.storage.forwarding_tables import CREATED, UPDATED, ForwardChange, ForwardDelivery
 from gateway.storage.models import Ticket
-from gateway.storage.queries import as_utc, ticket_json
+from gateway.storage.queries import as_utc
+from gateway.ticket_json import ticket_json
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from gateway.storage.billing_tables import (
     LedgerEntry,
 )
 from gateway.storage.models import OutboxRow, Ticket
-from gateway.storage.queries import find_ticket, ticket_json
+from gateway.storage.queries import find_ticket
+from gateway.ticket_json import ticket_json
 from tests.helpers import Gateway
 
 NY = ZoneInfo("America/New_York")
