@@ -44,11 +44,11 @@ from twilio.twiml.voice_response import Gather, VoiceResponse
 from gateway import clock as business_clock
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError
-from gateway.policy.directory import normalise_phone
+from gateway.phone import normalise_phone
 from gateway.policy.plans import check_channel_entitlement
+from gateway.policy.sms import sms_keyword
 from gateway.service.http_server import HttpServer, serve_http
 from gateway.service.runtime import Runtime
-from gateway.stages.decide import sms_keyword
 
 log = logging.getLogger(__name__)
 

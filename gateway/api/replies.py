@@ -27,10 +27,11 @@ from sqlalchemy.orm import Session
 from gateway.intake.blobs import BlobStore
 from gateway.message import Automated
 from gateway.outbound.outbox import gate, new_message_id
+from gateway.policy.sms import sms_gate
 from gateway.privacy.audit import Actor, record_action
-from gateway.stages.persist import opted_out, sms_gate
 from gateway.storage.admin import AdminError, mark_first_response
 from gateway.storage.models import Message, OutboxRow, Ticket
+from gateway.storage.queries import opted_out
 
 EMAIL_CHANNELS = ("smtp", "lmtp", "pipe", "imap")
 PHONE_CHANNELS = ("twilio-sms", "twilio-voice")

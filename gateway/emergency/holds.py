@@ -21,6 +21,7 @@ import logging
 import string
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Protocol
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,24 +29,47 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config.loader import Settings
 from gateway.emergency.ledger import link_ticket, record_incident
 from gateway.emergency.rules import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quote, hold_time
-from gateway.message import Thread
+from gateway.message import Automated, Thread
 from gateway.outbound.outbox import gate, new_message_id
 from gateway.policy.calendars import Calendar
 from gateway.policy.plans import Sla, due_times
-from gateway.stages.decide import Decision
+from gateway.policy.routing import Route
+from gateway.policy.sms import sms_gate
 from gateway.storage.billing_tables import EmergencyRequest
 from gateway.storage.models import OutboxRow, Ticket, TicketEvent
-from gateway.storage.queries import PROMPT_KINDS, as_utc
+from gateway.storage.queries import PROMPT_KINDS, as_utc, opted_out
 
 log = logging.getLogger(__name__)
 
 ACTOR = "emergency"
 
 
+class Decided(Protocol):
+    """What this module reads of decide's `Decision`: written here as a protocol so the emergency
+    wing never imports the stages (decide's `Decision` satisfies it as it is)."""
+
+    @property
+    def emergency_step(self) -> EmergencyStep | None: ...
+    @property
+    def hold_deadline(self) -> datetime | None: ...
+    @property
+    def jump_queue(self) -> bool: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def route(self) -> Route | None: ...
+    @property
+    def sla(self) -> Sla | None: ...
+    @property
+    def first_response_due(self) -> datetime | None: ...
+    @property
+    def resolution_due(self) -> datetime | None: ...
+
+
 def apply(
     session: Session,
     ticket: Ticket,
-    decision: Decision,
+    decision: Decided,
     thread: Thread,
     now: datetime,
 ) -> tuple[tuple[str, str], ...]:
@@ -102,7 +126,7 @@ def apply(
 
 
 def _open_request(
-    session: Session, ticket: Ticket, step: EmergencyStep, decision: Decision, now: datetime
+    session: Session, ticket: Ticket, step: EmergencyStep, decision: Decided, now: datetime
 ) -> None:
     if _awaiting_request(session, ticket.id) is not None:
         return  # exactly one open request (and one confirmation request) per hold
@@ -189,7 +213,7 @@ def _quote_of(request: EmergencyRequest) -> Quote:
 
 
 def _acknowledge(
-    session: Session, ticket: Ticket, decision: Decision, review: str, now: datetime, why: str
+    session: Session, ticket: Ticket, decision: Decided, review: str, now: datetime, why: str
 ) -> None:
     """The ticket becomes an acknowledged emergency: out of any hold, first in the queue, at the
     top level (persist raised the severity), routed and timed as one from `now`."""
@@ -325,9 +349,6 @@ def _notify_released(
 ) -> None:
     """One message to whom the confirmation request went, through the same gates as every
     customer message (no machines, no own addresses, no opted-out phone)."""
-    from gateway.message import Automated
-    from gateway.stages.persist import opted_out, sms_gate
-
     prompt = (
         session.execute(
             select(OutboxRow)

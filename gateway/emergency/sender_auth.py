@@ -36,7 +36,8 @@ from email.utils import getaddresses
 
 import dkim
 
-from gateway.stages.parse import strip_mbox_line
+from gateway.intake.rawmail import strip_mbox_line
+from gateway.message import SenderAuth as SenderAuth  # the value it decides lives with the rest
 
 # name (b"sel._domainkey.example.com.") -> the TXT record's bytes, or None when there is none.
 DnsTxtResolver = Callable[[bytes], bytes | None]
@@ -53,24 +54,6 @@ MAX_SIGNATURES = 8
 MIN_KEY_BITS = 1024
 # Reasons quoted from dkimpy or the resolver are cut to this length to keep `gateway show` legible.
 _REASON_CHARS = 160
-
-
-@dataclass(frozen=True)
-class SenderAuth:
-    """Whether the sender is authenticated, how, and why in plain words.
-
-    `method` names what authenticated the sender; it is "none" exactly when `authenticated` is
-    False (failed checks are described in `detail`)."""
-
-    authenticated: bool
-    method: str  # "authentication-results" | "dkim" | "none"
-    detail: str
-
-    def __post_init__(self) -> None:
-        if self.authenticated == (self.method == "none"):
-            raise ValueError(
-                f"method {self.method!r} contradicts authenticated={self.authenticated}"
-            )
 
 
 def authenticate_sender(

@@ -25,7 +25,7 @@ from gateway import clock as business_clock
 from gateway.config.loader import secret
 from gateway.config.schema import OutboundSection
 from gateway.intake.faults import crash_point
-from gateway.stages.automated import OWN_LOOP_HEADER
+from gateway.message import OWN_LOOP_HEADER
 from gateway.storage.models import OutboxRow
 
 log = logging.getLogger(__name__)

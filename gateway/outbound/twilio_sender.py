@@ -23,10 +23,10 @@ from twilio.rest import Client
 
 from gateway import clock as business_clock
 from gateway.config.loader import Settings, secret
+from gateway.message import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
 from gateway.outbound.mail_sender import _finish, _reschedule, claim
-from gateway.stages.parse_twilio import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
-from gateway.stages.persist import opted_out
 from gateway.storage.models import Message, OutboxRow, TicketEvent
+from gateway.storage.queries import opted_out
 
 log = logging.getLogger(__name__)
 

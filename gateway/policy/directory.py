@@ -6,24 +6,13 @@ lookup is a dict access. Never touches storage; a live voice call may use it dir
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from gateway.config.schema import Account, Contact, CustomersFile, PlansFile
 from gateway.message import Customer
+from gateway.phone import normalise_phone
 
 UNKNOWN_ACCOUNT = "unknown"
-
-
-def normalise_phone(number: str) -> str:
-    """E.164 form of a phone number as written by a person or by Twilio ("+16175550100")."""
-    digits = re.sub(r"[^\d+]", "", number)
-    if digits.startswith("00"):
-        digits = "+" + digits[2:]
-    if not digits.startswith("+"):
-        # A bare 10-digit number is North American, as in the policies we serve.
-        digits = "+1" + digits if len(digits) == 10 else "+" + digits
-    return digits
 
 
 @dataclass(frozen=True)

@@ -39,8 +39,8 @@ from pathlib import Path
 
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.schema import RouteMatch, RouteRule, RoutingFile
+from gateway.phone import normalise_phone
 from gateway.policy.calendars import Calendar, is_open
-from gateway.policy.directory import normalise_phone
 from gateway.policy.plans import CHANNEL_KIND
 
 FILE = "routing.toml"

@@ -81,7 +81,7 @@ from sqlalchemy.orm import Mapper, Session, sessionmaker
 
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
-from gateway.policy.directory import normalise_phone
+from gateway.phone import normalise_phone
 from gateway.privacy.audit import Actor, record_action
 from gateway.privacy.retention import blob_files, chunks, delete_files, still_referenced
 from gateway.storage.agent_tables import AuditEntry

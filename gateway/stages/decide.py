@@ -40,6 +40,7 @@ from gateway.policy.plans import (
 )
 from gateway.policy.routing import Route, Router, RoutingFacts
 from gateway.policy.routing import route as route_message
+from gateway.policy.sms import sms_keyword
 
 
 @dataclass(frozen=True)
@@ -400,26 +401,6 @@ def _facts(
         text=(message.subject + "\n" + message.text[:8192]),
         at=now,
     )
-
-
-# Twilio's default opt-out, opt-in and help keywords (the whole message, any case).
-SMS_STOP = frozenset(
-    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
-)
-SMS_START = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
-SMS_HELP = frozenset({"HELP", "INFO"})
-
-
-def sms_keyword(text: str) -> str | None:
-    """STOP, START or HELP when an SMS is exactly one of their keywords, else None."""
-    word = text.strip().strip(".!").upper()
-    if word in SMS_STOP:
-        return "STOP"
-    if word in SMS_START:
-        return "START"
-    if word in SMS_HELP:
-        return "HELP"
-    return None
 
 
 def _sms_keyword_decision(

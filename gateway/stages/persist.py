@@ -14,7 +14,6 @@ again, harmlessly.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -25,10 +24,17 @@ from classifiers.types import Verdict
 from gateway.config.loader import Templates
 from gateway.emergency import holds as emergency_holds
 from gateway.intake.faults import crash_point
-from gateway.message import Automated, Customer, ParsedMessage, Thread
+from gateway.message import (
+    TRANSCRIPTION_PENDING,
+    TRANSCRIPTION_UNAVAILABLE,
+    Automated,
+    Customer,
+    ParsedMessage,
+    Thread,
+)
 from gateway.outbound.outbox import Draft, gate, render
+from gateway.policy.sms import sms_gate
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
-from gateway.stages.parse_twilio import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -40,6 +46,7 @@ from gateway.storage.models import (
     TicketEvent,
     TicketPause,
 )
+from gateway.storage.queries import opted_out
 
 
 @dataclass(frozen=True)
@@ -407,28 +414,6 @@ def _queue_reply(
 
 
 # -- Twilio SMS and voicemail helpers (channels/twilio.py, gateway/stages/parse_twilio.py) -----
-
-E164 = re.compile(r"\+[1-9]\d{6,14}")
-
-
-def opted_out(session: Session, phone: str) -> bool:
-    """Has this number texted STOP (and not START since)?"""
-    row = session.execute(
-        select(SmsOptOut.opted_out).where(SmsOptOut.phone == phone)
-    ).scalar_one_or_none()
-    return bool(row)
-
-
-def sms_gate(phone: str, automated: Automated, is_opted_out: bool) -> str | None:
-    """Why we must not text `phone`, or None if we may (the SMS twin of `outbox.gate`)."""
-    if automated.is_automated:
-        return f"sender is automated ({automated.kind}): never answer machines"
-    if not E164.fullmatch(phone):
-        return "no E.164 number to text"
-    if is_opted_out:
-        return f"{phone} opted out of SMS (STOP)"
-    return None
-
 
 def _record_opt(session: Session, phone: str, opt: str, now: datetime) -> None:
     row = session.execute(select(SmsOptOut).where(SmsOptOut.phone == phone)).scalar_one_or_none()

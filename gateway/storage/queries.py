@@ -18,6 +18,7 @@ from gateway.storage.models import (
     Intake,
     Message,
     OutboxRow,
+    SmsOptOut,
     Ticket,
 )
 
@@ -162,6 +163,14 @@ def find_ticket(session: Session, reference: str) -> Ticket | None:
     if ref.isdigit():
         ref = f"T-{int(ref):06d}"
     return session.execute(select(Ticket).where(Ticket.reference == ref)).scalar_one_or_none()
+
+
+def opted_out(session: Session, phone: str) -> bool:
+    """Has this number texted STOP (and not START since)?"""
+    row = session.execute(
+        select(SmsOptOut.opted_out).where(SmsOptOut.phone == phone)
+    ).scalar_one_or_none()
+    return bool(row)
 
 
 def intake_counts(session: Session) -> dict[str, int]:
