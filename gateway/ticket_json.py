@@ -27,7 +27,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> dict[str, Any]:
-    """The documented ticket JSON (README "Ticket JSON"). Fields are only ever added."""
+    """The documented ticket JSON (docs/api.md "Ticket JSON"). Fields are only ever added."""
     out: dict[str, Any] = {
         "schema": TICKET_SCHEMA,
         "reference": ticket.reference,

@@ -45,7 +45,7 @@ from gateway.config.schema import ForwardingFile, ForwardWebhook, RoutingFile
 
 FILE = "forwarding.toml"
 SIGNATURE_VERSION = "v1"
-# Header names, documented in README "Forwarding into your help desk".
+# Header names, documented in docs/forwarding.md.
 HEADER_SIGNATURE = "X-Intake-Signature"
 HEADER_TIMESTAMP = "X-Intake-Timestamp"
 HEADER_EVENT = "X-Intake-Event"
