@@ -1,4 +1,4 @@
-"""How fast can the spool make messages durable? (gateway.spool enqueue throughput)
+"""How fast can the spool make messages durable? (gateway.intake.spool enqueue throughput)
 
 Three runs over the same number of ~4 KB messages, each in a fresh spool directory:
 
@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway import clock
-from gateway.spool import Envelope, Spool
+from gateway.intake.spool import Envelope, Spool
 
 
 def make_message(n: int, size: int) -> bytes:

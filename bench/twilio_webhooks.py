@@ -33,8 +33,8 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
 from channels.twilio import TwilioChannel, build_app, start_webhooks
-from gateway.runtime import load_runtime
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
+from gateway.service.runtime import load_runtime
 from tests.helpers import configure
 
 TOKEN = "bench-token"

@@ -211,7 +211,7 @@ class GatewayBench:
 
     def prepare(self) -> None:
         """Train (or copy) the default model once, outside every timing."""
-        from gateway.runtime import load_runtime
+        from gateway.service.runtime import load_runtime
 
         trained = ROOT / ".state" / "models"
         if trained.exists():

@@ -59,9 +59,14 @@ from imapclient.exceptions import LoginError
 from gateway import clock as business_clock
 from gateway.config.loader import LOCAL_HOSTS, Settings, secret
 from gateway.config.schema import ImapMailbox
-from gateway.faults import crash_point
-from gateway.spool import Envelope, Spool, SpoolError
-from gateway.storage.channel_state import ChannelStateStore, ClusterLock
+from gateway.intake.faults import crash_point
+from gateway.intake.spool import Envelope, Spool, SpoolError
+from gateway.storage.channel_state import (
+    ChannelStateStore,
+    ClusterLock,
+    needs_cluster_lock,
+    open_store,
+)
 
 __all__ = [
     "IDLE_RENEW_SECONDS",
@@ -866,12 +871,8 @@ def start_pollers(
     if not settings.gateway.imap:
         return []
     if store is None:
-        from gateway.storage.db import make_engine
-
-        store = ChannelStateStore(make_engine(settings.database_url))
-    from gateway.storage.db import is_sqlite
-
-    clustered = not is_sqlite(settings.database_url)  # SQLite: one instance, no lock needed
+        store = open_store(settings.database_url)
+    clustered = needs_cluster_lock(settings.database_url)
     threads = []
     for box in settings.gateway.imap:
         poller = MailboxPoller(

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import clock as business_clock
-from gateway.spool import Envelope, Spool, SpoolError
-from gateway.stages.parse import looks_like_message
+from gateway.intake.rawmail import looks_like_message
+from gateway.intake.spool import Envelope, Spool, SpoolError
 
 EX_OK = 0
 EX_DATAERR = 65

@@ -29,8 +29,8 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 from gateway import clock as business_clock
-from gateway.faults import crash_point
-from gateway.spool import Envelope, Spool, SpoolFullError
+from gateway.intake.faults import crash_point
+from gateway.intake.spool import Envelope, Spool, SpoolFullError
 
 log = logging.getLogger(__name__)
 

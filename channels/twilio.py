@@ -28,7 +28,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import urlencode
 
 from starlette.applications import Starlette
@@ -42,13 +42,14 @@ from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
 from gateway import clock as business_clock
-from gateway.directory import normalise_phone
-from gateway.faults import crash_point
-from gateway.http_server import HttpServer, serve_http
-from gateway.policy import check_channel_entitlement
-from gateway.runtime import Runtime
-from gateway.spool import Envelope, Spool, SpoolFullError
-from gateway.stages.decide import sms_keyword
+from gateway.config.loader import Settings
+from gateway.intake.faults import crash_point
+from gateway.intake.spool import Envelope, Spool, SpoolFullError
+from gateway.phone import normalise_phone
+from gateway.policy.directory import Directory
+from gateway.policy.plans import Plans, check_channel_entitlement
+from gateway.policy.sms import sms_keyword
+from gateway.service.http_server import HttpServer, serve_http
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,24 @@ EMERGENCY_NOTED: Final = "Your emergency is noted. " + LEAVE_MESSAGE
 GOODBYE: Final = "Thank you. We have your message. Goodbye."
 TWIML: Final = "application/xml"
 MAX_BODY_BYTES: Final = 64 * 1024
+
+
+class PlanTable(Protocol):
+    @property
+    def plans(self) -> Plans: ...
+
+
+class LiveConfig(Protocol):
+    """What the webhooks read of the current runtime: settings, the in-memory directory and the
+    plans (DESIGN: a live call may consult them). gateway.service.runtime.Runtime satisfies it;
+    written as a protocol so a channel never imports the runtime, which builds the stages."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def policy(self) -> PlanTable: ...
 
 
 @dataclass
@@ -86,7 +105,7 @@ class TwilioChannel:
     the auth token (read once at start from the environment or credentials via `secret()`)."""
 
     spool: Spool
-    runtime: Callable[[], Runtime]
+    runtime: Callable[[], LiveConfig]
     auth_token: str | None
     stats: TwilioStats = field(default_factory=TwilioStats)
 
@@ -344,5 +363,5 @@ def build_app(channel: TwilioChannel) -> Starlette:
 
 
 async def start_webhooks(app: Starlette, host: str, port: int) -> HttpServer:
-    """Serve the webhook app in the running loop (see gateway.http_server)."""
+    """Serve the webhook app in the running loop (see gateway.service.http_server)."""
     return await serve_http(app, host, port)

@@ -1,9 +1,10 @@
-"""Training and evaluation: the shipped corpus, agents' corrections, and the install gate.
+"""Training: the shipped corpus, agents' corrections, and the install gate.
 
 Owns: reading labelled files (JSONL or CSV), the deterministic held-out split, fitting, the
 "install only if not worse on the held-out split (macro-F1) unless forced" gate, and readable
-per-level reports. Writes only into `model_dir` through classifiers.model. Never touches the
-gateway's database: the gateway passes corrections in as LabelledExample values.
+per-level reports (`score_predictions`). Writes only into `model_dir` through classifiers.model.
+Never touches the gateway's database: the gateway passes corrections in as LabelledExample
+values. Never imports the engine (`classifiers.evaluation` runs the whole engine).
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _fit(examples: Sequence[LabelledExample], body_chars: int, seed: int) -> Any
     return pipeline
 
 
-def _map_levels(examples: Iterable[LabelledExample],
+def map_levels(examples: Iterable[LabelledExample],
                 settings: ClassifierSettings) -> list[LabelledExample]:
     mapping = dict(settings.model_level_map)
     out = []
@@ -215,7 +216,7 @@ def train(
     started = time.monotonic()
     settings = settings or ClassifierSettings()
     _say(out, "loading examples")
-    examples = (load_examples(SHIPPED_TRAIN) if include_shipped else []) + _map_levels(
+    examples = (load_examples(SHIPPED_TRAIN) if include_shipped else []) + map_levels(
         extra, settings)
     train_part = [e for e in examples if not is_held_out(e)]
     held_out = [e for e in examples if is_held_out(e)]
@@ -258,36 +259,6 @@ def train(
     _say(out, f"{reason}; version {saved.version}")
     return TrainReport(True, reason, saved.version, new_report, current_report, len(train_part),
                        len(held_out), time.monotonic() - started)
-
-
-def evaluate(
-    model_dir: Path,
-    data: Path,
-    out: TextIO = sys.stdout,
-    *,
-    rules_dir: Path | None = None,
-    settings: ClassifierSettings | None = None,
-) -> EvalReport:
-    """Score a labelled CSV/JSONL file. With `rules_dir`, the whole engine (rules + model +
-    thresholds) on the configured scale; without, the model alone on its four levels."""
-    settings = settings or ClassifierSettings()
-    examples = load_examples(data)
-    if rules_dir is not None:
-        from classifiers.engine import build_engine  # engine imports this module
-
-        engine, problems = build_engine(rules_dir, settings, model_dir)
-        if engine is None:
-            raise TrainingDataError("; ".join(str(p) for p in problems))
-        predicted = [engine.classify(e.as_input()).severity for e in examples]
-        report = score_predictions([e.level for e in examples], predicted, settings.levels)
-    else:
-        model = ensure_model(model_dir, settings)
-        mapped = _map_levels(examples, settings)
-        texts = [text_of(e.as_input(), settings.body_chars_for_model) for e in mapped]
-        report = score_predictions([e.level for e in mapped], model.predict(texts),
-                                   DEFAULT_LEVELS)
-    print(report.format(), file=out, flush=True)
-    return report
 
 
 def examples_to_jsonl(examples: Iterable[LabelledExample]) -> str:

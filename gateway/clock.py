@@ -15,7 +15,7 @@ What this module owns
   forward with real time. On that first read the variable is rewritten as ``<instant>@<anchor>``
   (the real epoch seconds it was anchored at), so a daemon's workers, started a second later,
   share the daemon's offset exactly. `gateway run` logs a loud warning when the hook is set
-  (tests/README: "crash points and test hooks"). The test suite's switch `GATEWAY_TEST_EPOCH`
+  (docs/testing.md: "Test hooks"). The test suite's switch `GATEWAY_TEST_EPOCH`
   (tests/conftest.py) is passed through this hook.
 
 What it must never do

@@ -14,10 +14,10 @@ from datetime import datetime
 from sqlalchemy.orm import Session, sessionmaker
 
 from classifiers.types import Verdict
-from gateway.emergency import authenticate, for_classifier
+from gateway.emergency.rules import authenticate, for_classifier
+from gateway.intake.spool import Envelope
 from gateway.message import Automated, Customer, ParsedMessage, Thread
-from gateway.runtime import Runtime
-from gateway.spool import Envelope
+from gateway.service.runtime import Runtime
 from gateway.stages.automated import check_automated
 from gateway.stages.classify import classify
 from gateway.stages.decide import Decision, decide

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Final, Literal
 
-if TYPE_CHECKING:  # sender_auth imports the parse stage, which imports this module
-    from gateway.sender_auth import SenderAuth
+# The header on every mail we send, so our own mail coming back is recognised (stages/automated
+# reads it, outbound/mail_sender writes it).
+OWN_LOOP_HEADER: Final = "x-intake-gateway"
+# A voicemail ticket's text until Twilio's transcription arrives, or when there will be none
+# (stages/parse_twilio and persist write it, outbound/twilio_sender replaces it).
+TRANSCRIPTION_PENDING: Final = "Transcription: pending"
+TRANSCRIPTION_UNAVAILABLE: Final = "Transcription: unavailable"
 
 
 @dataclass(frozen=True)
@@ -22,6 +27,25 @@ class Attachment:
     sha256: str
     # None when the part is over the per-attachment cap: recorded, content not kept.
     content: bytes | None = field(repr=False, default=None)
+
+
+@dataclass(frozen=True)
+class SenderAuth:
+    """Whether the sender is authenticated, how, and why in plain words (decided by
+    gateway/emergency/sender_auth.py).
+
+    `method` names what authenticated the sender; it is "none" exactly when `authenticated` is
+    False (failed checks are described in `detail`)."""
+
+    authenticated: bool
+    method: str  # "authentication-results" | "dkim" | "none"
+    detail: str
+
+    def __post_init__(self) -> None:
+        if self.authenticated == (self.method == "none"):
+            raise ValueError(
+                f"method {self.method!r} contradicts authenticated={self.authenticated}"
+            )
 
 
 @dataclass(frozen=True)
@@ -45,8 +69,9 @@ class ParsedMessage:
     raw_size: int
     dedup_key: str
     defects: tuple[str, ...] = ()
-    # Is the From address authenticated (gateway/sender_auth.py)? Computed from the raw bytes
-    # only for mail asking for emergency support (gateway/emergency.py: authenticate); None
+    # Is the From address authenticated (gateway/emergency/sender_auth.py)? Computed from the raw
+    # bytes
+    # only for mail asking for emergency support (gateway/emergency/rules.py: authenticate); None
     # when not computed.
     sender_auth: SenderAuth | None = None
 
@@ -106,7 +131,7 @@ class TicketRef:
     status: str
     closed_at: datetime | None
     contact_email: str | None
-    # -- emergency support (gateway/emergency.py); only ever added --------------------------
+    # -- emergency support (gateway/emergency/rules.py); only ever added --------------------------
     severity: str = ""
     held: bool = False
     emergency: bool = False

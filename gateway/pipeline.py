@@ -31,12 +31,12 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
-from gateway.blobs import BlobStore
-from gateway.emergency import authenticate, for_classifier
-from gateway.faults import crash_point
+from gateway.emergency.rules import authenticate, for_classifier
+from gateway.intake.blobs import BlobStore
+from gateway.intake.faults import crash_point
+from gateway.intake.spool import Envelope
 from gateway.message import ParsedMessage
-from gateway.runtime import Runtime
-from gateway.spool import Envelope
+from gateway.service.runtime import Runtime
 from gateway.stages.automated import check_automated
 from gateway.stages.classify import classify
 from gateway.stages.decide import decide

@@ -146,7 +146,7 @@ def relay() -> Iterator[CapturingRelay]:
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default classifier model, built once per run and copied into each state dir."""
-    from gateway.runtime import load_runtime
+    from gateway.service.runtime import load_runtime
 
     base = tmp_path_factory.mktemp("models")
     config = configure(ROOT / "config", base / "config", base / "state")

@@ -264,9 +264,9 @@ class Gateway:
     """The gateway in-process: a spool to ingest into and a worker to drain it (no listeners)."""
 
     def __init__(self, config: Path) -> None:
-        from gateway.runtime import RuntimeBox, load_runtime
+        from gateway.service.runtime import RuntimeBox, load_runtime
+        from gateway.service.worker import Worker
         from gateway.storage.db import upgrade
-        from gateway.worker import Worker
 
         runtime = load_runtime(config)
         self.settings = runtime.settings
@@ -283,7 +283,7 @@ class Gateway:
         channel_key: str | None = None,
     ) -> str:
 
-        from gateway.spool import Envelope
+        from gateway.intake.spool import Envelope
 
         return self.spool.enqueue(
             raw,

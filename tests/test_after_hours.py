@@ -1,5 +1,6 @@
-"""Specification of the after-hours flag (gateway/after_hours.py) on the shipped `business`
-calendar: America/New_York, Monday to Friday 08:00-18:00, closed on the listed US holidays.
+"""Specification of the after-hours flag (gateway/emergency/after_hours.py) on the shipped
+`business` calendar: America/New_York, Monday to Friday 08:00-18:00, closed on the listed US
+holidays.
 
 Every instant is written out (a frozen clock). Local times are New York wall-clock times.
 2026-11-24 is a Tuesday; Thanksgiving, 2026-11-26, is a configured holiday; DST starts on Sunday
@@ -18,10 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.after_hours import after_hours, describe_hours
-from gateway.calendars import Calendar, build_calendars, is_open
 from gateway.config.schema import CalendarsFile
 from gateway.config.validate import build
+from gateway.emergency.after_hours import after_hours, describe_hours
+from gateway.policy.calendars import Calendar, build_calendars, is_open
 
 ROOT = Path(__file__).resolve().parents[1]
 NY = ZoneInfo("America/New_York")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.intake.spool import Envelope
 from gateway.message import Automated
-from gateway.spool import Envelope
 from gateway.stages.automated import check_automated
 from gateway.stages.parse import parse
 from tests.helpers import make_email

@@ -1,4 +1,4 @@
-"""Specification of business-hours calendars (gateway/calendars.py).
+"""Specification of business-hours calendars (gateway/policy/calendars.py).
 
 Every instant is written out (a frozen clock: nothing here reads `now()`). Local times are New
 York wall-clock times unless a name says UTC. The sample policy: Customer Service is open 8:00
@@ -18,7 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.calendars import (
+from gateway.config.errors import ConfigError, ConfigProblem
+from gateway.config.schema import CalendarDef, CalendarsFile
+from gateway.config.validate import build
+from gateway.policy.calendars import (
     Calendar,
     CalendarClosedError,
     add_business_minutes,
@@ -30,9 +33,6 @@ from gateway.calendars import (
     is_open,
     next_opening,
 )
-from gateway.config.errors import ConfigError, ConfigProblem
-from gateway.config.schema import CalendarDef, CalendarsFile
-from gateway.config.validate import build
 
 ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.UTC

@@ -157,10 +157,10 @@ def test_classify_prints_the_verdict_without_creating_a_ticket(
 def test_logs_off_a_terminal_are_one_json_object_a_line() -> None:
     import logging
 
-    from gateway.cli import JsonFormatter
+    from gateway.cli.main import JsonFormatter
 
     record = logging.LogRecord(
-        "gateway.worker",
+        "gateway.service.worker",
         logging.INFO,
         __file__,
         1,
@@ -171,5 +171,5 @@ def test_logs_off_a_terminal_are_one_json_object_a_line() -> None:
     line = JsonFormatter().format(record)
     data = json.loads(line)
     assert "\n" not in line
-    assert data["level"] == "info" and data["logger"] == "gateway.worker"
+    assert data["level"] == "info" and data["logger"] == "gateway.service.worker"
     assert data["message"] == 'smtp 0179-ab -> ticket T-000001 "quoted"'

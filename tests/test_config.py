@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
-from gateway.runtime import RuntimeBox, load_runtime
+from gateway.service.runtime import RuntimeBox, load_runtime
 from tests.helpers import ROOT, DaemonProcess, gateway_cli, make_email, wait_for
 
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config.loader import load
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import Intake
 from tests.helpers import gateway_cli

@@ -79,7 +79,7 @@ def test_imported_customers_are_identified_by_address_domain_and_phone(
     assert gateway_cli(config, "customers", "import", str(csv_path)).returncode == 0
     gw = Gateway(config)
     try:
-        from gateway.runtime import load_runtime
+        from gateway.service.runtime import load_runtime
         from gateway.storage.customers import load_accounts
 
         gw.box.current = load_runtime(config, imported_accounts=load_accounts(gw.worker.sessions))

@@ -21,19 +21,20 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from gateway import clock as business_clock
-from gateway import escalation_scheduler
-from gateway.calendars import (
+from gateway.cli.main import main
+from gateway.config.errors import ConfigError
+from gateway.config.loader import load
+from gateway.config.schema import CalendarDef
+from gateway.outbound import escalation_scheduler
+from gateway.outbound.escalation_scheduler import Escalated, run_once
+from gateway.policy.calendars import (
     Calendar,
     add_business_minutes,
     build_calendar,
     is_open,
     next_opening,
 )
-from gateway.cli import main
-from gateway.config.errors import ConfigError
-from gateway.config.loader import load
-from gateway.config.schema import CalendarDef
-from gateway.escalation import (
+from gateway.policy.escalation import (
     Escalation,
     EscalationPolicy,
     Recorded,
@@ -41,7 +42,6 @@ from gateway.escalation import (
     TicketClock,
     due_escalations,
 )
-from gateway.escalation_scheduler import Escalated, run_once
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import EscalationEvent, OutboxRow, Ticket, TicketEvent, TicketPause
 from gateway.storage.queries import OPEN_STATUSES, as_utc
@@ -99,11 +99,11 @@ def kinds(events: tuple[Escalation, ...] | list[Escalated]) -> list[tuple[str, s
     return [(e.target, e.kind, e.step) for e in events]
 
 
-# ---- the pure rules (gateway/escalation.py) ----------------------------------------------------
+# ---- the pure rules (gateway/policy/escalation.py) ------------------------------------------
 
 
 def test_escalation_counts_open_tickets_like_the_queue() -> None:
-    from gateway import escalation
+    from gateway.policy import escalation
 
     assert escalation.OPEN_STATUSES == OPEN_STATUSES
 
@@ -280,7 +280,7 @@ def test_nothing_comes_due_while_the_calendar_is_closed(created: datetime, after
     assert due_escalations(c, POLICY, next_opening(BUSINESS, t1)) == ()
 
 
-# ---- the scheduler on both databases (gateway/escalation_scheduler.py) -----------------------
+# ---- the scheduler on both databases (gateway/outbound/escalation_scheduler.py) -----------
 
 
 def new_ticket(

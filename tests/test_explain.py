@@ -11,8 +11,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from gateway.intake.spool import Envelope
 from gateway.pipeline import process
-from gateway.spool import Envelope
 from tests.helpers import ROOT, Gateway, gateway_cli
 
 SAMPLES = sorted((ROOT / "docs" / "samples").glob("*.eml"))

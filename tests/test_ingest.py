@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.loader import load
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 from tests.conftest import SHARED_DATA
 from tests.helpers import Gateway, gateway_cli, make_email
 

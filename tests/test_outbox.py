@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import datetime
 from email import message_from_bytes
 
-from gateway import clock, outbox_sender
+from gateway import clock
+from gateway.outbound import mail_sender as outbox_sender
 from tests.helpers import BUSINESS_HOURS, CapturingRelay, Gateway, make_email
 
 

@@ -14,9 +14,10 @@ from email.message import EmailMessage
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.intake.rawmail import looks_like_message
+from gateway.intake.spool import Envelope
 from gateway.message import ParsedMessage
-from gateway.spool import Envelope
-from gateway.stages.parse import looks_like_message, parse
+from gateway.stages.parse import parse
 from tests.helpers import make_email
 
 MiB = 1024 * 1024

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.calendars import build_calendars
 from gateway.config.loader import Settings, load
-from gateway.directory import Directory
-from gateway.policy import Plans, cap_lift, check_channel_entitlement, due_times, sla_for
+from gateway.policy.calendars import build_calendars
+from gateway.policy.directory import Directory
+from gateway.policy.plans import Plans, cap_lift, check_channel_entitlement, due_times, sla_for
 from tests.helpers import ROOT
 
 NY = ZoneInfo("America/New_York")
@@ -131,7 +131,7 @@ def test_a_severity_floor_never_lifts_a_ticket_above_its_plans_ceiling() -> None
 
 @pytest.fixture(scope="module")
 def runtime():  # type: ignore[no-untyped-def]
-    from gateway.runtime import load_runtime
+    from gateway.service.runtime import load_runtime
 
     return load_runtime(ROOT / "config")
 
@@ -192,7 +192,7 @@ def test_a_routing_floor_is_capped_at_a_basic_plans_ceiling(runtime) -> None:  #
 
     from gateway.config.schema import RoutingFile
     from gateway.config.validate import build
-    from gateway.routing import build_router
+    from gateway.policy.routing import build_router
 
     table = tomllib.loads(
         'default_queue = "support"\n[[rule]]\nname = "LIFT_ALL"\nqueue = "support"\n'

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.calendars import Calendar, build_calendars
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
 from gateway.config.schema import CalendarsFile, RoutingFile
 from gateway.config.validate import build
-from gateway.routing import Router, RoutingFacts, build_router, check_routing, route
+from gateway.policy.calendars import Calendar, build_calendars
+from gateway.policy.routing import Router, RoutingFacts, build_router, check_routing, route
 from tests.helpers import ROOT
 
 NY = ZoneInfo("America/New_York")

@@ -1,4 +1,4 @@
-"""Specification of sender authentication for email (gateway/sender_auth.py).
+"""Specification of sender authentication for email (gateway/emergency/sender_auth.py).
 
 A forged `From:` must never create a charge: the sender counts as authenticated only by an
 aligned pass from our own receiving MTA (`Authentication-Results` with a trusted authserv-id) or
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.sender_auth import (
+from gateway.emergency.sender_auth import (
     DnsTxtResolver,
     SenderAuth,
     aligned,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 from tests.helpers import CapturingRelay, DaemonProcess, make_email, wait_for
 
 

@@ -2,7 +2,7 @@
 
 Owns what is served on the `[api]` address (default 127.0.0.1:8081) and who may reach it:
 
-    /healthz, /readyz                 open (gateway/health.py's checks)
+    /healthz, /readyz                 open (gateway/service/health.py's checks)
     /metrics                          open, or a read token with [api] metrics_require_token
     /openapi.json                     read token (the OpenAPI 3.1 document of /api/v1)
     /api/v1/...                       a token with the scope each operation names (x-scope)
@@ -37,7 +37,7 @@ from gateway.api.errors import (
     install_error_handlers,
 )
 from gateway.api.views import API_PREFIX
-from gateway.health import HealthEndpoints
+from gateway.service.health import HealthEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _openapi(app: FastAPI, routers: list[tuple[str, APIRouter]]) -> Callable[[],
 
 
 def build_api_app(ctx: ApiContext, health: HealthEndpoints) -> FastAPI:
-    """The whole `[api]` app around `ctx`; `health` are gateway/health.py's handlers."""
+    """The whole `[api]` app around `ctx`; `health` are gateway/service/health.py's handlers."""
     app = FastAPI(
         title="Intake Gateway API",
         version=API_VERSION,

@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
 from gateway.api.auth import TokenSource, TokenTable
-from gateway.blobs import BlobStore
 from gateway.config.loader import Settings
 from gateway.config.schema import ApiToken
-from gateway.spool import Spool
+from gateway.intake.blobs import BlobStore
+from gateway.intake.spool import Spool
 
 CONTEXT_KEY = "api_context"
 

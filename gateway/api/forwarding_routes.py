@@ -7,7 +7,7 @@ Owns two operations, both under the `admin` scope:
   attempts; recorded in the audit log (who, which delivery, its state before) in the same
   transaction. 404 for no such delivery, 409 for one that is not a dead letter.
 Never shows a delivery's body (it carries customer text) and never sends anything itself: the
-sender in worker 0 picks the delivery up (gateway/forwarding_sender.py).
+sender in worker 0 picks the delivery up (gateway/outbound/forwarding_sender.py).
 
 Mounting (gateway/api/app.py)::
 
@@ -27,11 +27,11 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
-from gateway import forwarding_sender
 from gateway.api.auth import ApiError, Principal, require
 from gateway.api.errors import documented_errors
-from gateway.audit import Actor, record_action
-from gateway.forwarding_sender import DeliveryView
+from gateway.outbound import forwarding_sender
+from gateway.outbound.forwarding_sender import DeliveryView
+from gateway.privacy.audit import Actor, record_action
 
 router = APIRouter(prefix="/forwarding", tags=["forwarding"])
 

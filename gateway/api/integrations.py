@@ -1,10 +1,10 @@
-"""The API's calls into emergency billing (`gateway.billing`, issue 7).
+"""The API's calls into emergency billing (`gateway.emergency.ledger`, issue 7).
 
 Owns the three touch points and their translation to the API: a ticket's billing for the detail
 view (`ticket_billing`), the credit a merge or duplicate mark asks for (`credit_for_fold`, in the
 caller's transaction; billing's rules decide whether anything was billed to credit) and the
 incident export (`export_incidents`, JSON lines plus totals, or billing's own CSV). Never decides
-what is billed or credited: gateway/billing.py owns those rules.
+what is billed or credited: gateway/emergency/ledger.py owns those rules.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy.orm import Session
 
-from gateway import billing
-from gateway.audit import Actor
+from gateway.emergency import ledger as billing
+from gateway.privacy.audit import Actor
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ Owns the two agent actions and what they do, in the caller's transaction, audite
   emergency of the source, and the source is closed with a `merged_into` link.
 * **duplicate**: the source is closed with a `duplicate_of` link; its messages stay with it.
 
-Either way `gateway.billing.credit_incident(session, source_id, kind, ...)` is asked for a credit
-(kind `merged` or `duplicate`): one request is billed once (billing's rules say whether the
+Either way `gateway.emergency.ledger.credit_incident(session, source_id, kind, ...)` is asked for a
+credit (kind `merged` or `duplicate`): one request is billed once (billing's rules say whether the
 folded ticket had a billed incident to credit). A ticket is folded
 at most once, never into itself, and never into a ticket that was itself folded (the answer names
 the ticket to use instead). Both rows are locked in id order (no deadlock between two agents
@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from gateway.api import integrations
-from gateway.audit import Actor, record_action
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.admin import AdminError, change_status
 from gateway.storage.agent_tables import TicketLink
 from gateway.storage.models import (

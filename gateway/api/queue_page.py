@@ -173,7 +173,7 @@ def sla_clock(ticket: Ticket, now: datetime, settings: QueuePageSettings) -> Sla
     elif ticket.resolution_due is not None:
         target, due = "resolution", as_utc(ticket.resolution_due)
         if ticket.waiting_since is not None:
-            # Waiting on the customer pauses the resolution clock (README: the support contract).
+            # Waiting on the customer pauses the resolution clock (docs/config.md: support contract)
             return SlaClock(target, due, None, 0, "paused", "paused: waiting on customer")
     else:
         return SlaClock("", None, None, 0, "none", "—")

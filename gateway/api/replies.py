@@ -24,13 +24,14 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.audit import Actor, record_action
-from gateway.blobs import BlobStore
+from gateway.intake.blobs import BlobStore
 from gateway.message import Automated
-from gateway.outbox import gate, new_message_id
-from gateway.stages.persist import opted_out, sms_gate
+from gateway.outbound.outbox import gate, new_message_id
+from gateway.policy.sms import sms_gate
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.admin import AdminError, mark_first_response
 from gateway.storage.models import Message, OutboxRow, Ticket
+from gateway.storage.queries import opted_out
 
 EMAIL_CHANNELS = ("smtp", "lmtp", "pipe", "imap")
 PHONE_CHANNELS = ("twilio-sms", "twilio-voice")

@@ -2,10 +2,11 @@
 
 Owns the admin scope's HTTP side: every route here needs a token with `admin`. The audit log is
 exported oldest first in pages (`cursor` = the last id seen); the billing export is
-`gateway.billing.export_incidents` (501 without billing); the spool and quarantine are shown as
-`gateway spool`/`gateway quarantine` show them, and a replay is audited (the spool is files: the
-audit row commits right after the move). Never changes a spool entry except by `Spool.replay`,
-never exposes a path on disk, and accepts only well-formed spool ids (no path traversal).
+`gateway.emergency.ledger.export_incidents` (501 without billing); the spool and quarantine are
+shown as `gateway spool`/`gateway quarantine` show them, and a replay is audited (the spool is
+files: the audit row commits right after the move). Never changes a spool entry except by
+`Spool.replay`, never exposes a path on disk, and accepts only well-formed spool ids (no path
+traversal).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from gateway.api.schemas import (
     SpoolEntryOut,
 )
 from gateway.api.views import download_headers
-from gateway.audit import Actor, record_action
-from gateway.spool import Entry, QuarantineRecord, SpoolError
+from gateway.intake.spool import Entry, QuarantineRecord, SpoolError
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.queries import as_utc
 
@@ -124,8 +125,9 @@ def get_audit(
     "/billing/export",
     response_model=BillingExport,
     summary="Export the emergency incidents opened in [since, until), with totals",
-    description="The same export as `gateway billing export` (gateway/billing.py): one line per "
-    "incident with what it cost, and totals per currency. `format=csv` answers billing's CSV.",
+    description="The same export as `gateway billing export` (gateway/emergency/ledger.py): "
+    "one line per incident with what it cost, and totals per currency. `format=csv` answers "
+    "billing's CSV.",
     responses={
         200: {
             "content": {"text/csv": {"schema": {"type": "string"}}},

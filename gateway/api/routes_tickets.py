@@ -50,12 +50,12 @@ from gateway.api.views import (
     summary,
     ticket_or_404,
 )
-from gateway.audit import Actor
 from gateway.config.loader import Settings
+from gateway.outbound.twilio_sender import auth_token as twilio_auth_token
+from gateway.privacy.audit import Actor
 from gateway.storage.admin import AdminError, change_status, correct_severity, mark_first_response
 from gateway.storage.models import AttachmentRecord, Message
 from gateway.storage.queries import OPEN_STATUSES
-from gateway.twilio_outbound import auth_token as twilio_auth_token
 
 router = APIRouter(prefix="/api/v1", tags=["tickets"])
 

@@ -1,7 +1,7 @@
 """The API's request and response bodies, as pydantic models: what /openapi.json documents.
 
 Owns the wire shapes of /api/v1. A ticket is the spine's ticket JSON (`"schema": 1`,
-gateway.storage.queries.ticket_json; fields are only ever added) plus what agents need on top:
+gateway.ticket_json.ticket_json; fields are only ever added) plus what agents need on top:
 computed SLA state, attachment and raw download links, history, links, billing. Never queries
 the database (gateway/api/views.py fills these) and never changes a ticket.
 """
@@ -164,7 +164,7 @@ class TicketDetail(TicketSummary):
     resolution: Resolution | None
     links: Links
     billing: dict[str, Any] | None = Field(
-        description="Emergency billing for the ticket (gateway.billing), null if none."
+        description="Emergency billing for the ticket (gateway.emergency.ledger), null if none."
     )
 
 

@@ -45,12 +45,14 @@ from gateway.storage.models import (
     Ticket,
     TicketEvent,
 )
-from gateway.storage.queries import OPEN_STATUSES, as_utc, find_ticket, queue_order, ticket_json
+from gateway.storage.queries import OPEN_STATUSES, as_utc, find_ticket, queue_order
+from gateway.ticket_json import ticket_json
 
 API_PREFIX = "/api/v1"
 MAX_PAGE = 500
 
-# A ticket's billing, when gateway.billing is installed: (session, ticket id) -> JSON or None.
+# A ticket's billing, when gateway.emergency.ledger is installed: (session, ticket id) -> JSON or
+# None.
 BillingLookup = Callable[[Session, int], dict[str, Any] | None]
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.calendars import check_calendars
 from gateway.config.errors import ConfigError, ConfigProblem, find_line
 from gateway.config.schema import (
     CalendarsFile,
@@ -28,8 +27,9 @@ from gateway.config.schema import (
     SeverityFile,
 )
 from gateway.config.validate import build
-from gateway.forwarding import check_forwarding, known_queues
-from gateway.routing import check_routing
+from gateway.outbound.forwarding import check_forwarding, known_queues
+from gateway.policy.calendars import check_calendars
+from gateway.policy.routing import check_routing
 
 T = TypeVar("T")
 
@@ -69,9 +69,9 @@ class Settings:
     routing: RoutingFile
     templates: Templates
     rules_dir: Path
-    # emergency.toml: emergency (billable) support (gateway/emergency.py).
+    # emergency.toml: emergency (billable) support (gateway/emergency/rules.py).
     emergency: EmergencyFile = field(default_factory=EmergencyFile)
-    # forwarding.toml: outbound webhooks into help desks (gateway/forwarding.py).
+    # forwarding.toml: outbound webhooks into help desks (gateway/outbound/forwarding.py).
     forwarding: ForwardingFile = field(default_factory=ForwardingFile)
 
     @property
@@ -363,7 +363,7 @@ def _check_severity(directory: Path, severity: SeverityFile, problems: list[Conf
         )
 
 
-# Templates emergency support sends (gateway/emergency.py); each needs an English text.
+# Templates emergency support sends (gateway/emergency/rules.py); each needs an English text.
 EMERGENCY_TEMPLATES = (
     "emergency-unavailable",
     "confirm-charge",

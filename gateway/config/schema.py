@@ -269,7 +269,7 @@ class ImapMailbox:
     recipients: tuple[str, ...] = ()
 
 
-# ---- [retention] in gateway.toml: `gateway purge` (gateway/retention.py) ---------------------
+# ---- [retention] in gateway.toml: `gateway purge` (gateway/privacy/retention.py) ---
 
 
 def _retention_days(v: int) -> str | None:
@@ -366,8 +366,8 @@ class Plan:
     jump_queue: bool = True
     # Per-level SLA overrides, e.g. [plan.sla.urgent] first_response_minutes = 30.
     sla: dict[str, SlaTarget] = field(default_factory=dict)
-    # -- emergency billing (gateway/billing.py); required when emergency = true --------------
-    # Price of one emergency incident, a quoted decimal in `currency`: "250.00".
+    # -- emergency billing (gateway/emergency/ledger.py); required when emergency = true
+    # -------------- Price of one emergency incident, a quoted decimal in `currency`: "250.00".
     emergency_price: str = field(default="", metadata=check(lambda v: _money(v)))
     # Added to the price when the emergency is asked for after hours (emergency.toml's
     # after_hours_calendar); "" or "0" for none. A prepaid bundle unit covers the price, not this.
@@ -382,7 +382,7 @@ class PlansFile:
     plan: tuple[Plan, ...] = ()
 
 
-# ---- emergency.toml: emergency (billable) support (gateway/emergency.py) ---------------------
+# ---- emergency.toml: emergency (billable) support (gateway/emergency/rules.py) ---
 
 
 def _money(v: str) -> str | None:
@@ -457,7 +457,7 @@ class LevelDef:
     action: str = ""
 
 
-# -- [escalation] in severity.toml (gateway/escalation.py, gateway/escalation_scheduler.py) --
+# -- [escalation] in severity.toml (gateway/policy/escalation.py, escalation_scheduler.py) --
 
 
 def _percent(v: int) -> str | None:
@@ -518,7 +518,7 @@ class RouteMatch:
     """[rule.match]: every condition given must hold (AND); a list holds when any value does (OR).
 
     A key left out matches anything; a rule without [rule.match] matches every ticket. Names
-    (plans, levels, calendars) are checked against the other files by `gateway.routing`."""
+    (plans, levels, calendars) are checked against the other files by `gateway.policy.routing`."""
 
     # Channel kinds as plans.toml names them: "email", "sms", "voice" (not "smtp" or "imap").
     channel: tuple[str, ...] | None = None
@@ -591,7 +591,8 @@ class RoutingFile:
 
 @dataclass(frozen=True)
 class CalendarDef:
-    # One business-hours calendar for SLA clocks, checked by `gateway.calendars.check_calendars`.
+    # One business-hours calendar for SLA clocks, checked by
+    # `gateway.policy.calendars.check_calendars`.
     # IANA timezone name ("America/New_York", "Europe/Berlin", "UTC"); hours are local wall-clock
     # time there, so 08:00-18:00 stays 08:00-18:00 on both DST change days.
     timezone: str = "UTC"
@@ -617,7 +618,7 @@ class CalendarsFile:
     calendar: dict[str, CalendarDef] = field(default_factory=dict)
 
 
-# ---- forwarding.toml: outbound webhooks into existing help desks (gateway/forwarding.py) ------
+# ---- forwarding.toml: outbound webhooks into existing help desks (gateway/outbound/forwarding.py)
 
 
 def _webhook_name(v: str) -> str | None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.message import Automated, ParsedMessage
-
-OWN_LOOP_HEADER = "x-intake-gateway"
+from gateway.message import OWN_LOOP_HEADER, Automated, ParsedMessage
 
 _DAEMON = re.compile(r"^(mailer-daemon|postmaster|no-?reply|do-?not-?reply|bounces?)([+\-@]|$)")
 _AUTO_SUBJECT = re.compile(

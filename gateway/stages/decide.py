@@ -8,7 +8,8 @@ Pure: never touches storage or the network. In order: machines are discarded; th
 channel entitlement (reject or downgrade); the plan's queue-jump right; routing (queue, tags,
 severity floor capped at the plan's ceiling, notifications); the SLA targets and due times of the
 final severity on the plan; the acknowledgement with the level's action text. Emergency support
-(gateway/emergency.py) is applied between the queue-jump right and routing: a reply confirming a
+(gateway/emergency/rules.py) is applied between the queue-jump right and routing: a reply
+confirming a
 held request is recognised first of all (so an SMS YES answering our prompt is not START); an
 unavailable request gets one polite reply instead of the acknowledgement; a held one is a `Hold`
 with no SLA clock yet and one "confirm the charge" request; an acknowledged one is an emergency
@@ -22,12 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from classifiers.types import Verdict
-from gateway import emergency as emergency_rules
-from gateway.calendars import Calendar
 from gateway.config.schema import AutomatedSection, EmergencyFile, SeverityFile
-from gateway.emergency import EmergencyStep
+from gateway.emergency import rules as emergency_rules
+from gateway.emergency.rules import EmergencyStep
 from gateway.message import Automated, Customer, ParsedMessage, Thread
-from gateway.policy import (
+from gateway.policy.calendars import Calendar
+from gateway.policy.plans import (
     DueTimes,
     Plans,
     Sla,
@@ -37,8 +38,9 @@ from gateway.policy import (
     due_times,
     sla_for,
 )
-from gateway.routing import Route, Router, RoutingFacts
-from gateway.routing import route as route_message
+from gateway.policy.routing import Route, Router, RoutingFacts
+from gateway.policy.routing import route as route_message
+from gateway.policy.sms import sms_keyword
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class Decision:
     route: Route | None = None
     # Twilio SMS keywords: "out" (STOP) or "in" (START) — persist records the opt-out.
     sms_opt: str = ""
-    # What emergency support made of the message (gateway/emergency.py); persist opens the
+    # What emergency support made of the message (gateway/emergency/rules.py); persist opens the
     # hold, the incident or the link it says.
     emergency_step: EmergencyStep | None = None
     # When a held request is released at its classified severity if nobody confirms it.
@@ -401,26 +403,6 @@ def _facts(
     )
 
 
-# Twilio's default opt-out, opt-in and help keywords (the whole message, any case).
-SMS_STOP = frozenset(
-    {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"}
-)
-SMS_START = frozenset({"START", "YES", "UNSTOP", "OPTIN"})
-SMS_HELP = frozenset({"HELP", "INFO"})
-
-
-def sms_keyword(text: str) -> str | None:
-    """STOP, START or HELP when an SMS is exactly one of their keywords, else None."""
-    word = text.strip().strip(".!").upper()
-    if word in SMS_STOP:
-        return "STOP"
-    if word in SMS_START:
-        return "START"
-    if word in SMS_HELP:
-        return "HELP"
-    return None
-
-
 def _sms_keyword_decision(
     keyword: str, message: ParsedMessage, verdict: Verdict, policy: Policy, reasons: list[Reason]
 ) -> Decision:
@@ -454,7 +436,7 @@ def _keypress(
     reasons: list[Reason],
 ) -> None:
     """Record the caller's choice with its evidence (what makes it an emergency, or not, is
-    gateway/emergency.py's rule)."""
+    gateway/emergency/rules.py's rule)."""
     digit = message.header("x-twilio-digits") or ""
     call = message.header("x-twilio-callsid") or "?"
     at = message.received_at.isoformat().replace("+00:00", "Z")

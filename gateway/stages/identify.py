@@ -6,8 +6,8 @@ caller's number for Twilio). Never touches storage; the directory is an in-memor
 
 from __future__ import annotations
 
-from gateway.directory import Directory
 from gateway.message import Customer, ParsedMessage
+from gateway.policy.directory import Directory
 
 
 def identify(message: ParsedMessage, directory: Directory) -> Customer:

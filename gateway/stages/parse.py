@@ -21,8 +21,9 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
+from gateway.intake.rawmail import strip_mbox_line
+from gateway.intake.spool import Envelope
 from gateway.message import Attachment, ParsedMessage
-from gateway.spool import Envelope
 
 # mail-parser logs every MIME part it does not handle at WARNING; that is noise, not news.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
@@ -31,7 +32,6 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 TEXT_LIMIT = 256 * 1024  # classifier and storage need the start of the text, not all of it
 
-_HEADER_NAME = re.compile(rb"^[!-9;-~]+:")
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _TAG = re.compile(r"<[^>]+>")
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
@@ -40,53 +40,6 @@ _STYLE = re.compile(r"<(script|style)\b.*?</\1>", re.S | re.I)
 
 class NotAMessageError(ValueError):
     """The bytes are not an RFC 5322 message at all (e.g. an Outlook .msg, an empty file)."""
-
-
-def strip_mbox_line(raw: bytes) -> bytes:
-    """Drop a leading mbox `From ` envelope line, as mail saved from a mailbox often has, and
-    leading blank or whitespace-only lines (some clients save messages that way)."""
-    if raw.startswith(b"From "):
-        nl = raw.find(b"\n")
-        raw = raw[nl + 1 :] if nl >= 0 else b""
-    while raw[:1] in (b" ", b"\t", b"\r", b"\n"):
-        nl = raw.find(b"\n")
-        if nl < 0 or raw[:nl].strip():
-            break
-        raw = raw[nl + 1 :]
-    return raw
-
-
-def looks_like_message(raw: bytes) -> bool:
-    """Whether bytes start like RFC 5322 headers. Used by `ingest` to refuse non-messages (65)."""
-    body = strip_mbox_line(raw)
-    if not body or b"\x00" in body[:4096]:
-        return False
-    first = body.split(b"\n", 1)[0]
-    if not _HEADER_NAME.match(first):
-        return False
-    head = body[:65536].lower()
-    return any(
-        h in head
-        for h in (
-            b"\nfrom:",
-            b"\nmessage-id:",
-            b"\nsubject:",
-            b"\ndate:",
-            b"\nto:",
-            b"\nreceived:",
-            b"\nmime-version:",
-            b"\ncontent-type:",
-        )
-    ) or first.lower().startswith(
-        (
-            b"from:",
-            b"received:",
-            b"return-path:",
-            b"message-id:",
-            b"mime-version:",
-            b"content-type:",
-        )
-    )
 
 
 def _split_body(raw: bytes) -> bytes:

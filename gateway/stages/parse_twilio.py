@@ -15,16 +15,14 @@ import json
 from collections.abc import Mapping
 from typing import Final
 
-from gateway.directory import normalise_phone
-from gateway.message import ParsedMessage
-from gateway.spool import Envelope
+from gateway.intake.spool import Envelope
+from gateway.message import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE, ParsedMessage
+from gateway.phone import normalise_phone
 
 VOICE_EVENTS: Final = ("call", "gather", "recording", "transcription")
 # Twilio transcribes recordings of 2 to 120 seconds only (<Record transcribe> docs).
 TRANSCRIBE_MIN_SECONDS: Final = 2
 TRANSCRIBE_MAX_SECONDS: Final = 120
-TRANSCRIPTION_PENDING: Final = "Transcription: pending"
-TRANSCRIPTION_UNAVAILABLE: Final = "Transcription: unavailable"
 
 
 def call_message_id(kind: str, call_sid: str) -> str:

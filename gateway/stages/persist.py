@@ -4,7 +4,7 @@ Owns exactly-once (DESIGN promise 2): the intake row claims the message's dedup 
 unique constraint before anything else is written, so a redelivery, a replay, the same mail by
 SMTP and IMAP, or two instances racing all end as one ticket plus recorded duplicates. In the
 same transaction: the ticket or follow-up, the message, attachment records, every recorded
-reason, an emergency's hold, incident and ledger rows (`gateway/emergency_holds.py`), and outbox
+reason, an emergency's hold, incident and ledger rows (`gateway/emergency/holds.py`), and outbox
 rows (acknowledgements pass the outbox gate and the per-recipient limit
 here, because the limit needs history). `record` runs inside the caller's transaction (the
 pipeline gives each message of a batch its own SAVEPOINT); blobs are made durable *before* that
@@ -14,7 +14,6 @@ again, harmlessly.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -22,13 +21,20 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
-from gateway import emergency_holds
 from gateway.config.loader import Templates
-from gateway.faults import crash_point
-from gateway.message import Automated, Customer, ParsedMessage, Thread
-from gateway.outbox import Draft, gate, render
+from gateway.emergency import holds as emergency_holds
+from gateway.intake.faults import crash_point
+from gateway.message import (
+    TRANSCRIPTION_PENDING,
+    TRANSCRIPTION_UNAVAILABLE,
+    Automated,
+    Customer,
+    ParsedMessage,
+    Thread,
+)
+from gateway.outbound.outbox import Draft, gate, render
+from gateway.policy.sms import sms_gate
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
-from gateway.stages.parse_twilio import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -40,6 +46,7 @@ from gateway.storage.models import (
     TicketEvent,
     TicketPause,
 )
+from gateway.storage.queries import opted_out
 
 
 @dataclass(frozen=True)
@@ -407,28 +414,6 @@ def _queue_reply(
 
 
 # -- Twilio SMS and voicemail helpers (channels/twilio.py, gateway/stages/parse_twilio.py) -----
-
-E164 = re.compile(r"\+[1-9]\d{6,14}")
-
-
-def opted_out(session: Session, phone: str) -> bool:
-    """Has this number texted STOP (and not START since)?"""
-    row = session.execute(
-        select(SmsOptOut.opted_out).where(SmsOptOut.phone == phone)
-    ).scalar_one_or_none()
-    return bool(row)
-
-
-def sms_gate(phone: str, automated: Automated, is_opted_out: bool) -> str | None:
-    """Why we must not text `phone`, or None if we may (the SMS twin of `outbox.gate`)."""
-    if automated.is_automated:
-        return f"sender is automated ({automated.kind}): never answer machines"
-    if not E164.fullmatch(phone):
-        return "no E.164 number to text"
-    if is_opted_out:
-        return f"{phone} opted out of SMS (STOP)"
-    return None
-
 
 def _record_opt(session: Session, phone: str, opt: str, now: datetime) -> None:
     row = session.execute(select(SmsOptOut).where(SmsOptOut.phone == phone)).scalar_one_or_none()

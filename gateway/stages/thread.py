@@ -16,8 +16,8 @@ import re
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from gateway.directory import UNKNOWN_ACCOUNT
 from gateway.message import Customer, ParsedMessage, Thread, TicketRef
+from gateway.policy.directory import UNKNOWN_ACCOUNT
 
 TOKEN = re.compile(r"\[#(T-\d{6,})\]")
 CLOSED = ("resolved", "closed")

@@ -3,7 +3,7 @@
 Owns status transitions (with the resolution kind, and the pause of the resolution clock while
 waiting on the customer), the first-response mark, and severity corrections (a correction is
 also a classifier label: DESIGN promise 4 and the classifier issue's "learning from agents").
-Each change is audited (`gateway.audit.record_action`) in the caller's transaction. The
+Each change is audited (`gateway.privacy.audit.record_action`) in the caller's transaction. The
 `change_status`/`correct_severity`/`mark_first_response` functions never commit (the API commits
 with its other writes); `set_status`/`set_severity` are the CLI's committing wrappers. Never
 called from the pipeline: only people change tickets this way.
@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway import clock as business_clock
-from gateway.audit import Actor, record_action
+from gateway.privacy.audit import Actor, record_action
 from gateway.storage.models import Message, SeverityLabel, Ticket, TicketEvent, TicketPause
 from gateway.storage.queries import as_utc, find_ticket
 

@@ -1,6 +1,7 @@
 """Tables of the agents' side: the append-only audit log and API bookkeeping.
 
-Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
+Shares `Base` (gateway.storage.base) with gateway.storage.models, which imports this module at
+its end so Alembic sees every table; never imports models back.
 Rows of `audit_log` are only ever inserted: a correction is a new row, never an UPDATE.
 `ticket_links` records an agent's merge or duplicate mark (gateway/api/merging.py).
 """
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.storage.models import Base, UTCDateTime
+from gateway.storage.base import Base, UTCDateTime
 
 
 class AuditEntry(Base):

@@ -1,6 +1,7 @@
 """Tables of emergency billing: emergency requests, incidents, the append-only ledger, bundles.
 
-Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
+Shares `Base` (gateway.storage.base) with gateway.storage.models, which imports this module at
+its end so Alembic sees every table; never imports models back.
 Rows of `ledger_entries` are only ever inserted: a correction (a credit) is a new row, never an
 UPDATE or a DELETE. Two unique constraints make the money rules hold in the database itself,
 whatever the code above does: at most one entry of each kind per incident (one charge, one
@@ -16,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from gateway.storage.models import Base, UTCDateTime
+from gateway.storage.base import Base, UTCDateTime
 
 
 class EmergencyRequest(Base):

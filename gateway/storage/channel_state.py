@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway import clock as business_clock
+from gateway.storage.db import is_sqlite, make_engine
 from gateway.storage.models import ChannelState
 
 
@@ -127,3 +128,15 @@ class ClusterLock:
                 conn.close()
             except Exception:
                 pass
+
+
+def open_store(database_url: str) -> ChannelStateStore:
+    """A store on its own engine for `database_url` (the IMAP pollers' start-up): the one way a
+    channel reaches the database, so channels import nothing else of storage."""
+    return ChannelStateStore(make_engine(database_url))
+
+
+def needs_cluster_lock(database_url: str) -> bool:
+    """Whether pollers must take a ClusterLock: SQLite serves one instance, no lock needed;
+    PostgreSQL may be shared by several instances."""
+    return not is_sqlite(database_url)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
 from gateway.config.schema import Account, Contact
-from gateway.directory import normalise_phone
+from gateway.phone import normalise_phone
 from gateway.storage.models import CustomerAccount, CustomerContact
 
 COLUMNS = (

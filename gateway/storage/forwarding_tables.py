@@ -8,7 +8,7 @@ Owns two tables and the one rule that makes forwarding complete:
   back with the very change it records (a transactional outbox, with no call to forget: persist,
   admin commands, the API, the escalation scheduler and every later writer are covered by
   changing a ticket through the ORM, which they do anyway). The journal knows nothing of the
-  configuration; `gateway.forwarding_sender.fan_out` turns its rows into deliveries.
+  configuration; `gateway.outbound.forwarding_sender.fan_out` turns its rows into deliveries.
 * `forward_deliveries` — one POST to one webhook for one change, delivered at least once:
   unique `idempotency_key` (`<webhook>:<ticket reference>:<change id>`), a stored body (the
   same bytes on every attempt), status `pending | sending | delivered | dead`, attempts, the
@@ -17,7 +17,8 @@ Owns two tables and the one rule that makes forwarding complete:
 Must never: be bypassed. A bulk UPDATE, INSERT or DELETE statement on the tickets table skips
 mapper events and so would skip forwarding: change tickets through the ORM (load, set, commit);
 tests/forwarding/test_journal.py fails on such a statement anywhere in the code.
-Shares `Base` with gateway.storage.models (imported at its end so Alembic sees every table).
+Shares `Base` (gateway.storage.base) with gateway.storage.models, which imports this module at
+its end so Alembic sees every table; never imports models back.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, object_session
 
 from gateway import clock as business_clock
-from gateway.storage.models import Base, Ticket, UTCDateTime
+from gateway.storage.base import Base, UTCDateTime
 
 CREATED = "created"
 UPDATED = "updated"
@@ -92,13 +93,13 @@ def _journal(connection: Connection, ticket_id: int, kind: str) -> None:
     )
 
 
-@event.listens_for(Ticket, "after_insert")
-def _ticket_inserted(_mapper: Mapper[Any], connection: Connection, target: Ticket) -> None:
+# The listeners' target is a gateway.storage.models.Ticket; typed Any because this module must
+# not import models (models imports it to register the table, then calls journal_changes_of).
+def _ticket_inserted(_mapper: Mapper[Any], connection: Connection, target: Any) -> None:
     _journal(connection, target.id, CREATED)
 
 
-@event.listens_for(Ticket, "after_update")
-def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Ticket) -> None:
+def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Any) -> None:
     # after_update also runs for objects marked dirty without a net column change (SQLAlchemy
     # docs, MapperEvents.after_update): those issued no UPDATE and are no change to forward.
     session = object_session(target)
@@ -113,4 +114,10 @@ def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Ticket
     _journal(connection, target.id, UPDATED)
 
 
-__all__ = ["CREATED", "UPDATED", "ForwardChange", "ForwardDelivery"]
+def journal_changes_of(ticket: type[Base]) -> None:
+    """Listen to `ticket`'s mapper events (called once, by gateway.storage.models, on Ticket)."""
+    event.listen(ticket, "after_insert", _ticket_inserted)
+    event.listen(ticket, "after_update", _ticket_updated)
+
+
+__all__ = ["CREATED", "UPDATED", "ForwardChange", "ForwardDelivery", "journal_changes_of"]

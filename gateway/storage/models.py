@@ -16,31 +16,16 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
-    MetaData,
     String,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-
-
-UTCDateTime = DateTime(timezone=True)
+from gateway.storage.base import Base, UTCDateTime
 
 
 class Ticket(Base):
@@ -304,8 +289,12 @@ class SmsOptOut(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
-# Tables of later features live in their own modules; importing them here registers them on
-# Base.metadata, so Alembic and every session see one schema.
+# Tables of later features live in their own modules (on the same Base, from gateway.storage.base,
+# never importing this module back); importing them here registers them on Base.metadata, so
+# Alembic and every session see one schema. Last, so the tables keep their order in the metadata.
 from gateway.storage import agent_tables, billing_tables, forwarding_tables  # noqa: E402
+
+# Forwarding's journal: every ticket insert and changing update writes a ForwardChange row.
+forwarding_tables.journal_changes_of(Ticket)
 
 __all__ = ["Base", "agent_tables", "billing_tables", "forwarding_tables"]

@@ -24,9 +24,9 @@ from gateway import clock
 from gateway.api.app import build_api_app
 from gateway.api.auth import token_digest
 from gateway.api.context import ApiContext
-from gateway.blobs import BlobStore
-from gateway.health import health_endpoints
-from gateway.metrics import GatewayCollector
+from gateway.intake.blobs import BlobStore
+from gateway.service.health import health_endpoints
+from gateway.service.metrics import GatewayCollector
 from gateway.storage.db import make_engine, session_factory
 from tests.helpers import BUSINESS_HOURS, Gateway, make_email
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.api.context import token_source
-from gateway.cli import main as cli_main
+from gateway.cli.main import main as cli_main
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from gateway import billing
-from gateway.audit import Actor
+from gateway.emergency import ledger as billing
+from gateway.privacy.audit import Actor
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.models import Ticket
 from tests.api.conftest import ADMIN_TOKEN, ApiServer

@@ -16,9 +16,9 @@ from sqlalchemy import select
 
 from gateway import clock
 from gateway.config.schema import OutboundSection
-from gateway.outbox_sender import send_due
+from gateway.outbound.mail_sender import send_due
+from gateway.outbound.twilio_sender import send_due_sms
 from gateway.storage.models import Message, OutboxRow, SmsOptOut, Ticket
-from gateway.twilio_outbound import send_due_sms
 from tests.api.conftest import (
     WRITE_TOKEN,
     ApiServer,

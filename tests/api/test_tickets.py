@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from gateway import clock
 from gateway.api.views import content_disposition, safe_content_type, safe_filename
-from gateway.cli import main as cli_main
+from gateway.cli.main import main as cli_main
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.models import AttachmentRecord, Message, SeverityLabel, Ticket, TicketPause
 from gateway.storage.queries import list_queue

@@ -22,9 +22,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from gateway.intake.spool import Envelope
 from gateway.pipeline import process
-from gateway.runtime import Runtime
-from gateway.spool import Envelope
+from gateway.service.runtime import Runtime
 from gateway.stages.persist import Persisted
 from gateway.storage.billing_tables import (
     Bundle,
@@ -34,7 +34,8 @@ from gateway.storage.billing_tables import (
     LedgerEntry,
 )
 from gateway.storage.models import OutboxRow, Ticket
-from gateway.storage.queries import find_ticket, ticket_json
+from gateway.storage.queries import find_ticket
+from gateway.ticket_json import ticket_json
 from tests.helpers import Gateway
 
 NY = ZoneInfo("America/New_York")

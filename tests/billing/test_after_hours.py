@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from gateway.calendars import build_calendars
 from gateway.config.loader import load
 from gateway.config.schema import CalendarDef, CalendarsFile, EmergencyFile
-from gateway.emergency import quote
-from gateway.policy import Plans
+from gateway.emergency.rules import quote
+from gateway.policy.calendars import build_calendars
+from gateway.policy.plans import Plans
 from gateway.storage.queries import as_utc
 from tests.billing.conftest import NY, TUESDAY_10, Desk, email
 from tests.helpers import ROOT

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
-from gateway.runtime import RuntimeBox, load_runtime
+from gateway.service.runtime import RuntimeBox, load_runtime
 from tests.helpers import ROOT
 
 

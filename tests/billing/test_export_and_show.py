@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.audit import Actor
-from gateway.billing import add_bundle, credit_incident, export_incidents
-from gateway.cli import main as gateway_main
-from gateway.emergency_holds import release_expired
+from gateway.cli.main import main as gateway_main
+from gateway.emergency.holds import release_expired
+from gateway.emergency.ledger import add_bundle, credit_incident, export_incidents
+from gateway.privacy.audit import Actor
 from tests.billing.conftest import FRONT_DESK, SAM, TUESDAY_10, Desk, email
 
 ADMIN = Actor("alice", "cli")

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from gateway import clock, outbox_sender, twilio_outbound
-from gateway.cli import main as gateway_main
-from gateway.policy import due_times, sla_for
+from gateway import clock
+from gateway.cli.main import main as gateway_main
+from gateway.outbound import mail_sender as outbox_sender
+from gateway.outbound import twilio_sender as twilio_outbound
+from gateway.policy.plans import due_times, sla_for
 from gateway.storage.models import DecisionRecord, SmsOptOut, TicketEvent
 from gateway.storage.queries import as_utc, list_queue
 from tests.billing.conftest import DANA, PHRASE, TUESDAY_10, Desk, email

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from gateway.cli import main as gateway_main
+from gateway.cli.main import main as gateway_main
 from gateway.storage.queries import list_queue
 from tests.billing.conftest import FRONT_DESK, TUESDAY_10, Desk, email
 

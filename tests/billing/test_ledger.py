@@ -13,18 +13,18 @@ import pytest
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from gateway.audit import Actor, audit_entries
-from gateway.billing import (
+from gateway.cli.main import main as gateway_main
+from gateway.emergency.ledger import (
     account_billing,
     add_bundle,
     bundle_balance,
     credit_incident,
     record_incident,
 )
-from gateway.cli import main as gateway_main
-from gateway.emergency import Evidence, Quote
+from gateway.emergency.rules import Evidence, Quote
+from gateway.intake.spool import Envelope
 from gateway.pipeline import Job, JobResult, process_batch
-from gateway.spool import Envelope
+from gateway.privacy.audit import Actor, audit_entries
 from gateway.storage.billing_tables import Bundle, LedgerEntry
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import Ticket

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from classifiers.engine import Engine
-from classifiers.training import SHIPPED_EVAL, evaluate, is_held_out, load_examples
+from classifiers.evaluation import evaluate
+from classifiers.training import SHIPPED_EVAL, is_held_out, load_examples
 from tests.classifiers.conftest import SHIPPED_RULES
 from tests.classifiers.mail_corpus import corpus
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from classifiers.engine import build_engine
+from classifiers.evaluation import evaluate
 from classifiers.model import ModelFileError, load_model, text_of
 from classifiers.settings import ClassifierSettings
 from classifiers.training import (
     SHIPPED_EVAL,
     SHIPPED_TRAIN,
-    evaluate,
     is_held_out,
     load_examples,
     train,

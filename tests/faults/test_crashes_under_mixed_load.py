@@ -3,8 +3,8 @@
 one ticket, every other message at most one (DESIGN promises 1 and 2).
 
 One daemon (its state, spool and database survive every crash) is crashed at named points of
-`gateway.faults.POINTS` — a point kills the whole process group the first time the load reaches
-it — and killed with SIGKILL at seeded random moments; senders retry what they did not see
+`gateway.intake.faults.POINTS` — a point kills the whole process group the first time the load
+reaches it — and killed with SIGKILL at seeded random moments; senders retry what they did not see
 acknowledged (a seeded fifth of them give up instead), IMAP mail simply waits in the mailbox. At
 the end a clean daemon drains everything and the database is counted by marker.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.faults import POINTS
+from gateway.intake.faults import POINTS
 from tests.faults import rig
 from tests.faults.ledger import FaultRow, Ledger, count_markers, rows
 from tests.faults.load import Mailbox, MixedLoad, Ports
@@ -42,7 +42,7 @@ PLANS: dict[str, tuple[tuple[str, ...], int, bool]] = {
 
 
 def test_every_named_crash_point_is_crashed_on_one_backend() -> None:
-    """A point added to gateway/faults.py without a place in PLANS would go untested."""
+    """A point added to gateway/intake/faults.py without a place in PLANS would go untested."""
     assert sorted(p for points, _, _ in PLANS.values() for p in points) == sorted(POINTS)
 
 

@@ -6,7 +6,7 @@ a *temporary* failure).
 Two ways to fill the disk: a real 8 MiB tmpfs mounted over the spool (root only) and filled with
 a ballast file, where a message can hit the kernel's ENOSPC halfway through its write; and, for
 machines where mounting is not allowed, the daemon's `GATEWAY_FAULT_SPOOL_ENOSPC` hook
-(gateway/faults.py), which fails every spool write while a flag file exists.
+(gateway/intake/faults.py), which fails every spool write while a flag file exists.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.faults import SPOOL_ENOSPC_ENV
+from gateway.intake.faults import SPOOL_ENOSPC_ENV
 from tests.faults import rig
 from tests.faults.ledger import MARKER, FaultRow, Ledger, Sent, count_markers, query, rows
 from tests.faults.load import RECIPIENT, SENDER, email_for, sms_for, sms_status, smtp_reply

@@ -1,5 +1,6 @@
 """Forwarding test support: a real HTTP receiver on a real port that fails on a script, a
-frozen clock for the sender, forwarding.toml writers and the README's verification snippet."""
+frozen clock for the sender, forwarding.toml writers and docs/forwarding.md's verification
+snippet."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from gateway import clock, forwarding_sender
+from gateway import clock
+from gateway.outbound import forwarding_sender
 from tests.helpers import Gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,12 +168,13 @@ def deliveries(gw: Gateway) -> list[Any]:
 
 
 def readme_verify() -> Callable[[bytes, Any, bytes], bool]:
-    """The verification snippet of README "Forwarding into your help desk", executed as is."""
-    text = (ROOT / "README.md").read_text()
+    """The verification snippet of docs/forwarding.md "Forwarding into your help desk", executed
+    as is."""
+    text = (ROOT / "docs" / "forwarding.md").read_text()
     section = text[text.index("## Forwarding into your help desk") :]
     snippet = re.search(r"```python\n(.*?)```", section, re.S)
-    assert snippet is not None, "README has no Python verification snippet for forwarding"
+    assert snippet is not None, "docs/forwarding.md has no Python verification snippet"
     namespace: dict[str, Any] = {}
-    exec(compile(snippet.group(1), "README.md (forwarding snippet)", "exec"), namespace)
+    exec(compile(snippet.group(1), "docs/forwarding.md (forwarding snippet)", "exec"), namespace)
     verify: Callable[[bytes, Any, bytes], bool] = namespace["verify"]
     return verify

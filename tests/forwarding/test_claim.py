@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from sqlalchemy import select, update
 
-from gateway import forwarding_sender
+from gateway.outbound import forwarding_sender
 from gateway.storage.admin import set_status
 from gateway.storage.forwarding_tables import ForwardChange, ForwardDelivery
 from tests.forwarding.support import WEBHOOK, Clock, deliveries, webhook_toml

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway import forwarding_sender
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
-from gateway.runtime import RuntimeBox, load_runtime
+from gateway.outbound import forwarding_sender
+from gateway.service.runtime import RuntimeBox, load_runtime
 from tests.forwarding.support import ROOT, WEBHOOK, webhook_toml, write_forwarding
 from tests.helpers import configure
 
@@ -98,7 +98,7 @@ def test_a_missing_secret_is_no_config_error_but_is_logged_as_one_naming_where_i
     The sender never sends unsigned (test_delivery), and worker 0 says why at start."""
     write_forwarding(config_dir, webhook_toml("zammad", URL))
     settings = load(config_dir)
-    with caplog.at_level(logging.ERROR, logger="gateway.forwarding_sender"):
+    with caplog.at_level(logging.ERROR, logger="gateway.outbound.forwarding_sender"):
         (line,) = forwarding_sender.warn_missing_secrets(settings.forwarding)
     assert "$GATEWAY_FORWARD_SECRET_ZAMMAD" in line and "'forward-secret-zammad'" in line
     assert caplog.messages == [line]

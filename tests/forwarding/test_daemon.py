@@ -1,6 +1,6 @@
 """The issue's outcome, end to end through `gateway run`: a help desk whose webhook fails the
 first three attempts (500, a dropped connection, 503) sees the ticket exactly once by
-idempotency key, every request verifies with the README's snippet, and the customer's
+idempotency key, every request verifies with docs/forwarding.md's snippet, and the customer's
 follow-up arrives as an update."""
 
 from __future__ import annotations

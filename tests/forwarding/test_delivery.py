@@ -9,7 +9,7 @@ from datetime import datetime
 
 import pytest
 
-from gateway import forwarding_sender
+from gateway.outbound import forwarding_sender
 from gateway.storage.admin import set_status
 from gateway.storage.queries import as_utc
 from tests.forwarding.support import (

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
-from gateway import forwarding_sender
+from gateway.outbound import forwarding_sender
 from gateway.storage.admin import set_status
 from gateway.storage.forwarding_tables import ForwardChange
 from gateway.storage.models import Ticket

@@ -1,6 +1,6 @@
-"""The signature as a receiver checks it: the README's snippet, run as printed, accepts what
-the gateway sent and refuses a changed body, another secret, a moved timestamp and an old
-replayed request. Also the retry delays the README promises."""
+"""The signature as a receiver checks it: the snippet of docs/forwarding.md (once the README's),
+run as printed, accepts what the gateway sent and refuses a changed body, another secret, a
+moved timestamp and an old replayed request. Also the retry delays that page promises."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from email.message import Message
 
 import pytest
 
-from gateway import forwarding
 from gateway.config.schema import ForwardWebhook
+from gateway.outbound import forwarding
 from tests.forwarding.support import (
     ROOT,
     SECRET,
@@ -74,7 +74,7 @@ def test_the_readme_snippet_verifies_a_request_with_the_documented_headers(
     received: Received,
 ) -> None:
     assert readme_verify()(SECRET.encode(), received.headers, received.body)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "forwarding.md").read_text()
     section = readme[readme.index("## Forwarding into your help desk") :]
     documented = set(re.findall(r"^\| `([A-Za-z-]+)` \|", section, re.M))
     sent = {

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 from gateway.storage.db import make_engine, session_factory
 from gateway.storage.models import Intake
 

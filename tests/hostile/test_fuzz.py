@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config.loader import load
-from gateway.spool import Envelope, Spool
-from gateway.stages.parse import looks_like_message, parse
+from gateway.intake.rawmail import looks_like_message
+from gateway.intake.spool import Envelope, Spool
+from gateway.stages.parse import parse
 from tests.helpers import gateway_cli
 from tests.hostile.kit import (
     assert_ended_clearly,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from gateway import clock, outbox_sender
+from gateway import clock
+from gateway.outbound import mail_sender as outbox_sender
 from gateway.storage.models import AttachmentRecord, OutboxRow
 from gateway.storage.models import Message as StoredMessage
 from tests.helpers import CapturingRelay, Gateway

@@ -20,7 +20,7 @@ import pytest
 
 from channels.imap import MailboxPoller, PollerThread
 from gateway.config.schema import ImapMailbox
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 from gateway.storage.channel_state import ChannelStateStore
 from tests.imap.dovecot import PASSWORD, Dovecot, DovecotUnavailableError, start_dovecot
 

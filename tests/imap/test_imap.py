@@ -20,7 +20,7 @@ from imapclient import IMAPClient
 from channels.imap import MailboxPoller, PollerThread, StartTlsRequiredError
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
 from gateway.storage.channel_state import ChannelStateStore
 from gateway.storage.db import make_engine, upgrade
 from tests.helpers import ROOT, DaemonProcess, Gateway, configure, gateway_cli, make_email, wait_for

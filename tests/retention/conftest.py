@@ -135,9 +135,9 @@ def rosa_story(gw: Gateway) -> Story:
     with a colleague), a redelivered duplicate, a colleague's mail naming her, a text from her
     phone through the signed Twilio webhook, agents' changes, an audited agent action, a
     billed incident resting on her words, a quarantined message of hers."""
-    from gateway.audit import Actor, record_action
-    from gateway.billing import export_incidents, record_incident
-    from gateway.emergency import Evidence, Quote
+    from gateway.emergency.ledger import export_incidents, record_incident
+    from gateway.emergency.rules import Evidence, Quote
+    from gateway.privacy.audit import Actor, record_action
     from gateway.storage.admin import set_severity, set_status
     from gateway.storage.models import Message, Ticket
 
@@ -282,7 +282,7 @@ def rosa_story(gw: Gateway) -> Story:
         ).lines
     # Every ticket forwarded to a help desk: webhook bodies carry her messages (JSON).
     from gateway.config.schema import ForwardWebhook
-    from gateway.forwarding_sender import fan_out
+    from gateway.outbound.forwarding_sender import fan_out
 
     assert fan_out(
         gw.worker.sessions,
@@ -409,7 +409,7 @@ def run_cli(config: Path, *args: str) -> CliResult:
     import contextlib
     import io
 
-    from gateway.cli import main
+    from gateway.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.erasure import (
+from gateway.privacy.erasure import (
     ERASED,
     ErasureError,
     Matcher,

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway import clock
-from gateway.audit import Actor
-from gateway.blobs import BlobStore
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
-from gateway.retention import purge
+from gateway.intake.blobs import BlobStore
+from gateway.privacy.audit import Actor
+from gateway.privacy.retention import purge
 from gateway.storage.admin import set_status
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.models import AttachmentRecord, Intake, Message, Ticket, TicketEvent

@@ -1,4 +1,5 @@
-"""Specifications for gateway.spool: durability, claiming, retries, quarantine and back-pressure.
+"""Specifications for gateway.intake.spool: durability, claiming, retries, quarantine and
+back-pressure.
 
 Everything runs against the real filesystem under tmp_path; nothing in ``os`` is mocked. Faults a
 root user cannot provoke with chmod are injected through the spool's ``write_fault`` hook or by
@@ -22,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import clock
-from gateway.spool import (
+from gateway.intake.spool import (
     Entry,
     Envelope,
     Spool,

@@ -20,8 +20,8 @@ import pytest
 from twilio.request_validator import RequestValidator
 
 from channels.twilio import TwilioChannel, build_app, start_webhooks
-from gateway.runtime import load_runtime
-from gateway.spool import Spool
+from gateway.intake.spool import Spool
+from gateway.service.runtime import load_runtime
 from tests.helpers import Gateway
 
 TOKEN = "test-auth-token-0123456789abcdef"

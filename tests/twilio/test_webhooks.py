@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from gateway import clock, twilio_outbound
+from gateway import clock
+from gateway.outbound import twilio_sender as twilio_outbound
 from gateway.storage.models import DecisionRecord, Message, SmsOptOut
-from gateway.storage.queries import ticket_json
+from gateway.ticket_json import ticket_json
 from tests.helpers import Gateway
 from tests.twilio.conftest import (
     BASIC_PHONE,

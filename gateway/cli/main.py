@@ -1,0 +1,820 @@
+"""The `gateway` command: what an operator types. Thin: parses arguments and calls the owners.
+
+Exit codes: 0 success, 1 a problem the output explains (bad config, unknown ticket), 2 usage;
+`ingest` follows sysexits (see channels.pipe). Never holds business rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gateway import clock as business_clock
+from gateway.config.errors import ConfigError
+from gateway.config.loader import Settings, default_config_dir, load_lenient
+
+STATUSES = ("new", "open", "waiting", "resolved", "closed", "reopened")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line, for journald/Loki when stderr is not a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    """Readable lines on a terminal, JSON lines otherwise (GATEWAY_LOG_FORMAT=text|json wins)."""
+    handler = logging.StreamHandler(sys.stderr)
+    wanted = os.environ.get("GATEWAY_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
+    if wanted == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings for operators' commands: only gateway.toml must be valid (see load_lenient)."""
+    settings, problems = load_lenient(Path(args.config))
+    for problem in problems:
+        print(f"warning: config problem (run check-config): {problem}", file=sys.stderr)
+    return settings
+
+
+@contextlib.contextmanager
+def _open_spool(settings: Settings) -> Iterator[Any]:
+    """The configured spool for an operator's command, closed afterwards."""
+    from gateway.intake.spool import Spool
+
+    spool = Spool(settings.spool_dir)
+    try:
+        yield spool
+    finally:
+        spool.close()
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print(f"config is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+# ---- commands ---------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.service.runtime import load_runtime
+
+    try:
+        load_runtime(Path(args.config))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    print(f"config OK: {Path(args.config).absolute()}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.service.daemon import AlreadyRunningError, run_daemon
+    from gateway.service.runtime import RuntimeBox, load_runtime
+    from gateway.storage.db import is_sqlite, upgrade
+
+    _setup_logging(args.verbose)
+    try:
+        runtime = load_runtime(Path(args.config))
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    settings = runtime.settings
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    if is_sqlite(settings.database_url):
+        upgrade(settings.database_url)  # the embedded default upgrades itself
+    try:
+        return run_daemon(Path(args.config), RuntimeBox(Path(args.config), runtime))
+    except AlreadyRunningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.service.runtime import RuntimeBox, load_runtime
+    from gateway.service.worker import Worker, storage_unavailable
+
+    _setup_logging(args.verbose)
+    runtime = load_runtime(Path(args.config))
+    box = RuntimeBox(Path(args.config), runtime)
+    worker = Worker(box, index=args.index, run_outbox=args.index == 0 and not args.drain)
+    signal.signal(signal.SIGHUP, lambda *_: worker.reload_requested.set())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    # Ctrl-C reaches the whole process group: finish the batch like SIGTERM, never abandon it.
+    signal.signal(signal.SIGINT, lambda *_: worker.stopping.set())
+    status_path: Path | None = None
+    if not args.drain:
+        status_dir = runtime.settings.state_dir / "status"
+        status_dir.mkdir(parents=True, exist_ok=True)
+        status_path = status_dir / f"worker-{args.index}.json"
+        worker.write_status(status_path)
+    _ensure_schema(runtime.settings.database_url, worker, storage_unavailable, status_path)
+    # The database is up: add customers imported into it, and re-read them on every reload.
+    from gateway.storage.customers import load_accounts
+
+    box.imported_accounts = lambda: load_accounts(worker.sessions)
+    box.current = load_runtime(Path(args.config), imported_accounts=box.imported_accounts())
+    if args.drain:
+        n = worker.drain()
+        print(f"processed {n} spool entries")
+        return 0
+    worker.run(status_path)
+    return 0
+
+
+def _ensure_schema(url: str, worker: Any, unavailable: Any, status_path: Path | None) -> None:
+    """Bring the schema up to date, waiting for the database if it is down (intake goes on)."""
+    from gateway.storage.db import upgrade
+
+    delay = 0.5
+    while not worker.stopping.is_set():
+        try:
+            upgrade(url)
+            worker.stats.storage_down_since = None
+            return
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            logging.getLogger("gateway.service.worker").error(
+                "database unavailable at start: %s", exc
+            )
+            worker.stats.last_error = f"storage unavailable: {exc}"
+            if worker.stats.storage_down_since is None:
+                worker.stats.storage_down_since = business_clock.wall_seconds()
+            if status_path is not None:
+                worker.write_status(status_path)
+            worker.stopping.wait(delay)
+            delay = min(5.0, delay * 2)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    pid = _daemon_pid(settings)
+    if pid is None:
+        print("no running gateway found (no daemon.lock pid)", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    print(f"sent SIGHUP to gateway pid {pid}; see its log or `gateway status` for the result")
+    return 0
+
+
+def _daemon_pid(settings: Settings) -> int | None:
+    try:
+        text = (settings.state_dir / "daemon.lock").read_text().strip()
+        pid = int(text)
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+
+    settings = _settings(args)
+    status_dir = settings.state_dir / "status"
+    out: dict[str, Any] = {"running": _daemon_pid(settings) is not None}
+    daemon = status_dir / "daemon.json"
+    if daemon.exists():
+        out["daemon"] = json.loads(daemon.read_text())
+    out["workers"] = [json.loads(p.read_text()) for p in sorted(status_dir.glob("worker-*.json"))]
+    with _open_spool(settings) as spool:
+        out["spool_depth"] = spool.depth()
+        out["quarantine"] = spool.quarantine_count()
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"running:      {'yes' if out['running'] else 'no'}")
+    d = out.get("daemon", {})
+    for name, addr in d.get("listeners", {}).items():
+        ch = d.get("channels", {}).get(name, {})
+        print(
+            f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
+            f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}"
+        )
+    print(f"spool depth:  {out['spool_depth']}")
+    print(f"quarantine:   {out['quarantine']}")
+    for w in out["workers"]:
+        print(
+            f"worker {w['index']}:     processed={w['processed']} lag={w['lag_seconds']}s "
+            f"failures={w['failures']} last_error={w['last_error']}"
+        )
+    if d.get("config_error"):
+        print(f"config error: {d['config_error']}")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from channels.pipe import EX_TEMPFAIL, ingest
+    from gateway.intake.spool import Spool, SpoolError
+
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EX_TEMPFAIL  # the MTA keeps the mail while the admin fixes the config
+    g = settings.gateway
+    try:
+        spool = Spool(
+            settings.spool_dir,
+            fsync=g.spool.fsync,
+            high_water_bytes=g.spool.high_water_mib * 1024 * 1024,
+            min_free_bytes=g.spool.min_free_mib * 1024 * 1024,
+        )
+    except (SpoolError, OSError) as exc:
+        # Our fault, never the sender's: the MTA must keep the mail and retry.
+        print(f"spool unavailable, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    worst = 0
+    sources: list[tuple[str, bytes]]
+    try:
+        if args.files:
+            sources = []
+            for name in args.files:
+                sources.append((name, Path(name).read_bytes()))
+        else:
+            sources = [("stdin", sys.stdin.buffer.read(g.limits.max_message_bytes + 1))]
+        for source, raw in sources:
+            result = ingest(
+                spool,
+                raw,
+                recipient=args.recipient,
+                sender=args.sender,
+                max_bytes=g.limits.max_message_bytes,
+                source=source,
+            )
+            if result.code != 0 or not args.quiet:
+                print(result.detail, file=sys.stderr if result.code else sys.stdout)
+            worst = max(worst, result.code)
+    finally:
+        spool.close()
+    return worst
+
+
+def _session(settings: Settings, *, write: bool = False) -> Any:
+    from gateway.storage.db import open_session
+
+    return open_session(settings.database_url, write=write)
+
+
+def cmd_tickets(args: argparse.Namespace) -> int:
+    from gateway.storage.queries import OPEN_STATUSES, list_queue
+    from gateway.ticket_json import ticket_json
+
+    settings = _settings(args)
+    statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
+    with _session(settings) as session:
+        tickets = list_queue(session, statuses=statuses, limit=args.limit)
+        if args.json:
+            print(json.dumps([ticket_json(session, t) for t in tickets], indent=2))
+            return 0
+        for t in tickets:
+            flags = ("H" if t.held else "-") + ("J" if t.jump_queue else "-")
+            print(
+                f"{t.reference:10} {flags} {t.severity:8} {t.status:9} {t.account_id:16.16} "
+                f"{t.channel:6} {t.subject[:60]}"
+            )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gateway.storage.queries import find_ticket
+    from gateway.ticket_json import ticket_json
+
+    settings = _settings(args)
+    with _session(settings) as session:
+        ticket = find_ticket(session, args.ref)
+        if ticket is None:
+            print(f"no ticket {args.ref}", file=sys.stderr)
+            return 1
+        data = ticket_json(session, ticket, detail=True)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(
+        f"{data['reference']}  {data['status']}  severity={data['severity']}  "
+        f"jump_queue={'yes' if data['jump_queue'] else 'no'}  queue={data['queue']}"
+    )
+    print(
+        f"account={data['account']} plan={data['plan']} contact={data['contact']} "
+        f"channel={data['channel']}"
+    )
+    print(f"subject: {data['subject']}")
+    print(
+        f"created {data['created_at']}  updated {data['updated_at']}  "
+        f"messages={data['message_count']}"
+    )
+    classifier = data["explanation"].get("classifier", {})
+    if classifier:
+        print(f"classifier: {classifier.get('explanation')}")
+    if data["held"]:
+        print(f"HELD: {data['hold_reason']}")
+    if data["tags"]:
+        print(f"tags: {', '.join(data['tags'])}")
+    if data["emergency_review"]:
+        print("REVIEW: an accepted emergency the classifier rated far lower; an agent should look")
+    billing = data.get("billing") or {}
+    if billing.get("explanation"):
+        print("emergency and billing:")  # every hold, rejection and charge, in plain words
+        for line in billing["explanation"]:
+            print(f"  {line}")
+    print("decisions:")
+    for d in data["decisions"]:
+        print(f"  {d['stage']:10} {d['code']:14} {d['text']}")
+    for o in data["outbox"]:
+        print(f"outbox: {o['kind']} to {o['to']}: {o['status']} {o['reason']}")
+    for m in data["messages"]:
+        print(f"--- {m['direction']} {m['received_at']} from {m['from']} ({m['channel']})")
+        for a in m["attachments"]:
+            print(f"    attachment {a['filename']} {a['content_type']} {a['size']} bytes")
+        print(m["text"][:1500])
+    return 0
+
+
+def cmd_ticket_set_status(args: argparse.Namespace) -> int:
+    from gateway.storage.admin import set_status
+
+    settings = _settings(args)
+    with _session(settings, write=True) as session:
+        error = set_status(
+            session,
+            args.ref,
+            args.status,
+            actor=args.actor,
+            reason=args.reason,
+            resolution=args.resolution,  # audited with the change (gateway/storage/admin.py)
+        )
+    if error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{args.ref}: status {args.status}")
+    return 0
+
+
+def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
+    from gateway.storage.admin import set_severity
+
+    settings = _settings(args)
+    with _session(settings, write=True) as session:
+        error = set_severity(
+            session,
+            args.ref,
+            args.level,
+            settings.severity.levels,
+            actor=args.actor,
+            reason=args.reason,
+        )
+    if error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"{args.ref}: severity {args.level} (recorded as a classifier label)")
+    return 0
+
+
+def cmd_spool(args: argparse.Namespace) -> int:
+    with _open_spool(_settings(args)) as spool:
+        if args.spool_cmd == "list":
+            for e in spool.pending():
+                print(
+                    f"{e.id}  {e.envelope.channel:6} attempts={e.attempts} {e.size:>9}B "
+                    f"from={e.envelope.mail_from or '-'}"
+                )
+            return 0
+        if args.spool_cmd == "show":
+            entry = spool.get(args.id)
+            if entry is None:
+                record = spool.quarantine_record(args.id)
+                if record is None:
+                    print(f"no spool entry {args.id}", file=sys.stderr)
+                    return 1
+                print(
+                    json.dumps(
+                        {
+                            "id": record.id,
+                            "quarantined": True,
+                            "stage": record.stage,
+                            "error": record.error,
+                            "attempts": record.attempts,
+                            "envelope": record.envelope.to_json(),
+                        },
+                        indent=2,
+                        default=str,
+                    )
+                )
+                return 0
+            print(
+                json.dumps(
+                    {
+                        "id": entry.id,
+                        "attempts": entry.attempts,
+                        "size": entry.size,
+                        "envelope": entry.envelope.to_json(),
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
+            head = spool.read_raw(entry)[:2000].decode("utf-8", "replace")
+            print(head)
+            return 0
+        return _replay(spool, args.id)
+
+
+def _replay(spool: Any, entry_id: str) -> int:
+    ids = [r.id for r in spool.quarantined()] if entry_id == "all" else [entry_id]
+    missing = [i for i in ids if not spool.replay(i)]
+    for i in ids:
+        if i not in missing:
+            print(f"replayed {i}")
+    for i in missing:
+        print(f"no quarantined entry {i}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    with _open_spool(_settings(args)) as spool:
+        if args.q_cmd == "list":
+            for r in spool.quarantined():
+                print(
+                    f"{r.id}  {r.envelope.channel:6} attempts={r.attempts} stage={r.stage} "
+                    f"error={r.error[:120]}"
+                )
+            return 0
+        return _replay(spool, args.id)
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """The verdict for a message, creating nothing (how an admin tests a rule)."""
+
+    from gateway.intake.spool import Envelope
+    from gateway.service.runtime import load_runtime
+    from gateway.stages.classify import classify
+    from gateway.stages.identify import identify
+    from gateway.stages.parse import parse
+
+    runtime = load_runtime(Path(args.config))
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    channel = {"email": "smtp", "sms": "twilio-sms", "voicemail": "twilio-voice"}[args.channel]
+    if args.channel != "email" and b":" not in raw.split(b"\n", 1)[0]:
+        raw = b"Subject: \n\n" + raw  # a bare SMS or transcript: text only
+    envelope = Envelope(channel=channel, received_at=business_clock.now())
+    message = parse(raw, envelope, "classify", runtime.settings.gateway.limits.max_attachment_bytes)
+    customer = identify(message, runtime.directory)
+    verdict = classify(message, customer, runtime.engine, runtime.settings.severity.default)
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.explain())
+    return 0
+
+
+def _labels(settings: Settings) -> list[Any]:
+    """Agents' severity corrections, as training examples."""
+    from sqlalchemy import select
+
+    from classifiers.types import LabelledExample
+    from gateway.stages.classify import channel_kind
+    from gateway.storage.models import SeverityLabel
+
+    with _session(settings) as session:
+        rows = session.execute(select(SeverityLabel).order_by(SeverityLabel.id)).scalars()
+        latest: dict[int, SeverityLabel] = {}
+        for row in rows:  # the last correction of a ticket is its label
+            latest[row.ticket_id] = row
+    return [
+        LabelledExample(
+            subject=r.subject, body=r.text, level=r.level, channel=channel_kind(r.channel)
+        )
+        for r in latest.values()
+    ]
+
+
+def _classifier_settings(settings: Settings) -> Any:
+    from classifiers.settings import parse_classifier_table
+
+    csettings, problems = parse_classifier_table(
+        settings.severity.classifier, settings.severity.levels, "severity.toml"
+    )
+    if csettings is None:
+        from gateway.service.runtime import convert_problem
+
+        raise ConfigError([convert_problem(p) for p in problems])
+    return csettings
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from classifiers.training import train
+    from gateway.service.runtime import model_dir
+
+    settings = load_lenient(Path(args.config))[0]
+    labels = [] if args.no_labels else _labels(settings)
+    print(f"training on the shipped corpus plus {len(labels)} agent label(s)")
+    report = train(
+        model_dir(settings),
+        labels,
+        settings=_classifier_settings(settings),
+        force=args.force,
+        out=sys.stdout,
+    )
+    print(("installed " if report.installed else "not installed: ") + report.reason)
+    if report.installed:
+        print("run `gateway reload` to make the running daemon use it")
+    return 0 if report.installed or not args.force else 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from classifiers.evaluation import evaluate
+    from gateway.service.runtime import model_dir
+
+    settings = load_lenient(Path(args.config))[0]
+    evaluate(
+        model_dir(settings),
+        Path(args.data),
+        sys.stdout,
+        rules_dir=None if args.model_only else settings.rules_dir,
+        settings=_classifier_settings(settings),
+    )
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from gateway.explain import explain
+    from gateway.service.runtime import load_runtime
+    from gateway.storage.customers import load_accounts
+    from gateway.storage.db import is_sqlite, make_engine, session_factory
+
+    settings = load_lenient(Path(args.config))[0]
+    url = settings.database_url
+    sessions = None
+    accounts = None
+    db_file = Path(url.removeprefix("sqlite:///")) if is_sqlite(url) else None
+    if db_file is None or db_file.exists():
+        try:
+            sessions = session_factory(make_engine(url))
+            accounts = load_accounts(sessions)
+        except Exception as exc:  # explain works without a database; it says so
+            print(
+                f"note: database not readable ({type(exc).__name__}); threading and "
+                "imported customers not checked",
+                file=sys.stderr,
+            )
+            sessions = None
+    runtime = load_runtime(Path(args.config), imported_accounts=accounts)
+    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    at = datetime.fromisoformat(args.at) if args.at else business_clock.now()
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    channel = {"email": "smtp", "sms": "twilio-sms", "voice": "twilio-voice"}.get(
+        args.channel, args.channel
+    )
+    result = explain(runtime, raw, channel=channel, at=at, sender=args.sender, sessions=sessions)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_customers_import(args: argparse.Namespace) -> int:
+    from gateway.storage.customers import import_csv
+    from gateway.storage.db import make_engine, session_factory, upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    plan_names = [p.name for p in settings.plans.plan] or ["none"]
+    sessions = session_factory(make_engine(settings.database_url))
+    print(f"importing {args.file}")
+    report = import_csv(sessions, Path(args.file), plan_names, sys.stdout)
+    for line, problem in report.errors:
+        print(f"{args.file}:{line}: {problem}", file=sys.stderr)
+    print(
+        f"{report.rows} rows: {report.accounts} accounts, {report.contacts} contacts imported, "
+        f"{len(report.errors)} rows rejected"
+    )
+    if report.accounts:
+        print("run `gateway reload` so the running daemon knows them")
+    return 1 if report.errors else 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from gateway.storage.db import upgrade
+
+    settings = _settings(args)
+    upgrade(settings.database_url)
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_escalate(args: argparse.Namespace) -> int:
+    """One escalation scheduler run now (or --at a time); --dry-run only says what it would do."""
+    from gateway.config.loader import load
+    from gateway.outbound.escalation_scheduler import run_once
+    from gateway.policy.calendars import build_calendars
+    from gateway.storage.db import make_engine, session_factory
+
+    # The full config, not load_lenient: a broken calendars.toml must not escalate on defaults.
+    settings = load(Path(args.config))
+    if not settings.severity.escalation.steps:
+        print("escalation is off: severity.toml has no [[escalation.steps]]", file=sys.stderr)
+        return 0
+    now = business_clock.now()
+    if args.at:
+        try:
+            now = datetime.fromisoformat(args.at)
+        except ValueError:
+            print(
+                f"--at {args.at!r} is not an ISO time such as 2026-11-30T08:30:00Z", file=sys.stderr
+            )
+            return 2
+        if now.tzinfo is None:
+            print(
+                "--at needs a timezone, such as 2026-11-30T08:30:00-05:00 or ...Z", file=sys.stderr
+            )
+            return 2
+    engine = make_engine(settings.database_url, immediate=True)
+    try:
+        done = run_once(
+            session_factory(engine),
+            settings,
+            build_calendars(settings.calendars),
+            now,
+            args.dry_run,
+        )
+    finally:
+        engine.dispose()
+    for escalated in done:
+        print(("would escalate " if args.dry_run else "escalated ") + escalated.line())
+    if not done:
+        print(f"nothing to escalate at {now.isoformat()}")
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gateway", description="Intake Gateway")
+    p.add_argument(
+        "--config",
+        default=str(default_config_dir()),
+        help="config directory (default: $GATEWAY_CONFIG or ./config)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
+    sub.add_parser("check-config", help="validate the config; exit 1 on any problem").set_defaults(
+        func=cmd_check_config
+    )
+    sub.add_parser(
+        "reload", help="make the running daemon re-read its config (SIGHUP)"
+    ).set_defaults(func=cmd_reload)
+    s = sub.add_parser("status", help="listeners, spool depth, quarantine, worker lag, errors")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("ingest", help="spool a message from stdin (MTA pipe transport) or files")
+    s.add_argument("--recipient")
+    s.add_argument("--sender")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("files", nargs="*")
+    s.set_defaults(func=cmd_ingest)
+
+    s = sub.add_parser("worker", help="(internal) process the spool")
+    s.add_argument("--index", type=int, default=0)
+    s.add_argument("--drain", action="store_true", help="process until the spool is empty, exit")
+    s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("tickets", help="the queue, in queue order")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--all", action="store_true", help="include resolved and closed")
+    s.add_argument("--limit", type=int, default=100)
+    s.set_defaults(func=cmd_tickets)
+
+    s = sub.add_parser("show", help="one ticket with messages and explanation")
+    s.add_argument("ref")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_show)
+
+    t = sub.add_parser("ticket", help="change a ticket").add_subparsers(dest="t_cmd", required=True)
+    s = t.add_parser("set-status")
+    s.add_argument("ref")
+    s.add_argument("status", choices=STATUSES)
+    s.add_argument("--reason", default="")
+    s.add_argument(
+        "--resolution",
+        choices=("solution", "workaround", "enhancement_request", "escalated_to_development"),
+        help="how it was resolved (with resolved or closed)",
+    )
+    s.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    s.set_defaults(func=cmd_ticket_set_status)
+    s = t.add_parser("set-severity")
+    s.add_argument("ref")
+    s.add_argument("level")
+    s.add_argument("--reason", required=True)
+    s.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    s.set_defaults(func=cmd_ticket_set_severity)
+
+    sp = sub.add_parser("spool", help="inspect the spool").add_subparsers(
+        dest="spool_cmd", required=True
+    )
+    sp.add_parser("list")
+    s = sp.add_parser("show")
+    s.add_argument("id")
+    s = sp.add_parser("replay", help="put a quarantined entry back ('all' for every one)")
+    s.add_argument("id")
+    for name in ("list", "show", "replay"):
+        sp.choices[name].set_defaults(func=cmd_spool)
+
+    q = sub.add_parser("quarantine", help="poison messages").add_subparsers(
+        dest="q_cmd", required=True
+    )
+    q.add_parser("list").set_defaults(func=cmd_quarantine)
+    s = q.add_parser("replay")
+    s.add_argument("id", help="entry id, or 'all'")
+    s.set_defaults(func=cmd_quarantine)
+
+    s = sub.add_parser("classify", help="the classifier's verdict for a message; creates nothing")
+    s.add_argument("file", help="message file, or - for stdin")
+    s.add_argument("--channel", choices=("email", "sms", "voicemail"), default="email")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("train", help="retrain the model from the shipped corpus + agents' labels")
+    s.add_argument("--force", action="store_true", help="install even if not better")
+    s.add_argument("--no-labels", action="store_true", help="ignore agents' corrections")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="precision/recall/F1 and confusion on a labelled file")
+    s.add_argument("--data", required=True, help="CSV or JSONL with subject, body, level")
+    s.add_argument("--model-only", action="store_true", help="the model alone, without rules")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("explain", help="the whole decision for a message; creates nothing")
+    s.add_argument("file", help="message file, or - for stdin")
+    s.add_argument("--channel", default="email", help="email (default), sms, voice")
+    s.add_argument("--from", dest="sender", help="treat the message as sent by this address")
+    s.add_argument("--at", help="decide as at this ISO 8601 time (default: now)")
+    s.set_defaults(func=cmd_explain)
+
+    c = sub.add_parser("customers", help="customers in the database").add_subparsers(
+        dest="c_cmd", required=True
+    )
+    s = c.add_parser("import", help="import accounts and contacts from CSV (one row a contact)")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_customers_import)
+
+    s = sub.add_parser("escalate", help="escalate tickets due now (the daemon does it too)")
+    s.add_argument(
+        "--dry-run", action="store_true", help="change nothing, print what would be done"
+    )
+    s.add_argument("--at", help="as if it were this ISO time (with a timezone) instead of now")
+    s.set_defaults(func=cmd_escalate)
+
+    d = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
+    d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)
+
+    from gateway.cli import billing as cli_billing
+    from gateway.cli import privacy as cli_retention
+    from gateway.cli import tokens as cli_api
+
+    for module in (cli_billing, cli_retention, cli_api):
+        module.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+

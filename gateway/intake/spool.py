@@ -1,0 +1,1055 @@
+"""The durable spool: where every inbound message lives between "acknowledged" and "ticketed".
+
+What this module owns
+---------------------
+Channels (SMTP/LMTP listener, pipe command, IMAP poller, Twilio webhooks) hand the spool raw bytes
+and an :class:`Envelope`. :meth:`Spool.enqueue` (or :meth:`Spool.enqueue_async` from an event
+loop) returns only once the message is durable on disk; only then may the channel acknowledge the
+sender (SMTP 250, IMAP flag, Twilio 2xx). Workers :meth:`Spool.claim` entries, and finish them with
+:meth:`Spool.complete`, :meth:`Spool.release` (defer without counting an attempt) or
+:meth:`Spool.fail` (count an attempt; quarantine after ``max_attempts``). Admins list, show and
+:meth:`Spool.replay` quarantined entries. The model is Mailman 3's switchboard and Postfix's queue.
+
+What it must never do
+---------------------
+* Never touch the database: with the database down, intake goes on and the spool fills.
+* Never make a half-written file visible: a file enters ``incoming/`` only by ``rename(2)`` from
+  ``tmp/`` after its contents were fsynced, and ``enqueue`` returns only after ``incoming/`` itself
+  was fsynced (the rename is durable).
+* Never raise anything but :class:`SpoolFullError` / :class:`SpoolWriteError` from ``enqueue``: the
+  channel maps them to *temporary* failures (SMTP 452/451, HTTP 503), never to a permanent one.
+* Never lose a claimed message: every move is a rename, so a crash leaves the entry in exactly one
+  directory (at worst it is processed again, which the database's dedup key absorbs).
+
+Layout and file format
+----------------------
+``root/`` holds four directories, created with mode 0o700::
+
+    tmp/         files being written (never read; deleted by recover())
+    incoming/    durable entries waiting for a worker
+    claimed/     entries a worker is processing (moved back by recover() after a crash)
+    quarantine/  entries that failed max_attempts times, or were quarantined outright
+
+An entry is ONE file named ``<id>.msg`` so that moving it between directories is a single atomic
+rename. ``<id>`` is ``f"{wall_nanoseconds:020d}-{12 random hex digits}"`` (real time, never the
+test clock): lexical order is arrival order. The file is::
+
+    <header: one line of ASCII JSON>\\n<raw message bytes, exactly as received>
+
+The header is ``json.dumps(..., ensure_ascii=True)`` so it can never contain a newline; its keys:
+``v`` (format version, 1), ``id``, ``envelope`` (:meth:`Envelope.to_json`), ``size`` (raw bytes),
+``attempts`` (failed processing attempts so far), ``last_stage``/``last_error`` (of the latest
+failure, or null) and ``quarantined_at`` (ISO 8601 UTC, or null). Attempt counts, errors and the
+quarantine reason therefore live in the same file as the message and survive restarts.
+
+Changing a header (fail, quarantine, replay) never edits in place: the new file is written to
+``tmp/``, fsynced, renamed over the entry's current path (which this worker owns), and only then
+renamed to its next directory. A crash between the two renames leaves one complete file in the old
+directory, never two files and never none.
+
+Concurrency: many threads and many processes may share one spool directory. ``claim`` is a rename
+from ``incoming/`` to ``claimed/``; the loser of a race gets ENOENT and tries the next entry.
+``recover`` is meant for daemon start-up (it moves *every* claimed entry back and deletes *every*
+``tmp/`` file, including those of other live processes sharing the directory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import os
+import queue
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Final
+
+from gateway import clock as business_clock
+from gateway.intake.faults import crash_point, spool_write_fault
+
+__all__ = [
+    "Entry",
+    "Envelope",
+    "QuarantineRecord",
+    "Spool",
+    "SpoolError",
+    "SpoolFullError",
+    "SpoolWriteError",
+]
+
+_FORMAT_VERSION: Final = 1
+_SUFFIX: Final = ".msg"
+_ID_RE: Final = re.compile(r"\d{20}-[0-9a-f]{12}")
+_NAME_RE: Final = re.compile(r"(\d{20}-[0-9a-f]{12})\.msg")
+# A header is a few hundred bytes; the cap only stops a corrupt file from being read whole.
+_MAX_HEADER_BYTES: Final = 1024 * 1024
+# Errors are stored in the header; a multi-megabyte traceback helps nobody at 3 a.m.
+_MAX_ERROR_CHARS: Final = 16 * 1024
+# statvfs is cheap but not free; between calls the free-space figure is reduced by what we wrote.
+_STATVFS_INTERVAL_S: Final = 1.0
+# Other processes sharing the directory change its size behind our running estimate; re-measure
+# this often (only when a high-water mark is configured).
+_RESCAN_INTERVAL_S: Final = 30.0
+# Parallel fsyncs per group (enqueue_async); the journal merges them, more threads gain little.
+_FSYNC_THREADS: Final = 8
+# ENOSPC: disk full; EDQUOT: quota exhausted. Both are "try later", i.e. SMTP 452 / HTTP 503.
+_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What the channel knew about a message besides its bytes."""
+
+    channel: str  # "smtp" | "lmtp" | "pipe" | "imap" | "twilio-sms" | ...
+    received_at: datetime  # timezone-aware; normalised to UTC
+    mail_from: str | None = None  # SMTP MAIL FROM ("" for the null sender <>)
+    recipients: tuple[str, ...] = ()
+    peer: str | None = None  # remote address, mailbox name, ...
+    channel_key: str | None = None  # channel-provided dedup key, e.g. "twilio:sms:SM123"
+    meta: tuple[tuple[str, str], ...] = ()  # extra channel facts, e.g. (("imap_uid", "42"),)
+
+    def __post_init__(self) -> None:
+        if self.received_at.utcoffset() is None:
+            raise ValueError("Envelope.received_at must be timezone-aware")
+        if self.received_at.tzinfo is not UTC:
+            object.__setattr__(self, "received_at", self.received_at.astimezone(UTC))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "channel": self.channel,
+            "received_at": self.received_at.isoformat(),
+            "mail_from": self.mail_from,
+            "recipients": list(self.recipients),
+            "peer": self.peer,
+            "channel_key": self.channel_key,
+            "meta": [[key, value] for key, value in self.meta],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Envelope:
+        """Inverse of :meth:`to_json`; raises ValueError naming the key that is wrong."""
+        received_at = _require_str(data, "received_at")
+        try:
+            when = datetime.fromisoformat(received_at)
+        except ValueError as exc:
+            raise ValueError(f"envelope key 'received_at': {exc}") from exc
+        recipients = data.get("recipients", [])
+        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+            raise ValueError("envelope key 'recipients' must be a list of strings")
+        meta_raw = data.get("meta", [])
+        meta: list[tuple[str, str]] = []
+        if not isinstance(meta_raw, list):
+            raise ValueError("envelope key 'meta' must be a list of [key, value] pairs")
+        for pair in meta_raw:
+            if not (
+                isinstance(pair, list | tuple)
+                and len(pair) == 2
+                and isinstance(pair[0], str)
+                and isinstance(pair[1], str)
+            ):
+                raise ValueError("envelope key 'meta' must be a list of [key, value] pairs")
+            meta.append((pair[0], pair[1]))
+        return cls(
+            channel=_require_str(data, "channel"),
+            received_at=when,
+            mail_from=_optional_str(data, "mail_from"),
+            recipients=tuple(recipients),
+            peer=_optional_str(data, "peer"),
+            channel_key=_optional_str(data, "channel_key"),
+            meta=tuple(meta),
+        )
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A spooled message as a worker sees it. ``path`` is where the file was when read."""
+
+    id: str  # sortable by arrival: f"{time_ns:020d}-{random hex}"
+    envelope: Envelope
+    attempts: int  # failed processing attempts so far
+    size: int  # raw message bytes
+    path: Path  # current file
+    last_stage: str | None = None  # stage of the latest failure, if any
+    last_error: str | None = None  # error of the latest failure, if any
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """What ``quarantine list/show`` prints."""
+
+    id: str
+    envelope: Envelope
+    attempts: int
+    stage: str
+    error: str
+    quarantined_at: datetime
+    size: int
+
+
+class SpoolError(Exception):
+    """Base class: the spool could not do what was asked."""
+
+
+class SpoolFullError(SpoolError):
+    """No space, quota exhausted, or above the high-water mark: SMTP 452, HTTP 503."""
+
+
+class SpoolWriteError(SpoolError):
+    """Any other failure to make a message durable: SMTP 451."""
+
+
+# --------------------------------------------------------------------------------------------
+# Internal file header
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Header:
+    id: str
+    envelope: Envelope
+    size: int
+    attempts: int = 0
+    last_stage: str | None = None
+    last_error: str | None = None
+    quarantined_at: datetime | None = None
+
+    def encode(self) -> bytes:
+        doc: dict[str, object] = {
+            "v": _FORMAT_VERSION,
+            "id": self.id,
+            "envelope": self.envelope.to_json(),
+            "size": self.size,
+            "attempts": self.attempts,
+            "last_stage": self.last_stage,
+            "last_error": self.last_error,
+            "quarantined_at": (
+                self.quarantined_at.isoformat() if self.quarantined_at is not None else None
+            ),
+        }
+        # ensure_ascii escapes every control character, so the header is exactly one line.
+        text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+        return text.encode("ascii") + b"\n"
+
+    @classmethod
+    def decode(cls, line: bytes) -> _Header:
+        doc = json.loads(line)
+        if not isinstance(doc, dict) or doc.get("v") != _FORMAT_VERSION:
+            raise ValueError("not a version-1 spool header")
+        envelope = doc.get("envelope")
+        if not isinstance(envelope, dict):
+            raise ValueError("header key 'envelope' must be an object")
+        size, attempts = doc.get("size"), doc.get("attempts")
+        if not isinstance(size, int) or not isinstance(attempts, int):
+            raise ValueError("header keys 'size' and 'attempts' must be integers")
+        quarantined_at = _optional_str(doc, "quarantined_at")
+        return cls(
+            id=_require_str(doc, "id"),
+            envelope=Envelope.from_json(envelope),
+            size=size,
+            attempts=attempts,
+            last_stage=_optional_str(doc, "last_stage"),
+            last_error=_optional_str(doc, "last_error"),
+            quarantined_at=(
+                datetime.fromisoformat(quarantined_at) if quarantined_at is not None else None
+            ),
+        )
+
+    def entry(self, path: Path) -> Entry:
+        return Entry(
+            id=self.id,
+            envelope=self.envelope,
+            attempts=self.attempts,
+            size=self.size,
+            path=path,
+            last_stage=self.last_stage,
+            last_error=self.last_error,
+        )
+
+
+class _CorruptEntryError(Exception):
+    """A file in the spool whose header cannot be read (disk damage, a stray admin copy)."""
+
+
+def _read_header(stream: IO[bytes]) -> _Header:
+    line = stream.readline(_MAX_HEADER_BYTES + 1)
+    if not line.endswith(b"\n"):
+        raise _CorruptEntryError("no header line")
+    try:
+        return _Header.decode(line)
+    except (ValueError, TypeError) as exc:
+        raise _CorruptEntryError(f"bad header: {exc}") from exc
+
+
+def _read_header_at(path: Path) -> _Header:
+    with open(path, "rb") as stream:
+        return _read_header(stream)
+
+
+# --------------------------------------------------------------------------------------------
+# asyncio hand-off
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One enqueue_async call waiting for the writer thread."""
+
+    entry_id: str
+    raw: bytes
+    envelope: Envelope
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[str]
+
+    def settle(self, outcome: str | SpoolError) -> None:
+        """Resolve the caller's future from the writer thread (futures are not thread-safe)."""
+
+        def apply() -> None:
+            if self.future.done():  # cancelled by the caller, or already failed by a cleanup
+                return
+            if isinstance(outcome, str):
+                self.future.set_result(outcome)
+            else:
+                self.future.set_exception(outcome)
+
+        # The loop is closed: nobody is waiting any more, and the entry (if written) is durable.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(apply)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A fully written and fsynced file in tmp/, not yet visible to workers."""
+
+    entry_id: str
+    tmp_path: Path
+    file_bytes: int
+
+
+_STOP: Final = None  # writer-thread sentinel
+
+
+# --------------------------------------------------------------------------------------------
+# The spool
+# --------------------------------------------------------------------------------------------
+
+
+class Spool:
+    """A directory of durable message files; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync: bool = True,
+        high_water_bytes: int | None = None,
+        min_free_bytes: int = 64 * 1024 * 1024,
+        max_attempts: int = 3,
+        write_fault: Callable[[], None] | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.incoming_dir = self.root / "incoming"
+        self.claimed_dir = self.root / "claimed"
+        self.quarantine_dir = self.root / "quarantine"
+        self._fsync = fsync
+        self._high_water_bytes = high_water_bytes
+        self._min_free_bytes = min_free_bytes
+        self._max_attempts = max_attempts
+        # Tests inject failures here; GATEWAY_FAULT_SPOOL_ENOSPC does it for a whole daemon.
+        self._write_fault = write_fault if write_fault is not None else spool_write_fault()
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            for directory in (
+                self.tmp_dir,
+                self.incoming_dir,
+                self.claimed_dir,
+                self.quarantine_dir,
+            ):
+                directory.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SpoolWriteError(
+                f"cannot create spool directories under {self.root}: {exc}"
+            ) from exc
+
+        #: Number of directory fsyncs made by enqueue/enqueue_async (shows fsync grouping).
+        self.dir_fsyncs = 0
+        #: Number of message-file fsyncs made by enqueue/enqueue_async.
+        self.file_fsyncs = 0
+
+        # Running estimate of bytes in incoming/ + claimed/, kept without rescanning per enqueue.
+        self._size_lock = threading.Lock()
+        self._bytes = 0
+        self._bytes_measured_at = 0.0
+        self._free_bytes = 0
+        self._free_measured_at = -_STATVFS_INTERVAL_S
+        self._remeasure_bytes()
+
+        # Names seen in incoming/ by the last listing; claim() pops from the front (oldest).
+        # Entries enqueued later have larger ids, so they sort after everything cached; whatever
+        # puts an older id back (release, fail, replay, recover) empties the cache.
+        self._claim_lock = threading.Lock()
+        self._candidates: deque[str] = deque()
+
+        # Writer thread for enqueue_async, started on first use and restarted if it died.
+        self._submit_lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        # Helpers of the writer thread for fsyncing one group's files in parallel.
+        self._fsync_pool: ThreadPoolExecutor | None = None
+
+    # ---------------------------------------------------------------------------- intake
+
+    def enqueue(self, raw: bytes, envelope: Envelope) -> str:
+        """Make ``raw`` durable and return its entry id; only then may the channel acknowledge.
+
+        Raises only SpoolFullError (try later: 452/503) or SpoolWriteError (451).
+        """
+        prepared = self._prepare(_new_id(), raw, envelope)
+        (outcome,) = self._publish([prepared])
+        if isinstance(outcome, SpoolError):
+            raise outcome
+        return outcome
+
+    async def enqueue_async(self, raw: bytes, envelope: Envelope) -> str:
+        """Same contract as :meth:`enqueue`, without blocking the event loop.
+
+        One writer thread takes every write pending at that moment, writes each file to tmp/,
+        fsyncs them (several at once, so the journal commits them together), renames them all
+        into incoming/ and fsyncs incoming/ once for the whole group, then resolves the callers'
+        futures from their own event loops (call_soon_threadsafe). Under load a group grows while
+        the previous one is being fsynced, so the flushes are shared by many concurrent callers.
+        If the writer thread dies, its pending callers get SpoolWriteError and the next call
+        starts a new one.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        self._submit(_Job(_new_id(), raw, envelope, loop, future))
+        return await future
+
+    # ---------------------------------------------------------------------------- workers
+
+    def claim(self) -> Entry | None:
+        """Move the oldest incoming entry into claimed/ and return it, or None if there is none.
+
+        Safe across threads and processes: rename(2) succeeds for exactly one claimant; the
+        others get ENOENT and move on to the next name.
+        """
+        while True:
+            name = self._next_candidate()
+            if name is None:
+                return None
+            claimed = self.claimed_dir / name
+            try:
+                os.rename(self.incoming_dir / name, claimed)
+            except FileNotFoundError:
+                continue  # another worker (thread or process) won this one
+            try:
+                return _read_header_at(claimed).entry(claimed)
+            except FileNotFoundError:
+                continue  # a concurrent recover() moved it back; it will be claimed again
+            except _CorruptEntryError:
+                # Unreadable: it would fail forever. Park it where an admin will see it.
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(claimed, self.quarantine_dir / name)
+                continue
+
+    def read_raw(self, entry: Entry) -> bytes:
+        """The message bytes exactly as the channel received them."""
+        try:
+            with open(entry.path, "rb") as stream:
+                _read_header(stream)
+                return stream.read()
+        except (OSError, _CorruptEntryError) as exc:
+            raise SpoolError(f"cannot read spool entry {entry.id}: {exc}") from exc
+
+    def complete(self, entry: Entry) -> None:
+        """Processed: delete the entry.
+
+        No directory fsync: if the unlink is lost in a crash the entry is processed again, and
+        the database's dedup key turns that into a recorded duplicate, not a second ticket.
+        """
+        try:
+            file_bytes = entry.path.stat().st_size
+            entry.path.unlink()
+        except FileNotFoundError:
+            return  # already gone (or moved back by recover(); then it is simply redone)
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot delete spool entry {entry.id}: {exc}") from exc
+        self._account(-file_bytes)
+
+    def release(self, entry: Entry) -> None:
+        """Put a claimed entry back without counting an attempt (e.g. database down: Defer)."""
+        try:
+            os.rename(entry.path, self.incoming_dir / _filename(entry.id))
+        except FileNotFoundError:
+            return  # already moved back by recover()
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot release spool entry {entry.id}: {exc}") from exc
+        self._forget_candidates()
+
+    def fail(self, entry: Entry, *, stage: str, error: str) -> bool:
+        """Count a failed attempt; back to incoming/, or quarantine at max_attempts.
+
+        Returns True if the entry was quarantined.
+        """
+        try:
+            header = _read_header_at(entry.path)
+        except FileNotFoundError:
+            return False  # moved back by recover(): it will be retried anyway
+        except (OSError, _CorruptEntryError) as exc:
+            raise SpoolWriteError(f"cannot read spool entry {entry.id}: {exc}") from exc
+        attempts = header.attempts + 1
+        if attempts >= self._max_attempts:
+            self._quarantine(entry, header, attempts=attempts, stage=stage, error=error)
+            return True
+        updated = _Header(
+            id=header.id,
+            envelope=header.envelope,
+            size=header.size,
+            attempts=attempts,
+            last_stage=stage,
+            last_error=error[:_MAX_ERROR_CHARS],
+        )
+        try:
+            # Rewrite in place first (tmp + fsync + rename over our own claimed file), THEN move:
+            # a crash in between leaves one complete file in claimed/, which recover() returns.
+            self._rewrite(entry.path, updated)
+            os.rename(entry.path, self.incoming_dir / _filename(entry.id))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot requeue spool entry {entry.id}: {exc}") from exc
+        self._forget_candidates()
+        return False
+
+    def quarantine(self, entry: Entry, *, stage: str, error: str) -> None:
+        """Quarantine now, without further attempts (e.g. a message no retry can fix)."""
+        try:
+            header = _read_header_at(entry.path)
+        except FileNotFoundError:
+            return  # moved back by recover(): it will be claimed and judged again
+        except (OSError, _CorruptEntryError) as exc:
+            raise SpoolWriteError(f"cannot read spool entry {entry.id}: {exc}") from exc
+        self._quarantine(entry, header, attempts=header.attempts, stage=stage, error=error)
+
+    def recover(self) -> int:
+        """At daemon start: return every claimed entry to incoming/, delete tmp/ leftovers.
+
+        tmp/ files were never renamed into incoming/, so nobody was ever told they were safe:
+        deleting them loses nothing that was acknowledged. Returns the number of entries moved.
+        """
+        moved = 0
+        try:
+            for name in _entry_names(self.claimed_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.claimed_dir / name, self.incoming_dir / name)
+                    moved += 1
+            for leftover in os.listdir(self.tmp_dir):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.tmp_dir / leftover).unlink()
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot recover spool {self.root}: {exc}") from exc
+        self._forget_candidates()
+        self._remeasure_bytes()
+        return moved
+
+    # ---------------------------------------------------------------------------- inspection
+
+    def pending(self) -> list[Entry]:
+        """Entries in incoming/ and claimed/, oldest first."""
+        entries = [
+            entry
+            for directory in (self.incoming_dir, self.claimed_dir)
+            for entry in self._entries_in(directory)
+        ]
+        entries.sort(key=lambda entry: entry.id)
+        return entries
+
+    def get(self, entry_id: str) -> Entry | None:
+        """The entry with this id, wherever it is (incoming, claimed or quarantine), or None."""
+        if _ID_RE.fullmatch(entry_id) is None:
+            return None  # also keeps admin input like "../x" out of the path
+        name = _filename(entry_id)
+        # Two passes: the entry may move between directories while we look.
+        for _ in range(2):
+            for directory in (self.incoming_dir, self.claimed_dir, self.quarantine_dir):
+                path = directory / name
+                try:
+                    return _read_header_at(path).entry(path)
+                except (FileNotFoundError, _CorruptEntryError):
+                    continue
+        return None
+
+    def depth(self) -> int:
+        """Number of entries in incoming/ and claimed/."""
+        return len(_entry_names(self.incoming_dir)) + len(_entry_names(self.claimed_dir))
+
+    def quarantined(self) -> list[QuarantineRecord]:
+        """Every quarantined entry with its stage, error and time, oldest id first."""
+        records = [
+            record
+            for name in sorted(_entry_names(self.quarantine_dir))
+            if (record := self._quarantine_record(self.quarantine_dir / name)) is not None
+        ]
+        return records
+
+    def quarantine_record(self, entry_id: str) -> QuarantineRecord | None:
+        """One quarantined entry (for ``quarantine show``), or None."""
+        if _ID_RE.fullmatch(entry_id) is None:
+            return None
+        return self._quarantine_record(self.quarantine_dir / _filename(entry_id))
+
+    def quarantine_count(self) -> int:
+        return len(_entry_names(self.quarantine_dir))
+
+    def replay(self, entry_id: str) -> bool:
+        """Move a quarantined entry back to incoming/ with attempts reset to 0.
+
+        Returns False if there is no such quarantined entry.
+        """
+        if _ID_RE.fullmatch(entry_id) is None:
+            return False
+        path = self.quarantine_dir / _filename(entry_id)
+        try:
+            header = _read_header_at(path)
+        except FileNotFoundError:
+            return False
+        except (OSError, _CorruptEntryError) as exc:
+            raise SpoolError(f"cannot replay spool entry {entry_id}: {exc}") from exc
+        fresh = _Header(id=header.id, envelope=header.envelope, size=header.size)
+        try:
+            self._rewrite(path, fresh)  # same two-step as fail(): never two copies, never none
+            file_bytes = path.stat().st_size
+            os.rename(path, self.incoming_dir / _filename(entry_id))
+        except FileNotFoundError:
+            return False  # another admin replayed it at the same moment
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot replay spool entry {entry_id}: {exc}") from exc
+        self._account(file_bytes)
+        self._forget_candidates()
+        return True
+
+    # ---------------------------------------------------------------------------- lifecycle
+
+    def close(self) -> None:
+        """Finish the writes already submitted, then stop the writer thread.
+
+        Later enqueue_async calls raise SpoolWriteError. Blocks until the writer has drained, so
+        call it from a thread (or after the event loop stopped), not from a coroutine.
+        """
+        with self._submit_lock:
+            self._closed = True
+            writer = self._writer
+            if writer is not None:
+                self._jobs.put(_STOP)
+        if writer is not None:
+            writer.join()
+        if self._fsync_pool is not None:
+            self._fsync_pool.shutdown(wait=True)
+
+    # ---------------------------------------------------------------------------- internals
+
+    def _prepare(
+        self, entry_id: str, raw: bytes, envelope: Envelope, *, sync: bool = True
+    ) -> _Prepared:
+        """Write the entry to tmp/ (and fsync it unless ``sync`` is False: the caller will).
+
+        Raises SpoolError; on failure leaves nothing behind.
+        """
+        try:
+            header = _Header(id=entry_id, envelope=envelope, size=len(raw)).encode()
+        except Exception as exc:  # a bad envelope is still only a "451, try later" for the sender
+            raise SpoolWriteError(f"cannot encode the envelope: {exc}") from exc
+        file_bytes = len(header) + len(raw)
+        self._reserve(file_bytes)
+        tmp_path = self.tmp_dir / f"{entry_id}.{os.getpid()}.tmp"
+        try:
+            if self._write_fault is not None:
+                self._write_fault()
+            self._write_file(tmp_path, header, raw, sync=sync)
+        except BaseException as exc:
+            self._account(-file_bytes)
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            if isinstance(exc, SpoolError) or not isinstance(exc, Exception):
+                raise
+            raise _as_spool_error(exc) from exc
+        return _Prepared(entry_id, tmp_path, file_bytes)
+
+    def _write_file(
+        self, path: Path, header: bytes, raw: bytes | IO[bytes], *, sync: bool = True
+    ) -> None:
+        # O_EXCL: a tmp name is never reused, so an existing file means something is badly wrong.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out:
+            out.write(header)
+            if isinstance(raw, bytes):
+                out.write(raw)
+            else:
+                shutil.copyfileobj(raw, out)
+            out.flush()
+            crash_point("mid-spool-write")  # written, not yet fsynced nor renamed: not visible
+            if self._fsync and sync:
+                # The contents must be on disk BEFORE the rename makes the name visible;
+                # otherwise a crash can leave a visible, empty or truncated entry.
+                os.fsync(out.fileno())
+                self._count_file_fsync()
+
+    def _sync_tmp(self, prepared: _Prepared) -> None:
+        """fsync a tmp file written with sync=False (fsync through any fd flushes the inode)."""
+        fd = os.open(prepared.tmp_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._count_file_fsync()
+
+    def _count_file_fsync(self) -> None:
+        with self._size_lock:
+            self.file_fsyncs += 1
+
+    def _publish(self, batch: list[_Prepared]) -> list[str | SpoolError]:
+        """Rename fsynced tmp files into incoming/, then fsync incoming/ once for all of them."""
+        outcomes: list[str | SpoolError] = []
+        for prepared in batch:
+            try:
+                os.rename(prepared.tmp_path, self.incoming_dir / _filename(prepared.entry_id))
+                outcomes.append(prepared.entry_id)
+            except OSError as exc:
+                self._account(-prepared.file_bytes)
+                with contextlib.suppress(OSError):
+                    prepared.tmp_path.unlink()
+                outcomes.append(_as_spool_error(exc))
+        if self._fsync and any(isinstance(outcome, str) for outcome in outcomes):
+            try:
+                # The rename is only durable once the directory is: this fsync is what makes it
+                # safe to acknowledge. One fsync covers every rename in the group.
+                _fsync_dir(self.incoming_dir)
+                with self._size_lock:
+                    self.dir_fsyncs += 1
+            except OSError as exc:
+                # The files stay in incoming/ and will probably be processed; the senders are told
+                # to retry, and the duplicate that may follow is absorbed by the dedup key.
+                error = _as_spool_error(exc)
+                outcomes = [error if isinstance(outcome, str) else outcome for outcome in outcomes]
+        return outcomes
+
+    def _submit(self, job: _Job) -> None:
+        with self._submit_lock:
+            if self._closed:
+                raise SpoolWriteError("spool is closed")
+            if self._fsync and self._fsync_pool is None:
+                self._fsync_pool = ThreadPoolExecutor(
+                    max_workers=_FSYNC_THREADS, thread_name_prefix="spool-fsync"
+                )
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._writer_main, name="spool-writer", daemon=True
+                )
+                self._writer.start()
+            self._jobs.put(job)
+
+    def _writer_main(self) -> None:
+        in_flight: list[_Job] = []
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is _STOP:
+                    return
+                in_flight = [first]
+                stop = False
+                # Take everything that queued up while we were busy: one group, one dir fsync.
+                while True:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stop = True
+                        break
+                    in_flight.append(job)
+                self._write_group(in_flight)
+                in_flight = []
+                if stop:
+                    return
+        finally:
+            # However this thread ends, no caller may be left waiting forever. Futures already
+            # resolved ignore the second settle.
+            with self._submit_lock:
+                self._writer = None
+                leftovers: list[_Job] = []
+                while True:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is not None:
+                        leftovers.append(job)
+            dead = SpoolWriteError("spool writer stopped")
+            for job in in_flight + leftovers:
+                job.settle(dead)
+
+    def _write_group(self, jobs: list[_Job]) -> None:
+        written: list[tuple[_Job, _Prepared]] = []
+        for job in jobs:
+            try:
+                written.append(
+                    (job, self._prepare(job.entry_id, job.raw, job.envelope, sync=False))
+                )
+            except SpoolError as exc:
+                job.settle(exc)
+        prepared = self._sync_group(written) if self._fsync else written
+        try:
+            outcomes = self._publish([item for _, item in prepared])
+        except Exception as exc:
+            outcomes = [_as_spool_error(exc)] * len(prepared)
+        for (job, _), outcome in zip(prepared, outcomes, strict=True):
+            job.settle(outcome)
+
+    def _sync_group(self, written: list[tuple[_Job, _Prepared]]) -> list[tuple[_Job, _Prepared]]:
+        """fsync every file of a group, several at once; return those that made it to disk.
+
+        Concurrent fsyncs are merged by the filesystem journal (ext4/XFS commit them together),
+        so a group of N files costs far less than N sequential fsyncs. Each file is still fsynced
+        before its rename, as the durability ordering requires.
+        """
+        if len(written) <= 1 or self._fsync_pool is None:
+            pairs = [(job, item, self._try_sync(item)) for job, item in written]
+        else:
+            errors = self._fsync_pool.map(self._try_sync, [item for _, item in written])
+            pairs = [(job, item, error) for (job, item), error in zip(written, errors, strict=True)]
+        synced: list[tuple[_Job, _Prepared]] = []
+        for job, item, error in pairs:
+            if error is None:
+                synced.append((job, item))
+                continue
+            self._account(-item.file_bytes)
+            with contextlib.suppress(OSError):
+                item.tmp_path.unlink()
+            job.settle(error)
+        return synced
+
+    def _try_sync(self, prepared: _Prepared) -> SpoolError | None:
+        try:
+            self._sync_tmp(prepared)
+        except OSError as exc:
+            return _as_spool_error(exc)
+        return None
+
+    def _rewrite(self, path: Path, header: _Header) -> None:
+        """Replace the header of the entry at ``path`` (which the caller owns): tmp, fsync, rename.
+
+        Raises FileNotFoundError if the entry is gone.
+        """
+        tmp_path = self.tmp_dir / f"{header.id}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            with open(path, "rb") as source:
+                try:
+                    _read_header(source)
+                except _CorruptEntryError as exc:
+                    raise OSError(errno.EIO, f"unreadable spool entry: {exc}") from exc
+                self._write_file(tmp_path, header.encode(), source)
+            os.rename(tmp_path, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            raise
+
+    def _quarantine(
+        self, entry: Entry, header: _Header, *, attempts: int, stage: str, error: str
+    ) -> None:
+        record = _Header(
+            id=header.id,
+            envelope=header.envelope,
+            size=header.size,
+            attempts=attempts,
+            last_stage=stage,
+            last_error=error[:_MAX_ERROR_CHARS],
+            quarantined_at=business_clock.now(),
+        )
+        try:
+            # Stage, error and time are written into the file BEFORE it moves: a quarantined
+            # entry always explains itself.
+            self._rewrite(entry.path, record)
+            file_bytes = entry.path.stat().st_size
+            os.rename(entry.path, self.quarantine_dir / _filename(entry.id))
+        except FileNotFoundError:
+            return  # moved back by recover(): it will be retried and fail again
+        except OSError as exc:
+            raise SpoolWriteError(f"cannot quarantine spool entry {entry.id}: {exc}") from exc
+        self._account(-file_bytes)
+
+    def _quarantine_record(self, path: Path) -> QuarantineRecord | None:
+        try:
+            header = _read_header_at(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, _CorruptEntryError) as exc:
+            # Parked by claim() because it could not be read: show it rather than hide it.
+            try:
+                status = path.stat()
+            except FileNotFoundError:
+                return None
+            mtime = datetime.fromtimestamp(status.st_mtime, UTC)
+            return QuarantineRecord(
+                id=path.name.removesuffix(_SUFFIX),
+                envelope=Envelope(channel="unknown", received_at=mtime),
+                attempts=0,
+                stage="spool",
+                error=f"unreadable spool entry: {exc}",
+                quarantined_at=mtime,
+                size=status.st_size,
+            )
+        return QuarantineRecord(
+            id=header.id,
+            envelope=header.envelope,
+            attempts=header.attempts,
+            stage=header.last_stage or "unknown",
+            error=header.last_error or "",
+            quarantined_at=header.quarantined_at or header.envelope.received_at,
+            size=header.size,
+        )
+
+    def _entries_in(self, directory: Path) -> Iterator[Entry]:
+        for name in _entry_names(directory):
+            path = directory / name
+            try:
+                yield _read_header_at(path).entry(path)
+            except (FileNotFoundError, _CorruptEntryError):
+                continue  # moved meanwhile; or unreadable, which claim() will park
+
+    def _next_candidate(self) -> str | None:
+        with self._claim_lock:
+            if not self._candidates:
+                self._candidates.extend(sorted(_entry_names(self.incoming_dir)))
+            return self._candidates.popleft() if self._candidates else None
+
+    def _forget_candidates(self) -> None:
+        with self._claim_lock:
+            self._candidates.clear()
+
+    # Space accounting ------------------------------------------------------------------------
+
+    def _reserve(self, file_bytes: int) -> None:
+        """Refuse (SpoolFullError) when above the high-water mark or low on disk; else count it."""
+        now = time.monotonic()
+        if (
+            self._high_water_bytes is not None
+            and now - self._bytes_measured_at > _RESCAN_INTERVAL_S
+        ):
+            self._remeasure_bytes()
+        with self._size_lock:
+            if (
+                self._high_water_bytes is not None
+                and self._bytes + file_bytes > self._high_water_bytes
+            ):
+                raise SpoolFullError(
+                    f"spool above its high-water mark ({self._bytes} of "
+                    f"{self._high_water_bytes} bytes in use)"
+                )
+            if self._min_free_bytes > 0:
+                if now - self._free_measured_at > _STATVFS_INTERVAL_S:
+                    try:
+                        stats = os.statvfs(self.root)
+                    except OSError as exc:
+                        raise SpoolWriteError(f"cannot stat spool filesystem: {exc}") from exc
+                    self._free_bytes = stats.f_bavail * stats.f_frsize
+                    self._free_measured_at = now
+                if self._free_bytes - file_bytes < self._min_free_bytes:
+                    raise SpoolFullError(
+                        f"spool filesystem has {self._free_bytes} bytes free, "
+                        f"below the {self._min_free_bytes}-byte minimum"
+                    )
+                self._free_bytes -= file_bytes
+            self._bytes += file_bytes
+
+    def _account(self, delta: int) -> None:
+        with self._size_lock:
+            self._bytes = max(0, self._bytes + delta)
+            if delta < 0:
+                self._free_bytes -= delta
+
+    def _remeasure_bytes(self) -> None:
+        total = 0
+        for directory in (self.incoming_dir, self.claimed_dir):
+            for name in _entry_names(directory):
+                with contextlib.suppress(FileNotFoundError):
+                    total += (directory / name).stat().st_size
+        with self._size_lock:
+            self._bytes = total
+            self._bytes_measured_at = time.monotonic()
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _new_id() -> str:
+    # Wall-clock nanoseconds make ids sort by arrival across processes; the random part keeps
+    # two arrivals in the same nanosecond (or on two hosts) apart.
+    return f"{business_clock.wall_nanoseconds():020d}-{secrets.token_hex(6)}"
+
+
+def _filename(entry_id: str) -> str:
+    return entry_id + _SUFFIX
+
+
+def _entry_names(directory: Path) -> list[str]:
+    """Names of entry files in ``directory`` (anything else, e.g. an editor's backup, is ignored).
+
+    A missing or unreadable directory counts as empty: inspection must not crash the caller.
+    """
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [name for name in names if _NAME_RE.fullmatch(name)]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _as_spool_error(exc: BaseException) -> SpoolError:
+    if isinstance(exc, SpoolError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return SpoolFullError(f"spool is full: {exc}")
+    return SpoolWriteError(f"cannot write to the spool: {exc}")
+
+
+def _require_str(data: Mapping[str, object], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise ValueError(f"key {key!r} must be a string")
+    return value
+
+
+def _optional_str(data: Mapping[str, object], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"key {key!r} must be a string or null")
+    return value
