@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from classifiers.engine import build_engine  # noqa: E402
 from classifiers.model import load_model, model_text, new_pipeline  # noqa: E402
 from classifiers.settings import ClassifierSettings  # noqa: E402
+from classifiers.training import SHIPPED_EVAL, load_examples  # noqa: E402
 from tests.classifiers.mail_corpus import SPAMASSASSIN, corpus  # noqa: E402
 
 FOLDERS = ("easy-ham-1", "easy-ham-2", "hard-ham-1", "spam-1", "spam-2")
@@ -40,6 +41,19 @@ def main() -> None:
         start = time.monotonic()
         load_model(model_dir)
         print(f"model load (sha256 check + unpickle): {(time.monotonic() - start) * 1000:.0f} ms")
+        support = [e.as_input() for e in load_examples(SHIPPED_EVAL)] * 10
+        start = time.perf_counter()
+        for inp in support:
+            engine.classify(inp)
+        one = (time.perf_counter() - start) / len(support)
+        lat = []
+        for i in range(0, len(support), 64):
+            t0 = time.perf_counter()
+            engine.classify_many(support[i:i + 64])
+            lat.append((time.perf_counter() - t0) / len(support[i:i + 64]))
+        print(f"support messages (eval.jsonl x10, normalisation included): baseline one by one "
+              f"mean {one * 1000:.3f} ms; batches of 64 mean {np.mean(lat) * 1000:.3f} ms, "
+              f"p99 of per-message batch cost {pct(lat, 99):.3f} ms")
         if not SPAMASSASSIN.is_dir():
             print(f"shared data not found at {SPAMASSASSIN}; skipping corpus timings")
             return

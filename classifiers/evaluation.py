@@ -1,28 +1,170 @@
-"""Evaluation: how well the classifier scores a labelled file, the whole engine or the model alone.
+"""Honest evaluation of the whole engine (normalisation, rules, matrix, model, thresholds).
 
-Owns `evaluate` (`gateway evaluate`). Sits above both the engine and training: the engine builds
-its default model through training, and evaluation runs the engine, so neither imports the
-other back. Reads files and the model directory; writes nothing.
+Three measurements, each per level and per channel:
+- the dev set (`../shared/data/triage/dev.jsonl`, written by other hands): evaluation only,
+  never trained or tuned on; only aggregate figures are printed, never a message;
+- leave-one-domain-out over the shipped corpus: industries are grouped into `LODO_FOLDS`
+  folds (largest first, dealt round-robin, so each fold holds whole industries), a model is
+  trained on every other fold and the fold is classified; figures pool all folds;
+- the shipped eval.jsonl, as it is.
+`python -m classifiers.evaluation` prints all three. Never imports the gateway or channels;
+writes only temporary model directories.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from classifiers.engine import build_engine
-from classifiers.model import text_of
+from classifiers.engine import Engine, build_engine
+from classifiers.model import LoadedModel, new_pipeline
+from classifiers.rules import load_rules
 from classifiers.settings import ClassifierSettings
 from classifiers.training import (
+    SHIPPED_EVAL,
     EvalReport,
     TrainingDataError,
     ensure_model,
     load_examples,
     map_levels,
+    model_texts,
     score_predictions,
+    shipped_examples,
 )
-from classifiers.types import DEFAULT_LEVELS
+from classifiers.types import CHANNELS, DEFAULT_LEVELS, LabelledExample
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_SET = (ROOT / "../shared/data/triage/dev.jsonl").resolve()
+RULES_DIR = ROOT / "config" / "rules.d"
+LODO_FOLDS = 8
+
+
+@dataclass(frozen=True)
+class Figures:
+    """Scores of one set of predictions."""
+
+    n: int
+    exact: float
+    urgent_recall: float
+    urgent_precision: float
+    confusion: tuple[tuple[int, ...], ...]  # rows true, columns predicted, DEFAULT_LEVELS order
+
+    def line(self) -> str:
+        return (f"n={self.n:4d}  exact {self.exact:.3f}  urgent recall {self.urgent_recall:.3f}"
+                f"  urgent precision {self.urgent_precision:.3f}")
+
+    def matrix(self) -> str:
+        head = "true\\pred " + "".join(f"{lvl:>8}" for lvl in DEFAULT_LEVELS)
+        rows = [f"{lvl:<10}" + "".join(f"{v:8d}" for v in row)
+                for lvl, row in zip(DEFAULT_LEVELS, self.confusion, strict=True)]
+        return "\n".join([head, *rows])
+
+
+def figures(truth: Sequence[str], predicted: Sequence[str]) -> Figures:
+    counts = Counter(zip(truth, predicted, strict=True))
+    confusion = tuple(tuple(counts[(t, p)] for p in DEFAULT_LEVELS) for t in DEFAULT_LEVELS)
+    n = len(truth)
+    hit = counts[("urgent", "urgent")]
+    said = sum(counts[(t, "urgent")] for t in DEFAULT_LEVELS)
+    real = sum(counts[("urgent", p)] for p in DEFAULT_LEVELS)
+    exact = sum(counts[(lvl, lvl)] for lvl in DEFAULT_LEVELS)
+    return Figures(n, exact / n if n else 0.0, hit / real if real else 0.0,
+                   hit / said if said else 0.0, confusion)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    name: str
+    pooled: Figures
+    per_channel: tuple[tuple[str, Figures], ...]
+
+    def report(self) -> str:
+        lines = [f"== {self.name}", f"pooled      {self.pooled.line()}", self.pooled.matrix()]
+        for channel, fig in self.per_channel:
+            lines.append(f"{channel:<11} {fig.line()}")
+            lines.append(fig.matrix())
+        return "\n".join(lines)
+
+
+def score(name: str, examples: Sequence[LabelledExample],
+          predicted: Sequence[str]) -> Evaluation:
+    truth = [e.level for e in examples]
+    channels = tuple(
+        (ch, figures([t for t, e in zip(truth, examples, strict=True) if e.channel == ch],
+                     [p for p, e in zip(predicted, examples, strict=True) if e.channel == ch]))
+        for ch in CHANNELS if any(e.channel == ch for e in examples)
+    )
+    return Evaluation(name, figures(truth, predicted), channels)
+
+
+def predict(engine: Engine, examples: Sequence[LabelledExample]) -> list[str]:
+    return [v.severity for v in engine.classify_many([e.as_input() for e in examples])]
+
+
+def load_dev(path: Path = DEV_SET) -> list[LabelledExample]:
+    """The dev set's level is in `severity`; its other fields are not read."""
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                out.append(LabelledExample(str(row.get("subject") or ""),
+                                           str(row.get("body") or ""),
+                                           str(row["severity"]).lower(),
+                                           str(row.get("channel") or "email")))
+    return out
+
+
+def evaluate_dev(engine: Engine, path: Path = DEV_SET) -> Evaluation:
+    examples = load_dev(path)
+    return score("dev set (evaluation only)", examples, predict(engine, examples))
+
+
+def evaluate_eval(engine: Engine, path: Path = SHIPPED_EVAL) -> Evaluation:
+    from classifiers.training import load_examples
+
+    examples = load_examples(path)
+    return score("shipped eval.jsonl", examples, predict(engine, examples))
+
+
+def lodo_folds(examples: Sequence[LabelledExample], folds: int = LODO_FOLDS) -> list[int]:
+    """Fold number of each example: whole industries, largest first, dealt round-robin."""
+    sizes = Counter(e.industry or "unknown" for e in examples)
+    fold_of = {ind: i % folds for i, (ind, _) in
+               enumerate(sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0])))}
+    return [fold_of[e.industry or "unknown"] for e in examples]
+
+
+def evaluate_lodo(settings: ClassifierSettings | None = None, folds: int = LODO_FOLDS,
+                  examples: Sequence[LabelledExample] | None = None,
+                  rules_dir: Path = RULES_DIR) -> Evaluation:
+    settings = settings or ClassifierSettings()
+    examples = list(examples if examples is not None else shipped_examples())
+    rules, problems = load_rules(rules_dir)
+    if rules is None:
+        raise ValueError("; ".join(str(p) for p in problems))
+    fold_of = lodo_folds(examples, folds)
+    predicted = [""] * len(examples)
+    texts = model_texts(examples, settings.body_chars_for_model)
+    for fold in sorted(set(fold_of)):
+        train = [i for i, f in enumerate(fold_of) if f != fold]
+        test = [i for i, f in enumerate(fold_of) if f == fold]
+        pipeline = new_pipeline(0).fit([texts[i] for i in train],
+                                       [examples[i].level for i in train])
+        model = LoadedModel(f"lodo-{fold}", DEFAULT_LEVELS, len(train), pipeline, "")
+        engine = Engine(rules, settings, model)
+        for i, verdict in zip(test, engine.classify_many([examples[i].as_input()
+                                                           for i in test]), strict=True):
+            predicted[i] = verdict.severity
+    return score(f"leave-one-domain-out ({folds} folds of whole industries)", examples,
+                 predicted)
+
 
 
 def evaluate(
@@ -33,21 +175,39 @@ def evaluate(
     rules_dir: Path | None = None,
     settings: ClassifierSettings | None = None,
 ) -> EvalReport:
-    """Score a labelled CSV/JSONL file. With `rules_dir`, the whole engine (rules + model +
-    thresholds) on the configured scale; without, the model alone on its four levels."""
+    """Score a labelled CSV/JSONL file (`gateway evaluate FILE`). With `rules_dir`, the whole
+    engine (normalisation, rules, matrix, model, thresholds) on the configured scale; without,
+    the model alone on its four levels."""
     settings = settings or ClassifierSettings()
     examples = load_examples(data)
     if rules_dir is not None:
         engine, problems = build_engine(rules_dir, settings, model_dir)
         if engine is None:
             raise TrainingDataError("; ".join(str(p) for p in problems))
-        predicted = [engine.classify(e.as_input()).severity for e in examples]
+        predicted = [v.severity for v in engine.classify_many([e.as_input() for e in examples])]
         report = score_predictions([e.level for e in examples], predicted, settings.levels)
     else:
         model = ensure_model(model_dir, settings)
         mapped = map_levels(examples, settings)
-        texts = [text_of(e.as_input(), settings.body_chars_for_model) for e in mapped]
+        texts = model_texts(mapped, settings.body_chars_for_model)
         report = score_predictions([e.level for e in mapped], model.predict(texts),
                                    DEFAULT_LEVELS)
     print(report.format(), file=out, flush=True)
     return report
+
+def main(out: TextIO = sys.stdout) -> None:
+    settings = ClassifierSettings()
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, problems = build_engine(RULES_DIR, settings, Path(tmp))
+        if engine is None:
+            raise SystemExit("; ".join(str(p) for p in problems))
+        if DEV_SET.is_file():
+            print(evaluate_dev(engine).report(), file=out, flush=True)
+        else:
+            print(f"== dev set not found at {DEV_SET}", file=out)
+        print(evaluate_lodo(settings).report(), file=out, flush=True)
+        print(evaluate_eval(engine).report(), file=out, flush=True)
+
+
+if __name__ == "__main__":
+    main()

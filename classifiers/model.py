@@ -38,8 +38,13 @@ MANIFEST = "current.json"
 # Format 2: smaller features (char n-grams read only the first CHAR_NGRAM_CHARS characters) and a
 # capped solver. Format-1 files (before 2026-12) still load and are scored the same way;
 # ensure_model replaces a format-1 model that was built from the shipped corpus alone.
-FORMAT = 2
-READABLE_FORMATS = (1, 2)
+# Format 3 (issue 16): the model reads normalised text with the severity dimensions as leading
+# tokens (classifiers/reading.py). A default model of an older format is rebuilt at start.
+FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+DEFAULT_SOURCES = ("shipped train.jsonl", "shipped corpus")
+# From this many texts on, probabilities come from one vectorisation of the whole batch.
+BATCH_MIN = 16
 SUBJECT_CHARS = 256
 CHAR_NGRAM_CHARS = 1024
 WORD_FEATURES = 50_000
@@ -54,9 +59,13 @@ class ModelFileError(Exception):
     """A model file is missing, altered or unreadable; the caller keeps the model it has."""
 
 
-def model_text(subject: str, body: str, channel: str, body_chars: int = 2048) -> str:
+def model_text(subject: str, body: str, channel: str, body_chars: int = 2048,
+               features: str = "") -> str:
+    """What the model reads: channel token, feature tokens (the severity dimensions), then the
+    subject and the start of the body with the sender's urgency claims removed."""
     text = f"{subject[:SUBJECT_CHARS]}\n{body[:body_chars]}"
-    return f"__{channel}__ " + _CLAIMS.sub(" ", text)
+    head = f"__{channel}__ {features} " if features else f"__{channel}__ "
+    return head + _CLAIMS.sub(" ", text)
 
 
 def text_of(inp: TextInput, body_chars: int = 2048) -> str:
@@ -180,7 +189,7 @@ class LoadedModel:
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
         """Rows of probabilities in `self.levels` order."""
-        if self.scorer is not None:
+        if self.scorer is not None and len(texts) < BATCH_MIN:
             classes = self.scorer.classes
             proba = np.array([self.scorer.proba(t) for t in texts]).reshape(
                 len(texts), len(classes))
@@ -288,7 +297,7 @@ def is_outdated_default(model_dir: Path) -> bool:
         return False
     return (isinstance(manifest, dict) and manifest.get("format") != FORMAT
             and manifest.get("format") in READABLE_FORMATS
-            and manifest.get("source") == "shipped train.jsonl")
+            and manifest.get("source") in DEFAULT_SOURCES)
 
 
 def load_model(model_dir: Path) -> LoadedModel:

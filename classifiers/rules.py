@@ -42,6 +42,10 @@ _KEY_TYPES: dict[str, type | tuple[type, ...]] = {
 MAX_ABS_SCORE = 100.0
 
 
+# The file the project ships (do not edit); an admin's files come after it in lexical order.
+SHIPPED_RULES_FILE = "00-shipped.toml"
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -58,6 +62,11 @@ class Rule:
     # one of `literals` occurs in that text.
     lowered: bool = False
     literals: tuple[str, ...] | None = None
+
+    @property
+    def shipped(self) -> bool:
+        """Defined (or last re-scored) by the project's own file, not by an admin's."""
+        return Path(self.file).name == SHIPPED_RULES_FILE
 
     @property
     def enabled(self) -> bool:

@@ -63,6 +63,11 @@ class Verdict:
     model_vote: ModelVote | None
     model_version: str | None
     guards: tuple[str, ...] = field(default=())
+    # What the classifier judged, after per-channel normalisation (classifiers/normalise.py),
+    # the steps that changed it, and the severity dimensions read from it.
+    normalised_text: str = ""
+    normalisation: tuple[str, ...] = field(default=())
+    dimensions: str = ""
 
     def explain(self) -> str:
         """One line an operator can read:
@@ -78,6 +83,10 @@ class Verdict:
             f"jump_queue={'yes' if self.jump_queue else 'no'} hits={' '.join(parts) or '-'} "
             f"model={self.model_version or '-'}"
         )
+        if self.dimensions:
+            text += f" {self.dimensions}"
+        if self.normalisation:
+            text += f" normalised={','.join(self.normalisation)}"
         if self.guards:
             text += f" no_jump_because={','.join(self.guards)}"
         return text
@@ -104,6 +113,9 @@ class Verdict:
                 "shadow": vote.shadow,
             },
             "guards": list(self.guards),
+            "dimensions": self.dimensions,
+            "normalisation": list(self.normalisation),
+            "normalised_text": self.normalised_text,
             "explanation": self.explain(),
         }
 
@@ -135,6 +147,8 @@ class LabelledExample:
     level: str
     channel: str = "email"
     headers: tuple[tuple[str, str], ...] = ()
+    industry: str = ""  # the customer's line of business, for leave-one-domain-out
+    source: str = ""  # who wrote or supplied it (writer-a, session-1, an agent's correction)
 
     def as_input(self) -> TextInput:
         return TextInput(self.subject, self.body, self.headers, "", self.channel)

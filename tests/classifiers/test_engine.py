@@ -92,7 +92,8 @@ def test_explanation_lists_level_score_jump_hits_model_vote_and_version(engine: 
     text = verdict.explain()
     assert re.fullmatch(
         r"severity=urgent score=\d+\.\d jump_queue=yes hits=(\w+\(-?\d+\.\d\) )+"
-        r"MODEL_URGENT\(\d+\.\d p=0\.\d\d\) model=\d{4}-\d\d-\d\d\.\d+",
+        r"MODEL_URGENT\(\d+\.\d p=[01]\.\d\d\) model=\d{4}-\d\d-\d\d\.\d+"
+        r" scope=everyone state=down time=now critical=(?:yes|no)",
         text,
     ), text
     data = verdict.to_json()

@@ -9,7 +9,7 @@ import pytest
 
 from classifiers.engine import build_engine
 from classifiers.evaluation import evaluate
-from classifiers.model import ModelFileError, load_model, text_of
+from classifiers.model import FORMAT, ModelFileError, load_model, text_of
 from classifiers.settings import ClassifierSettings
 from classifiers.training import (
     SHIPPED_EVAL,
@@ -171,7 +171,7 @@ def test_an_old_format_1_default_model_is_rebuilt_at_start_not_fatal(tmp_path: P
     engine, problems = build_engine(SHIPPED_RULES, ClassifierSettings(), tmp_path / "m")
     assert engine is not None, problems
     assert engine.model_version != old
-    assert json.loads((tmp_path / "m" / "current.json").read_text())["format"] == 2
+    assert json.loads((tmp_path / "m" / "current.json").read_text())["format"] == FORMAT
 
 
 def test_an_old_format_1_model_trained_on_corrections_still_loads_and_scores(
