@@ -58,16 +58,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import os
 import queue
-import re
 import secrets
 import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +73,21 @@ from pathlib import Path
 from typing import IO, Final
 
 from gateway import clock as business_clock
+from gateway.intake.entry import (
+    ID_RE,
+    SUFFIX,
+    CorruptEntryError,
+    Entry,
+    Envelope,
+    Header,
+    QuarantineRecord,
+    entry_names,
+    filename,
+    fsync_dir,
+    new_id,
+    read_header,
+    read_header_at,
+)
 from gateway.intake.faults import crash_point, spool_write_fault
 
 __all__ = [
@@ -87,12 +100,6 @@ __all__ = [
     "SpoolWriteError",
 ]
 
-_FORMAT_VERSION: Final = 1
-_SUFFIX: Final = ".msg"
-_ID_RE: Final = re.compile(r"\d{20}-[0-9a-f]{12}")
-_NAME_RE: Final = re.compile(r"(\d{20}-[0-9a-f]{12})\.msg")
-# A header is a few hundred bytes; the cap only stops a corrupt file from being read whole.
-_MAX_HEADER_BYTES: Final = 1024 * 1024
 # Errors are stored in the header; a multi-megabyte traceback helps nobody at 3 a.m.
 _MAX_ERROR_CHARS: Final = 16 * 1024
 # statvfs is cheap but not free; between calls the free-space figure is reduced by what we wrote.
@@ -111,96 +118,6 @@ _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """What the channel knew about a message besides its bytes."""
-
-    channel: str  # "smtp" | "lmtp" | "pipe" | "imap" | "twilio-sms" | ...
-    received_at: datetime  # timezone-aware; normalised to UTC
-    mail_from: str | None = None  # SMTP MAIL FROM ("" for the null sender <>)
-    recipients: tuple[str, ...] = ()
-    peer: str | None = None  # remote address, mailbox name, ...
-    channel_key: str | None = None  # channel-provided dedup key, e.g. "twilio:sms:SM123"
-    meta: tuple[tuple[str, str], ...] = ()  # extra channel facts, e.g. (("imap_uid", "42"),)
-
-    def __post_init__(self) -> None:
-        if self.received_at.utcoffset() is None:
-            raise ValueError("Envelope.received_at must be timezone-aware")
-        if self.received_at.tzinfo is not UTC:
-            object.__setattr__(self, "received_at", self.received_at.astimezone(UTC))
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "channel": self.channel,
-            "received_at": self.received_at.isoformat(),
-            "mail_from": self.mail_from,
-            "recipients": list(self.recipients),
-            "peer": self.peer,
-            "channel_key": self.channel_key,
-            "meta": [[key, value] for key, value in self.meta],
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> Envelope:
-        """Inverse of :meth:`to_json`; raises ValueError naming the key that is wrong."""
-        received_at = _require_str(data, "received_at")
-        try:
-            when = datetime.fromisoformat(received_at)
-        except ValueError as exc:
-            raise ValueError(f"envelope key 'received_at': {exc}") from exc
-        recipients = data.get("recipients", [])
-        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
-            raise ValueError("envelope key 'recipients' must be a list of strings")
-        meta_raw = data.get("meta", [])
-        meta: list[tuple[str, str]] = []
-        if not isinstance(meta_raw, list):
-            raise ValueError("envelope key 'meta' must be a list of [key, value] pairs")
-        for pair in meta_raw:
-            if not (
-                isinstance(pair, list | tuple)
-                and len(pair) == 2
-                and isinstance(pair[0], str)
-                and isinstance(pair[1], str)
-            ):
-                raise ValueError("envelope key 'meta' must be a list of [key, value] pairs")
-            meta.append((pair[0], pair[1]))
-        return cls(
-            channel=_require_str(data, "channel"),
-            received_at=when,
-            mail_from=_optional_str(data, "mail_from"),
-            recipients=tuple(recipients),
-            peer=_optional_str(data, "peer"),
-            channel_key=_optional_str(data, "channel_key"),
-            meta=tuple(meta),
-        )
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A spooled message as a worker sees it. ``path`` is where the file was when read."""
-
-    id: str  # sortable by arrival: f"{time_ns:020d}-{random hex}"
-    envelope: Envelope
-    attempts: int  # failed processing attempts so far
-    size: int  # raw message bytes
-    path: Path  # current file
-    last_stage: str | None = None  # stage of the latest failure, if any
-    last_error: str | None = None  # error of the latest failure, if any
-
-
-@dataclass(frozen=True)
-class QuarantineRecord:
-    """What ``quarantine list/show`` prints."""
-
-    id: str
-    envelope: Envelope
-    attempts: int
-    stage: str
-    error: str
-    quarantined_at: datetime
-    size: int
-
-
 class SpoolError(Exception):
     """Base class: the spool could not do what was asked."""
 
@@ -211,93 +128,6 @@ class SpoolFullError(SpoolError):
 
 class SpoolWriteError(SpoolError):
     """Any other failure to make a message durable: SMTP 451."""
-
-
-# --------------------------------------------------------------------------------------------
-# Internal file header
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Header:
-    id: str
-    envelope: Envelope
-    size: int
-    attempts: int = 0
-    last_stage: str | None = None
-    last_error: str | None = None
-    quarantined_at: datetime | None = None
-
-    def encode(self) -> bytes:
-        doc: dict[str, object] = {
-            "v": _FORMAT_VERSION,
-            "id": self.id,
-            "envelope": self.envelope.to_json(),
-            "size": self.size,
-            "attempts": self.attempts,
-            "last_stage": self.last_stage,
-            "last_error": self.last_error,
-            "quarantined_at": (
-                self.quarantined_at.isoformat() if self.quarantined_at is not None else None
-            ),
-        }
-        # ensure_ascii escapes every control character, so the header is exactly one line.
-        text = json.dumps(doc, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
-        return text.encode("ascii") + b"\n"
-
-    @classmethod
-    def decode(cls, line: bytes) -> _Header:
-        doc = json.loads(line)
-        if not isinstance(doc, dict) or doc.get("v") != _FORMAT_VERSION:
-            raise ValueError("not a version-1 spool header")
-        envelope = doc.get("envelope")
-        if not isinstance(envelope, dict):
-            raise ValueError("header key 'envelope' must be an object")
-        size, attempts = doc.get("size"), doc.get("attempts")
-        if not isinstance(size, int) or not isinstance(attempts, int):
-            raise ValueError("header keys 'size' and 'attempts' must be integers")
-        quarantined_at = _optional_str(doc, "quarantined_at")
-        return cls(
-            id=_require_str(doc, "id"),
-            envelope=Envelope.from_json(envelope),
-            size=size,
-            attempts=attempts,
-            last_stage=_optional_str(doc, "last_stage"),
-            last_error=_optional_str(doc, "last_error"),
-            quarantined_at=(
-                datetime.fromisoformat(quarantined_at) if quarantined_at is not None else None
-            ),
-        )
-
-    def entry(self, path: Path) -> Entry:
-        return Entry(
-            id=self.id,
-            envelope=self.envelope,
-            attempts=self.attempts,
-            size=self.size,
-            path=path,
-            last_stage=self.last_stage,
-            last_error=self.last_error,
-        )
-
-
-class _CorruptEntryError(Exception):
-    """A file in the spool whose header cannot be read (disk damage, a stray admin copy)."""
-
-
-def _read_header(stream: IO[bytes]) -> _Header:
-    line = stream.readline(_MAX_HEADER_BYTES + 1)
-    if not line.endswith(b"\n"):
-        raise _CorruptEntryError("no header line")
-    try:
-        return _Header.decode(line)
-    except (ValueError, TypeError) as exc:
-        raise _CorruptEntryError(f"bad header: {exc}") from exc
-
-
-def _read_header_at(path: Path) -> _Header:
-    with open(path, "rb") as stream:
-        return _read_header(stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,7 +252,7 @@ class Spool:
 
         Raises only SpoolFullError (try later: 452/503) or SpoolWriteError (451).
         """
-        prepared = self._prepare(_new_id(), raw, envelope)
+        prepared = self._prepare(new_id(), raw, envelope)
         (outcome,) = self._publish([prepared])
         if isinstance(outcome, SpoolError):
             raise outcome
@@ -441,7 +271,7 @@ class Spool:
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
-        self._submit(_Job(_new_id(), raw, envelope, loop, future))
+        self._submit(_Job(new_id(), raw, envelope, loop, future))
         return await future
 
     # ---------------------------------------------------------------------------- workers
@@ -462,10 +292,10 @@ class Spool:
             except FileNotFoundError:
                 continue  # another worker (thread or process) won this one
             try:
-                return _read_header_at(claimed).entry(claimed)
+                return read_header_at(claimed).entry(claimed)
             except FileNotFoundError:
                 continue  # a concurrent recover() moved it back; it will be claimed again
-            except _CorruptEntryError:
+            except CorruptEntryError:
                 # Unreadable: it would fail forever. Park it where an admin will see it.
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(claimed, self.quarantine_dir / name)
@@ -475,9 +305,9 @@ class Spool:
         """The message bytes exactly as the channel received them."""
         try:
             with open(entry.path, "rb") as stream:
-                _read_header(stream)
+                read_header(stream)
                 return stream.read()
-        except (OSError, _CorruptEntryError) as exc:
+        except (OSError, CorruptEntryError) as exc:
             raise SpoolError(f"cannot read spool entry {entry.id}: {exc}") from exc
 
     def complete(self, entry: Entry) -> None:
@@ -498,7 +328,7 @@ class Spool:
     def release(self, entry: Entry) -> None:
         """Put a claimed entry back without counting an attempt (e.g. database down: Defer)."""
         try:
-            os.rename(entry.path, self.incoming_dir / _filename(entry.id))
+            os.rename(entry.path, self.incoming_dir / filename(entry.id))
         except FileNotFoundError:
             return  # already moved back by recover()
         except OSError as exc:
@@ -511,16 +341,16 @@ class Spool:
         Returns True if the entry was quarantined.
         """
         try:
-            header = _read_header_at(entry.path)
+            header = read_header_at(entry.path)
         except FileNotFoundError:
             return False  # moved back by recover(): it will be retried anyway
-        except (OSError, _CorruptEntryError) as exc:
+        except (OSError, CorruptEntryError) as exc:
             raise SpoolWriteError(f"cannot read spool entry {entry.id}: {exc}") from exc
         attempts = header.attempts + 1
         if attempts >= self._max_attempts:
             self._quarantine(entry, header, attempts=attempts, stage=stage, error=error)
             return True
-        updated = _Header(
+        updated = Header(
             id=header.id,
             envelope=header.envelope,
             size=header.size,
@@ -532,7 +362,7 @@ class Spool:
             # Rewrite in place first (tmp + fsync + rename over our own claimed file), THEN move:
             # a crash in between leaves one complete file in claimed/, which recover() returns.
             self._rewrite(entry.path, updated)
-            os.rename(entry.path, self.incoming_dir / _filename(entry.id))
+            os.rename(entry.path, self.incoming_dir / filename(entry.id))
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -543,10 +373,10 @@ class Spool:
     def quarantine(self, entry: Entry, *, stage: str, error: str) -> None:
         """Quarantine now, without further attempts (e.g. a message no retry can fix)."""
         try:
-            header = _read_header_at(entry.path)
+            header = read_header_at(entry.path)
         except FileNotFoundError:
             return  # moved back by recover(): it will be claimed and judged again
-        except (OSError, _CorruptEntryError) as exc:
+        except (OSError, CorruptEntryError) as exc:
             raise SpoolWriteError(f"cannot read spool entry {entry.id}: {exc}") from exc
         self._quarantine(entry, header, attempts=header.attempts, stage=stage, error=error)
 
@@ -558,7 +388,7 @@ class Spool:
         """
         moved = 0
         try:
-            for name in _entry_names(self.claimed_dir):
+            for name in entry_names(self.claimed_dir):
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(self.claimed_dir / name, self.incoming_dir / name)
                     moved += 1
@@ -585,60 +415,60 @@ class Spool:
 
     def get(self, entry_id: str) -> Entry | None:
         """The entry with this id, wherever it is (incoming, claimed or quarantine), or None."""
-        if _ID_RE.fullmatch(entry_id) is None:
+        if ID_RE.fullmatch(entry_id) is None:
             return None  # also keeps admin input like "../x" out of the path
-        name = _filename(entry_id)
+        name = filename(entry_id)
         # Two passes: the entry may move between directories while we look.
         for _ in range(2):
             for directory in (self.incoming_dir, self.claimed_dir, self.quarantine_dir):
                 path = directory / name
                 try:
-                    return _read_header_at(path).entry(path)
-                except (FileNotFoundError, _CorruptEntryError):
+                    return read_header_at(path).entry(path)
+                except (FileNotFoundError, CorruptEntryError):
                     continue
         return None
 
     def depth(self) -> int:
         """Number of entries in incoming/ and claimed/."""
-        return len(_entry_names(self.incoming_dir)) + len(_entry_names(self.claimed_dir))
+        return len(entry_names(self.incoming_dir)) + len(entry_names(self.claimed_dir))
 
     def quarantined(self) -> list[QuarantineRecord]:
         """Every quarantined entry with its stage, error and time, oldest id first."""
         records = [
             record
-            for name in sorted(_entry_names(self.quarantine_dir))
+            for name in sorted(entry_names(self.quarantine_dir))
             if (record := self._quarantine_record(self.quarantine_dir / name)) is not None
         ]
         return records
 
     def quarantine_record(self, entry_id: str) -> QuarantineRecord | None:
         """One quarantined entry (for ``quarantine show``), or None."""
-        if _ID_RE.fullmatch(entry_id) is None:
+        if ID_RE.fullmatch(entry_id) is None:
             return None
-        return self._quarantine_record(self.quarantine_dir / _filename(entry_id))
+        return self._quarantine_record(self.quarantine_dir / filename(entry_id))
 
     def quarantine_count(self) -> int:
-        return len(_entry_names(self.quarantine_dir))
+        return len(entry_names(self.quarantine_dir))
 
     def replay(self, entry_id: str) -> bool:
         """Move a quarantined entry back to incoming/ with attempts reset to 0.
 
         Returns False if there is no such quarantined entry.
         """
-        if _ID_RE.fullmatch(entry_id) is None:
+        if ID_RE.fullmatch(entry_id) is None:
             return False
-        path = self.quarantine_dir / _filename(entry_id)
+        path = self.quarantine_dir / filename(entry_id)
         try:
-            header = _read_header_at(path)
+            header = read_header_at(path)
         except FileNotFoundError:
             return False
-        except (OSError, _CorruptEntryError) as exc:
+        except (OSError, CorruptEntryError) as exc:
             raise SpoolError(f"cannot replay spool entry {entry_id}: {exc}") from exc
-        fresh = _Header(id=header.id, envelope=header.envelope, size=header.size)
+        fresh = Header(id=header.id, envelope=header.envelope, size=header.size)
         try:
             self._rewrite(path, fresh)  # same two-step as fail(): never two copies, never none
             file_bytes = path.stat().st_size
-            os.rename(path, self.incoming_dir / _filename(entry_id))
+            os.rename(path, self.incoming_dir / filename(entry_id))
         except FileNotFoundError:
             return False  # another admin replayed it at the same moment
         except OSError as exc:
@@ -675,7 +505,7 @@ class Spool:
         Raises SpoolError; on failure leaves nothing behind.
         """
         try:
-            header = _Header(id=entry_id, envelope=envelope, size=len(raw)).encode()
+            header = Header(id=entry_id, envelope=envelope, size=len(raw)).encode()
         except Exception as exc:  # a bad envelope is still only a "451, try later" for the sender
             raise SpoolWriteError(f"cannot encode the envelope: {exc}") from exc
         file_bytes = len(header) + len(raw)
@@ -731,7 +561,7 @@ class Spool:
         outcomes: list[str | SpoolError] = []
         for prepared in batch:
             try:
-                os.rename(prepared.tmp_path, self.incoming_dir / _filename(prepared.entry_id))
+                os.rename(prepared.tmp_path, self.incoming_dir / filename(prepared.entry_id))
                 outcomes.append(prepared.entry_id)
             except OSError as exc:
                 self._account(-prepared.file_bytes)
@@ -742,7 +572,7 @@ class Spool:
             try:
                 # The rename is only durable once the directory is: this fsync is what makes it
                 # safe to acknowledge. One fsync covers every rename in the group.
-                _fsync_dir(self.incoming_dir)
+                fsync_dir(self.incoming_dir)
                 with self._size_lock:
                     self.dir_fsyncs += 1
             except OSError as exc:
@@ -854,7 +684,7 @@ class Spool:
             return _as_spool_error(exc)
         return None
 
-    def _rewrite(self, path: Path, header: _Header) -> None:
+    def _rewrite(self, path: Path, header: Header) -> None:
         """Replace the header of the entry at ``path`` (which the caller owns): tmp, fsync, rename.
 
         Raises FileNotFoundError if the entry is gone.
@@ -863,8 +693,8 @@ class Spool:
         try:
             with open(path, "rb") as source:
                 try:
-                    _read_header(source)
-                except _CorruptEntryError as exc:
+                    read_header(source)
+                except CorruptEntryError as exc:
                     raise OSError(errno.EIO, f"unreadable spool entry: {exc}") from exc
                 self._write_file(tmp_path, header.encode(), source)
             os.rename(tmp_path, path)
@@ -874,9 +704,9 @@ class Spool:
             raise
 
     def _quarantine(
-        self, entry: Entry, header: _Header, *, attempts: int, stage: str, error: str
+        self, entry: Entry, header: Header, *, attempts: int, stage: str, error: str
     ) -> None:
-        record = _Header(
+        record = Header(
             id=header.id,
             envelope=header.envelope,
             size=header.size,
@@ -890,7 +720,7 @@ class Spool:
             # entry always explains itself.
             self._rewrite(entry.path, record)
             file_bytes = entry.path.stat().st_size
-            os.rename(entry.path, self.quarantine_dir / _filename(entry.id))
+            os.rename(entry.path, self.quarantine_dir / filename(entry.id))
         except FileNotFoundError:
             return  # moved back by recover(): it will be retried and fail again
         except OSError as exc:
@@ -899,10 +729,10 @@ class Spool:
 
     def _quarantine_record(self, path: Path) -> QuarantineRecord | None:
         try:
-            header = _read_header_at(path)
+            header = read_header_at(path)
         except FileNotFoundError:
             return None
-        except (OSError, _CorruptEntryError) as exc:
+        except (OSError, CorruptEntryError) as exc:
             # Parked by claim() because it could not be read: show it rather than hide it.
             try:
                 status = path.stat()
@@ -910,7 +740,7 @@ class Spool:
                 return None
             mtime = datetime.fromtimestamp(status.st_mtime, UTC)
             return QuarantineRecord(
-                id=path.name.removesuffix(_SUFFIX),
+                id=path.name.removesuffix(SUFFIX),
                 envelope=Envelope(channel="unknown", received_at=mtime),
                 attempts=0,
                 stage="spool",
@@ -929,17 +759,17 @@ class Spool:
         )
 
     def _entries_in(self, directory: Path) -> Iterator[Entry]:
-        for name in _entry_names(directory):
+        for name in entry_names(directory):
             path = directory / name
             try:
-                yield _read_header_at(path).entry(path)
-            except (FileNotFoundError, _CorruptEntryError):
+                yield read_header_at(path).entry(path)
+            except (FileNotFoundError, CorruptEntryError):
                 continue  # moved meanwhile; or unreadable, which claim() will park
 
     def _next_candidate(self) -> str | None:
         with self._claim_lock:
             if not self._candidates:
-                self._candidates.extend(sorted(_entry_names(self.incoming_dir)))
+                self._candidates.extend(sorted(entry_names(self.incoming_dir)))
             return self._candidates.popleft() if self._candidates else None
 
     def _forget_candidates(self) -> None:
@@ -990,7 +820,7 @@ class Spool:
     def _remeasure_bytes(self) -> None:
         total = 0
         for directory in (self.incoming_dir, self.claimed_dir):
-            for name in _entry_names(directory):
+            for name in entry_names(directory):
                 with contextlib.suppress(FileNotFoundError):
                     total += (directory / name).stat().st_size
         with self._size_lock:
@@ -1003,53 +833,9 @@ class Spool:
 # --------------------------------------------------------------------------------------------
 
 
-def _new_id() -> str:
-    # Wall-clock nanoseconds make ids sort by arrival across processes; the random part keeps
-    # two arrivals in the same nanosecond (or on two hosts) apart.
-    return f"{business_clock.wall_nanoseconds():020d}-{secrets.token_hex(6)}"
-
-
-def _filename(entry_id: str) -> str:
-    return entry_id + _SUFFIX
-
-
-def _entry_names(directory: Path) -> list[str]:
-    """Names of entry files in ``directory`` (anything else, e.g. an editor's backup, is ignored).
-
-    A missing or unreadable directory counts as empty: inspection must not crash the caller.
-    """
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    return [name for name in names if _NAME_RE.fullmatch(name)]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _as_spool_error(exc: BaseException) -> SpoolError:
     if isinstance(exc, SpoolError):
         return exc
     if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
         return SpoolFullError(f"spool is full: {exc}")
     return SpoolWriteError(f"cannot write to the spool: {exc}")
-
-
-def _require_str(data: Mapping[str, object], key: str) -> str:
-    value = data.get(key)
-    if not isinstance(value, str):
-        raise ValueError(f"key {key!r} must be a string")
-    return value
-
-
-def _optional_str(data: Mapping[str, object], key: str) -> str | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ValueError(f"key {key!r} must be a string or null")
-    return value
