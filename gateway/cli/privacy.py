@@ -121,7 +121,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 def cmd_erase(args: argparse.Namespace) -> int:
     from gateway.intake.blobs import BlobStore
     from gateway.privacy.audit import Actor
-    from gateway.privacy.erasure import ErasureError, describe, erase, parse_contact
+    from gateway.privacy.erasure import describe, erase
+    from gateway.privacy.identity import ErasureError, parse_contact
     from gateway.storage.db import make_engine, session_factory
 
     kinds: set[str] = set()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.privacy.erasure import (
+from gateway.privacy.identity import (
     ERASED,
     ErasureError,
     Matcher,
