@@ -2,7 +2,7 @@
 
 Owns the versioned ticket JSON that `gateway tickets`/`gateway show`, the HTTP API and every
 forwarding delivery carry. It sits above storage and the emergency ledger because a ticket's
-detail includes its billing explained in plain words (`ledger.ticket_billing`), which storage
+detail includes its billing explained in plain words (`billing_views.ticket_billing`), which storage
 must not import. Never writes.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.emergency.ledger import ticket_billing
+from gateway.emergency.billing_views import ticket_billing
 from gateway.storage.models import AttachmentRecord, DecisionRecord, Message, OutboxRow, Ticket
 from gateway.storage.queries import as_utc
 

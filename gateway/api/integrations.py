@@ -1,4 +1,5 @@
-"""The API's calls into emergency billing (`gateway.emergency.ledger`, issue 7).
+"""The API's calls into emergency billing (`gateway.emergency.ledger` and
+`gateway.emergency.billing_views`, issue 7).
 
 Owns the three touch points and their translation to the API: a ticket's billing for the detail
 view (`ticket_billing`), the credit a merge or duplicate mark asks for (`credit_for_fold`, in the
@@ -16,6 +17,7 @@ from typing import Any
 from fastapi.encoders import jsonable_encoder
 from sqlalchemy.orm import Session
 
+from gateway.emergency import billing_views
 from gateway.emergency import ledger as billing
 from gateway.privacy.audit import Actor
 
@@ -29,7 +31,7 @@ class Credit:
 
 
 def ticket_billing(session: Session, ticket_id: int) -> dict[str, Any]:
-    data: dict[str, Any] = jsonable_encoder(billing.ticket_billing(session, ticket_id))
+    data: dict[str, Any] = jsonable_encoder(billing_views.ticket_billing(session, ticket_id))
     return data
 
 
@@ -51,7 +53,7 @@ class Export:
 
 
 def export_incidents(session: Session, since: datetime, until: datetime) -> Export:
-    found = billing.export_incidents(session, since, until)
+    found = billing_views.export_incidents(session, since, until)
     lines = [
         {k: v for k, v in asdict(line).items() if not k.endswith("_minor")} for line in found.lines
     ]

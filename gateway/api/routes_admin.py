@@ -2,7 +2,8 @@
 
 Owns the admin scope's HTTP side: every route here needs a token with `admin`. The audit log is
 exported oldest first in pages (`cursor` = the last id seen); the billing export is
-`gateway.emergency.ledger.export_incidents` (501 without billing); the spool and quarantine are
+`gateway.emergency.billing_views.export_incidents` (501 without billing); the spool and
+quarantine are
 shown as `gateway spool`/`gateway quarantine` show them, and a replay is audited (the spool is
 files: the audit row commits right after the move). Never changes a spool entry except by
 `Spool.replay`, never exposes a path on disk, and accepts only well-formed spool ids (no path

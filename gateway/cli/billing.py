@@ -137,7 +137,7 @@ def cmd_bundle_add(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from gateway.emergency.ledger import account_billing
+    from gateway.emergency.billing_views import account_billing
 
     settings = _settings(args)
     with _session(settings) as session:
@@ -167,7 +167,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gateway.emergency.ledger import export_incidents
+    from gateway.emergency.billing_views import export_incidents
 
     try:
         since = parse_when(args.since, option="--from")

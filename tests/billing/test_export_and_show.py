@@ -11,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.cli.main import main as gateway_main
+from gateway.emergency.billing_views import export_incidents
 from gateway.emergency.holds import release_expired
-from gateway.emergency.ledger import add_bundle, credit_incident, export_incidents
+from gateway.emergency.ledger import add_bundle, credit_incident
 from gateway.privacy.audit import Actor
 from tests.billing.conftest import FRONT_DESK, SAM, TUESDAY_10, Desk, email
 

@@ -14,8 +14,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.cli.main import main as gateway_main
+from gateway.emergency.billing_views import account_billing
 from gateway.emergency.ledger import (
-    account_billing,
     add_bundle,
     bundle_balance,
     credit_incident,

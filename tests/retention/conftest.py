@@ -135,7 +135,8 @@ def rosa_story(gw: Gateway) -> Story:
     with a colleague), a redelivered duplicate, a colleague's mail naming her, a text from her
     phone through the signed Twilio webhook, agents' changes, an audited agent action, a
     billed incident resting on her words, a quarantined message of hers."""
-    from gateway.emergency.ledger import export_incidents, record_incident
+    from gateway.emergency.billing_views import export_incidents
+    from gateway.emergency.ledger import record_incident
     from gateway.emergency.rules import Evidence, Quote
     from gateway.privacy.audit import Actor, record_action
     from gateway.storage.admin import set_severity, set_status

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from gateway.emergency.ledger import export_incidents
+from gateway.emergency.billing_views import export_incidents
 from gateway.privacy.identity import install_salt, pseudonym
 from gateway.storage.agent_tables import AuditEntry
 from gateway.storage.billing_tables import Incident
