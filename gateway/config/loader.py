@@ -27,8 +27,9 @@ from gateway.config.schema import (
     SeverityFile,
 )
 from gateway.config.validate import build, build_partial
+from gateway.emergency.after_hours import first_uncovered_instant
 from gateway.outbound.forwarding import check_forwarding, known_queues
-from gateway.policy.calendars import check_calendars
+from gateway.policy.calendars import ROUND_THE_CLOCK, build_calendars, check_calendars
 from gateway.policy.routing import check_routing
 
 T = TypeVar("T")
@@ -433,6 +434,7 @@ def _check_emergency(
                     find_line(epath, "review_at_or_below"),
                 )
             )
+        _check_response_calendar(directory, emergency, plans, calendars, problems)
     if plans is None:
         return
     offered = False
@@ -457,6 +459,54 @@ def _check_emergency(
                         f"templates/{name}.en.txt", None, "file is missing (emergency support)"
                     )
                 )
+
+
+def _check_response_calendar(
+    directory: Path,
+    emergency: EmergencyFile,
+    plans: PlansFile | None,
+    calendars: CalendarsFile | None,
+    problems: list[ConfigProblem],
+) -> None:
+    """response_calendar exists, and when a plan sells emergency support it is open whenever
+    after_hours_calendar is closed: the surcharge buys an after-hours response (issue 17)."""
+    if calendars is None:
+        return
+    epath = directory / "emergency.toml"
+    name = emergency.response_calendar
+    if name not in calendars.calendar and name != ROUND_THE_CLOCK:
+        problems.append(
+            ConfigProblem(
+                "emergency.toml",
+                "response_calendar",
+                f"unknown calendar {name!r} (calendars.toml has "
+                f"{', '.join(sorted(calendars.calendar)) or 'none'}; {ROUND_THE_CLOCK!r} is "
+                "built in)",
+                find_line(epath, "response_calendar"),
+            )
+        )
+        return
+    selling = [p.name for p in plans.plan if p.emergency] if plans is not None else []
+    business_name = emergency.after_hours_calendar
+    if not selling or business_name not in calendars.calendar:
+        return
+    try:
+        built = build_calendars(calendars)
+    except ConfigError:
+        return  # calendars.toml's own problems are listed already
+    uncovered = first_uncovered_instant(built[name], built[business_name])
+    if uncovered is not None:
+        local = uncovered.astimezone(built[business_name].zone)
+        problems.append(
+            ConfigProblem(
+                "emergency.toml",
+                "response_calendar",
+                f"plan(s) {', '.join(selling)} sell emergency support after hours, but calendar "
+                f"{name!r} is closed after hours (e.g. {local:%a %H:%M} {local.tzname()}); "
+                f'use a calendar open whenever {business_name!r} is closed, such as "24/7"',
+                find_line(epath, "response_calendar"),
+            )
+        )
 
 
 def load_lenient(directory: Path) -> tuple[Settings, list[ConfigProblem]]:
