@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
@@ -170,3 +173,22 @@ def test_a_type_error_does_not_hide_the_cross_reference_problems(
     assert "account[0].contacts[0].emergency_authorised: must be true or false" in err
     assert "account[1].plan: unknown plan 'gold'" in err
     assert "plan[1].ceiling: 'severe' is not one of the levels" in err
+
+
+def test_reloading_new_api_tokens_says_they_apply_at_once_not_after_a_restart(
+    make_config: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config()
+    box = RuntimeBox(config, load_runtime(config))
+    path = config / "gateway.toml"
+    path.write_text(
+        path.read_text()
+        + '\n[[api.tokens]]\nname = "kim"\nsha256 = "'
+        + "a" * 64
+        + '"\nscopes = ["read"]\n'
+    )
+    with caplog.at_level(logging.INFO):
+        assert box.reload()
+    text = caplog.text
+    assert "[api] tokens changed in gateway.toml: in effect now" in text
+    assert "after a restart" not in text
