@@ -27,6 +27,7 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 # sample config's business calendar is Monday-Friday 09:00-17:00 America/New_York.
 BUSINESS_HOURS = "2026-12-15T15:00:00Z"  # Tuesday 10:00 in New York
 AFTER_HOURS = "2026-12-12T08:00:00Z"  # Saturday 03:00 in New York
+SUNDAY_MIDDAY = "2026-12-13T17:29:00Z"  # Sunday 12:29 in New York: closed, after hours
 
 
 def free_port() -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from gateway.config.errors import ConfigError
 from gateway.config.loader import load
@@ -122,3 +125,70 @@ def test_sighup_applies_a_good_change_and_survives_a_bad_one(
         assert daemon.proc is not None and daemon.proc.poll() is None
     finally:
         daemon.stop()
+
+
+def _line_of(path: Path, text: str, occurrence: int = 0) -> int:
+    lines = [i for i, t in enumerate(path.read_text().splitlines(), 1) if t.strip() == text]
+    return lines[occurrence]
+
+
+def test_an_unknown_plan_in_a_later_account_points_at_that_accounts_line(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    path = config / "customers.toml"
+    path.write_text(path.read_text().replace('plan = "basic"', 'plan = "gold"'))
+    line = _line_of(path, 'plan = "gold"')
+    out = gateway_cli(config, "check-config")
+    assert out.returncode == 1
+    assert f"customers.toml:{line}: account[1].plan: unknown plan 'gold'" in out.stderr.decode()
+
+
+def test_an_unknown_level_in_a_later_plan_points_at_that_plans_line(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    path = config / "plans.toml"
+    path.write_text(path.read_text().replace('ceiling = "high"', 'ceiling = "severe"'))
+    line = _line_of(path, 'ceiling = "severe"')
+    assert f"plans.toml:{line}: plan[1].ceiling: 'severe' is not one of the levels" in "\n".join(
+        problems_of(config)
+    )
+
+
+def test_a_type_error_does_not_hide_the_cross_reference_problems(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    customers = config / "customers.toml"
+    text = customers.read_text().replace('plan = "basic"', 'plan = "gold"')
+    text = text.replace("emergency_authorised = true", 'emergency_authorised = "yes"')
+    customers.write_text(text)
+    plans = config / "plans.toml"
+    plans.write_text(plans.read_text().replace('ceiling = "high"', 'ceiling = "severe"'))
+    out = gateway_cli(config, "check-config")
+    err = out.stderr.decode()
+    assert out.returncode == 1
+    assert "config is invalid (3 problem(s))" in err, err
+    assert "account[0].contacts[0].emergency_authorised: must be true or false" in err
+    assert "account[1].plan: unknown plan 'gold'" in err
+    assert "plan[1].ceiling: 'severe' is not one of the levels" in err
+
+
+def test_reloading_new_api_tokens_says_they_apply_at_once_not_after_a_restart(
+    make_config: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config()
+    box = RuntimeBox(config, load_runtime(config))
+    path = config / "gateway.toml"
+    path.write_text(
+        path.read_text()
+        + '\n[[api.tokens]]\nname = "kim"\nsha256 = "'
+        + "a" * 64
+        + '"\nscopes = ["read"]\n'
+    )
+    with caplog.at_level(logging.INFO):
+        assert box.reload()
+    text = caplog.text
+    assert "[api] tokens changed in gateway.toml: in effect now" in text
+    assert "after a restart" not in text

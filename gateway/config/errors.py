@@ -61,14 +61,21 @@ def find_line(path: Path, dotted_key: str) -> int | None:
         seen = -1
         for i in range(start, len(lines)):
             m = header.match(lines[i])
-            if m and m.group(1).split(".")[-1].strip('"') == table:
+            if not m:
+                continue
+            names = [n.strip('"') for n in m.group(1).split(".")]
+            # Arrays of tables: skip to the index-th `[[table]]`, not the first; a plain table
+            # may be named on the way to a deeper one (`sla` in `[plan.sla.urgent]`).
+            if names[-1] == table or (index is None and table in names[:-1]):
                 seen += 1
                 start = i
-                # Arrays of tables: skip to the index-th `[[table]]`, not the first.
                 if index is None or seen == index:
                     break
     pattern = re.compile(rf"^\s*\"?{re.escape(leaf)}\"?\s*=")
     for i in range(start, len(lines)):
         if pattern.match(lines[i]):
             return i + 1
+        m = header.match(lines[i])
+        if m and i >= start and m.group(1).split(".")[-1].strip('"') == leaf:
+            return i + 1  # the key is a table of its own: `[plan.sla.urgent]`
     return None

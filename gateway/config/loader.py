@@ -26,9 +26,10 @@ from gateway.config.schema import (
     RoutingFile,
     SeverityFile,
 )
-from gateway.config.validate import build
+from gateway.config.validate import build, build_partial
+from gateway.emergency.after_hours import first_uncovered_instant
 from gateway.outbound.forwarding import check_forwarding, known_queues
-from gateway.policy.calendars import check_calendars
+from gateway.policy.calendars import ROUND_THE_CLOCK, build_calendars, check_calendars
 from gateway.policy.routing import check_routing
 
 T = TypeVar("T")
@@ -144,6 +145,24 @@ def _load_file(directory: Path, name: str, cls: type[T], problems: list[ConfigPr
     return value
 
 
+def _load_partial(
+    directory: Path, name: str, cls: type[T], problems: list[ConfigProblem]
+) -> tuple[T | None, frozenset[str]]:
+    """A file for `load`: its problems, and a value good enough for the cross-file checks even
+    when some of its keys are wrong (their defaults stand in), so one type error does not hide
+    every cross-reference problem. `load` raises when there is any problem: a partial value is
+    only ever checked, never run."""
+    path = directory / name
+    if name not in REQUIRED_FILES and not path.exists():
+        return cls(), frozenset()
+    table = _read_toml(path, problems)
+    if table is None:
+        return None, frozenset()
+    value, found, defaulted = build_partial(cls, table, path)
+    problems.extend(found)
+    return value, defaulted
+
+
 def _load_templates(directory: Path, problems: list[ConfigProblem]) -> Templates:
     texts: list[tuple[tuple[str, str], str]] = []
     tdir = directory / "templates"
@@ -197,7 +216,7 @@ def _cross_check(
                     "customers.toml",
                     f"{key}.id",
                     f"duplicate account id {account.id!r}",
-                    find_line(cpath, "id"),
+                    find_line(cpath, f"{key}.id"),
                 )
             )
         seen.add(account.id)
@@ -207,7 +226,7 @@ def _cross_check(
                     "customers.toml",
                     f"{key}.plan",
                     f"unknown plan {account.plan!r} (plans: {', '.join(plan_names)})",
-                    find_line(cpath, "plan"),
+                    find_line(cpath, f"{key}.plan"),
                 )
             )
 
@@ -226,7 +245,9 @@ def _check_imap(directory: Path, gateway: GatewayConfig, problems: list[ConfigPr
 
         def problem(leaf: str, message: str, key: str = key) -> None:
             problems.append(
-                ConfigProblem("gateway.toml", f"{key}.{leaf}", message, find_line(gpath, leaf))
+                ConfigProblem(
+                    "gateway.toml", f"{key}.{leaf}", message, find_line(gpath, f"{key}.{leaf}")
+                )
             )
 
         if box.name in seen:
@@ -261,7 +282,7 @@ def _check_api_tokens(
                     "gateway.toml",
                     f"api.tokens[{i}].name",
                     f"duplicate token name {token.name!r}",
-                    find_line(gpath, "name"),
+                    find_line(gpath, f"api.tokens[{i}].name"),
                 )
             )
         names.add(token.name)
@@ -271,7 +292,7 @@ def _check_api_tokens(
                     "gateway.toml",
                     f"api.tokens[{i}].sha256",
                     f"the same token as {digests[token.sha256]!r}: give each holder their own",
-                    find_line(gpath, "sha256"),
+                    find_line(gpath, f"api.tokens[{i}].sha256"),
                 )
             )
         digests.setdefault(token.sha256, token.name)
@@ -320,7 +341,7 @@ def _check_levels_and_plans(
                     "plans.toml",
                     f"plan[{i}].ceiling",
                     f"{plan.ceiling!r} is not one of the levels {levels}",
-                    find_line(ppath, "ceiling"),
+                    find_line(ppath, f"plan[{i}].ceiling"),
                 )
             )
         for lvl, target in plan.sla.items():
@@ -330,7 +351,7 @@ def _check_levels_and_plans(
                         "plans.toml",
                         f"plan[{i}].sla.{lvl}",
                         f"not one of the levels {levels}",
-                        find_line(ppath, lvl),
+                        find_line(ppath, f"plan[{i}].sla.{lvl}"),
                     )
                 )
             if (
@@ -343,7 +364,7 @@ def _check_levels_and_plans(
                         "plans.toml",
                         f"plan[{i}].sla.{lvl}.calendar",
                         f"unknown calendar {target.calendar!r}",
-                        find_line(ppath, "calendar"),
+                        find_line(ppath, f"plan[{i}].sla.{lvl}.calendar"),
                     )
                 )
 
@@ -413,6 +434,7 @@ def _check_emergency(
                     find_line(epath, "review_at_or_below"),
                 )
             )
+        _check_response_calendar(directory, emergency, plans, calendars, problems)
     if plans is None:
         return
     offered = False
@@ -437,6 +459,54 @@ def _check_emergency(
                         f"templates/{name}.en.txt", None, "file is missing (emergency support)"
                     )
                 )
+
+
+def _check_response_calendar(
+    directory: Path,
+    emergency: EmergencyFile,
+    plans: PlansFile | None,
+    calendars: CalendarsFile | None,
+    problems: list[ConfigProblem],
+) -> None:
+    """response_calendar exists, and when a plan sells emergency support it is open whenever
+    after_hours_calendar is closed: the surcharge buys an after-hours response (issue 17)."""
+    if calendars is None:
+        return
+    epath = directory / "emergency.toml"
+    name = emergency.response_calendar
+    if name not in calendars.calendar and name != ROUND_THE_CLOCK:
+        problems.append(
+            ConfigProblem(
+                "emergency.toml",
+                "response_calendar",
+                f"unknown calendar {name!r} (calendars.toml has "
+                f"{', '.join(sorted(calendars.calendar)) or 'none'}; {ROUND_THE_CLOCK!r} is "
+                "built in)",
+                find_line(epath, "response_calendar"),
+            )
+        )
+        return
+    selling = [p.name for p in plans.plan if p.emergency] if plans is not None else []
+    business_name = emergency.after_hours_calendar
+    if not selling or business_name not in calendars.calendar:
+        return
+    try:
+        built = build_calendars(calendars)
+    except ConfigError:
+        return  # calendars.toml's own problems are listed already
+    uncovered = first_uncovered_instant(built[name], built[business_name])
+    if uncovered is not None:
+        local = uncovered.astimezone(built[business_name].zone)
+        problems.append(
+            ConfigProblem(
+                "emergency.toml",
+                "response_calendar",
+                f"plan(s) {', '.join(selling)} sell emergency support after hours, but calendar "
+                f"{name!r} is closed after hours (e.g. {local:%a %H:%M} {local.tzname()}); "
+                f'use a calendar open whenever {business_name!r} is closed, such as "24/7"',
+                find_line(epath, "response_calendar"),
+            )
+        )
 
 
 def load_lenient(directory: Path) -> tuple[Settings, list[ConfigProblem]]:
@@ -471,14 +541,18 @@ def load(directory: Path) -> Settings:
     problems: list[ConfigProblem] = []
     if not directory.is_dir():
         raise ConfigError([ConfigProblem(str(directory), None, "config directory does not exist")])
-    gateway = _load_file(directory, "gateway.toml", GatewayConfig, problems)
-    customers = _load_file(directory, "customers.toml", CustomersFile, problems)
-    plans = _load_file(directory, "plans.toml", PlansFile, problems)
-    severity = _load_file(directory, "severity.toml", SeverityFile, problems)
-    calendars = _load_file(directory, "calendars.toml", CalendarsFile, problems)
+    gateway, _ = _load_partial(directory, "gateway.toml", GatewayConfig, problems)
+    customers, _ = _load_partial(directory, "customers.toml", CustomersFile, problems)
+    plans, _ = _load_partial(directory, "plans.toml", PlansFile, problems)
+    severity, bad_severity = _load_partial(directory, "severity.toml", SeverityFile, problems)
+    if bad_severity & {"levels", "default"}:
+        # Every other file's levels are checked against the scale: a defaulted scale would
+        # report levels as unknown that are not. The scale's own problem is already listed.
+        severity = None
+    calendars, _ = _load_partial(directory, "calendars.toml", CalendarsFile, problems)
     if calendars is not None:
         problems.extend(check_calendars(calendars, directory / "calendars.toml"))
-    routing = _load_file(directory, "routing.toml", RoutingFile, problems)
+    routing, _ = _load_partial(directory, "routing.toml", RoutingFile, problems)
     templates = _load_templates(directory, problems)
     _cross_check(directory, customers, plans, severity, templates, problems)
     _check_levels_and_plans(directory, plans, severity, calendars, problems)
@@ -489,9 +563,9 @@ def load(directory: Path) -> Settings:
     if gateway is not None:
         _check_imap(directory, gateway, problems)
         _check_api_tokens(directory, gateway, problems)
-    emergency = _load_file(directory, "emergency.toml", EmergencyFile, problems)
+    emergency, _ = _load_partial(directory, "emergency.toml", EmergencyFile, problems)
     _check_emergency(directory, emergency, plans, severity, calendars, templates, problems)
-    forwarding = _load_file(directory, "forwarding.toml", ForwardingFile, problems)
+    forwarding, _ = _load_partial(directory, "forwarding.toml", ForwardingFile, problems)
     if forwarding is not None:
         problems.extend(
             check_forwarding(

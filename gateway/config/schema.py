@@ -435,6 +435,14 @@ class EmergencyFile:
     # The calendar (calendars.toml) whose closed hours are "after hours": nights, weekends and
     # its holidays. Empty: no after-hours surcharge.
     after_hours_calendar: str = ""
+    # The calendar (calendars.toml) a confirmed (paid) emergency's SLA clock runs on: its first
+    # response and resolution targets count minutes of this calendar, not the level's
+    # business hours. "24/7" (built in, unless calendars.toml defines that name) is always open.
+    # check-config rejects one that is not open whenever after_hours_calendar is closed, when a
+    # plan sells emergency support: the after-hours surcharge buys an after-hours response.
+    response_calendar: str = field(default="24/7", metadata=check(_not_blank))
+    # First-response target of a confirmed emergency, in minutes of response_calendar.
+    first_response_minutes: int = field(default=60, metadata=check(_minutes))
     # When the classifier put an accepted emergency at this level or a less severe one, the
     # emergency stands (the customer asked and accepted the charge) but the ticket is tagged
     # `emergency-review` for an agent. Empty: never flagged.

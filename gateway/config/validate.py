@@ -28,9 +28,14 @@ def check(fn: Check) -> dict[str, Check]:
 
 
 class _Collector:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, partial: bool = False) -> None:
         self.path = path
         self.problems: list[ConfigProblem] = []
+        # partial: a bad value that has a default takes the default (and stays a problem), so
+        # the cross-file checks can still run on everything else in the file (issue 17, item 4).
+        self.partial = partial
+        # Keys whose bad value was replaced by its default in a partial build.
+        self.defaulted: set[str] = set()
 
     def add(self, key: str, message: str) -> None:
         self.problems.append(
@@ -133,7 +138,7 @@ def _build(cls: Any, table: Mapping[str, Any], prefix: str, col: _Collector) -> 
         if name not in fields:
             known = ", ".join(sorted(fields))
             col.add(_join(prefix, name), f"unknown key (known keys here: {known})")
-            ok = False
+            ok = col.partial
     for name, f in fields.items():
         key = _join(prefix, name)
         if name not in table:
@@ -141,17 +146,22 @@ def _build(cls: Any, table: Mapping[str, Any], prefix: str, col: _Collector) -> 
                 col.add(key, "is required")
                 ok = False
             continue
+        has_default = f.default is not dataclasses.MISSING or (
+            f.default_factory is not dataclasses.MISSING
+        )
         value = _convert(hints[name], table[name], key, col)
-        if value is _BAD:
-            ok = False
-            continue
         fn = f.metadata.get("check")
-        if fn is not None and value is not None:
+        if value is not _BAD and fn is not None and value is not None:
             message = fn(value)
             if message:
                 col.add(key, message)
+                value = _BAD
+        if value is _BAD:
+            if col.partial and has_default:
+                col.defaulted.add(key)
+            else:
                 ok = False
-                continue
+            continue
         kwargs[name] = value
     if not ok:
         return _BAD
@@ -171,6 +181,23 @@ def build(
     if result is _BAD:
         return None, col.problems
     return typing.cast(T, result), col.problems
+
+
+def build_partial(
+    cls: type[T], table: Mapping[str, Any], path: Path
+) -> tuple[T | None, list[ConfigProblem], frozenset[str]]:
+    """Like `build`, but a bad value that has a default takes it, and unknown keys are skipped.
+
+    For cross-file checks only (`check-config` must report every problem at once): the value is
+    never run. Returns the value (None when a required key is missing or wrong, so an item of an
+    array cannot be built), every problem, and the keys whose bad value was defaulted (a check
+    that reads one of them must not trust it).
+    """
+    col = _Collector(path, partial=True)
+    result = _build(cls, table, "", col)
+    if result is _BAD:
+        return None, col.problems, frozenset(col.defaulted)
+    return typing.cast(T, result), col.problems, frozenset(col.defaulted)
 
 
 def positive(v: Any) -> str | None:

@@ -66,3 +66,27 @@ def describe_hours(calendar: Calendar) -> str:
 
 def _hhmm(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+# A fixed reference week (Monday 2026-01-05 to Monday 2026-01-12 UTC, padded a day each side for
+# time zones): never the clock, so check-config gives the same answer at any hour.
+_REFERENCE_START = dt.datetime(2026, 1, 4, tzinfo=dt.UTC)
+_REFERENCE_STEPS = 9 * 24 * 4  # every 15 minutes
+
+
+def first_uncovered_instant(
+    response: Calendar, after_hours_calendar: Calendar
+) -> dt.datetime | None:
+    """An instant of the reference week that is after hours (`after_hours_calendar` closed) while
+    `response` is closed too, or None when `response` is open whenever it is after hours.
+
+    Checks the weekly hours (a 24/7 response calendar always passes); holidays are dates, not
+    weekly hours, and are not sampled.
+    """
+    if response.always:
+        return None
+    for step in range(_REFERENCE_STEPS):
+        at = _REFERENCE_START + dt.timedelta(minutes=15 * step)
+        if not is_open(after_hours_calendar, at) and not is_open(response, at):
+            return at
+    return None

@@ -36,7 +36,7 @@ from gateway.emergency.after_hours import after_hours, describe_hours
 from gateway.emergency.sender_auth import DnsTxtResolver, authenticate_sender
 from gateway.message import Customer, ParsedMessage, Thread
 from gateway.policy.calendars import Calendar
-from gateway.policy.plans import channel_kind
+from gateway.policy.plans import Sla, channel_kind
 
 # The hold reason of a ticket awaiting the customer's acknowledgement (queue and `show`).
 HOLD_REASON = "awaiting acknowledgement"
@@ -129,6 +129,20 @@ class EmergencyStep:
 
 
 # ---- money --------------------------------------------------------------------------------------
+
+
+def response_sla(sla: Sla, config: EmergencyFile) -> Sla:
+    """The SLA of a confirmed (paid) emergency: the level's targets, but its clock runs on
+    `response_calendar` and its first response is due within `first_response_minutes` of it.
+
+    The after-hours surcharge buys an after-hours response: on the urgent level's business
+    hours an emergency confirmed on a Sunday would not be due before Monday (issue 17, item 2).
+    """
+    return dataclasses.replace(
+        sla,
+        calendar=config.response_calendar,
+        first_response_minutes=config.first_response_minutes,
+    )
 
 
 def parse_money(text: str) -> int:

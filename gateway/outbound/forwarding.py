@@ -93,7 +93,9 @@ def check_forwarding(
         key = f"webhook[{i}]"
 
         def problem(leaf: str, message: str, key: str = key) -> None:
-            problems.append(ConfigProblem(FILE, f"{key}.{leaf}", message, find_line(path, leaf)))
+            problems.append(
+                ConfigProblem(FILE, f"{key}.{leaf}", message, find_line(path, f"{key}.{leaf}"))
+            )
 
         if hook.name in seen_names:
             problem("name", f"duplicate webhook name {hook.name!r}")

@@ -352,6 +352,10 @@ def build_calendar(name: str, definition: CalendarDef) -> Calendar:
     return calendar
 
 
+# The built-in calendar that is open at every instant; calendars.toml may define its own.
+ROUND_THE_CLOCK = "24/7"
+
+
 def build_calendars(calendars: CalendarsFile) -> Mapping[str, Calendar]:
     """Every calendar of `calendars.toml` by name; raises ConfigError listing every problem."""
     built: dict[str, Calendar] = {}
@@ -363,6 +367,8 @@ def build_calendars(calendars: CalendarsFile) -> Mapping[str, Calendar]:
             built[name] = calendar
     if problems:
         raise ConfigError(problems)
+    # emergency.toml's response_calendar defaults to this name (docs/emergency.md).
+    built.setdefault(ROUND_THE_CLOCK, Calendar(ROUND_THE_CLOCK, ZoneInfo("UTC"), always=True))
     return built
 
 

@@ -9,6 +9,7 @@ a restart, and `reload` says so).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -146,6 +147,20 @@ def load_runtime(
 
 
 RESTART_ONLY = ("smtp", "storage", "webhooks", "api", "gateway", "workers")
+# Keys of those sections that a reload applies at once: the API reads its tokens from the
+# current Runtime on every request (issue 17, item 10: the log must not say "restart" for them).
+APPLIED_AT_ONCE = {"api": frozenset({"tokens"})}
+
+
+def restart_only_changes(old: object, new: object, section: str) -> list[str]:
+    """The keys of `[section]` that differ between two gateway.toml values and need a restart."""
+    live = APPLIED_AT_ONCE.get(section, frozenset())
+    old_section, new_section = getattr(old, section), getattr(new, section)
+    return [
+        f.name
+        for f in dataclasses.fields(old_section)
+        if f.name not in live and getattr(old_section, f.name) != getattr(new_section, f.name)
+    ]
 
 
 class RuntimeBox:
@@ -180,10 +195,15 @@ class RuntimeBox:
                 log.exception("reload failed, keeping the running config")
                 return False
             for section in RESTART_ONLY:
-                if getattr(old.settings.gateway, section) != getattr(new.settings.gateway, section):
+                keys = restart_only_changes(old.settings.gateway, new.settings.gateway, section)
+                if keys:
                     log.warning(
-                        "[%s] changed in gateway.toml: takes effect after a restart", section
+                        "[%s] %s changed in gateway.toml: takes effect after a restart",
+                        section,
+                        ", ".join(keys),
                     )
+            if old.settings.gateway.api.tokens != new.settings.gateway.api.tokens:
+                log.info("[api] tokens changed in gateway.toml: in effect now")
             self.current = new
             self.last_error = None
             log.info("config reloaded (generation %d)", new.generation)

@@ -248,6 +248,8 @@ def decide(
         reasons.append(Reason("route", "ceiling", text))
 
     sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
+    if step is not None and step.outcome == "accepted":
+        sla = emergency_rules.response_sla(sla, policy.emergency)
     due = due_times(sla, policy.calendars, now)
     held = step is not None and step.outcome == "held"
     if held:
@@ -353,7 +355,9 @@ def _confirmed(
         policy.router, _facts(message, customer, severity, plan.jump_queue, verdict, now, True)
     )
     reasons.append(Reason("route", route.rule or "default", route.reason))
-    sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
+    sla = emergency_rules.response_sla(
+        sla_for(policy.severity, policy.plans, severity, customer.plan), policy.emergency
+    )
     due = due_times(sla, policy.calendars, now)
     reasons.append(Reason("sla", severity, _sla_text(sla, due) + ", from the release"))
     replies = [Reply("emergency-accepted", "a confirmed emergency is confirmed once")]

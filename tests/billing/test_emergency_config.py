@@ -103,3 +103,35 @@ def test_emergency_settings_reload_with_the_rest_and_a_bad_edit_keeps_the_runnin
     assert not box.reload()
     assert box.current.policy.emergency.hold_timeout_minutes == 240
     assert "emergency.toml" in (box.last_error or "")
+
+
+def test_a_response_calendar_closed_after_hours_is_rejected_when_a_plan_sells_emergencies(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    path = config / "emergency.toml"
+    path.write_text(path.read_text().replace('"24/7"\n', '"business"\n'))
+    with pytest.raises(ConfigError) as caught:
+        load(config)
+    (problem,) = [str(p) for p in caught.value.problems]
+    line = path.read_text().splitlines().index('response_calendar = "business"') + 1
+    assert problem.startswith(
+        f"emergency.toml:{line}: response_calendar: plan(s) growth, custom sell emergency "
+        "support after hours, but calendar 'business' is closed after hours"
+    ), problem
+    path.write_text(path.read_text().replace('"business"\n', '"always"\n', 1))
+    load(config)  # a 24/7 calendar from calendars.toml is fine too
+
+
+def test_the_response_clock_defaults_to_a_built_in_24_7_calendar_and_60_minutes(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    path = config / "emergency.toml"
+    text = path.read_text().replace('response_calendar = "24/7"\n', "")
+    path.write_text(text.replace("first_response_minutes = 60\n", ""))
+    settings = load(config)
+    assert (settings.emergency.response_calendar, settings.emergency.first_response_minutes) == (
+        "24/7",
+        60,
+    )

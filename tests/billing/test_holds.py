@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from gateway import clock
 from gateway.cli.main import main as gateway_main
+from gateway.emergency.rules import response_sla
 from gateway.outbound import mail_sender as outbox_sender
 from gateway.outbound import twilio_sender as twilio_outbound
 from gateway.policy.plans import due_times, sla_for
@@ -193,10 +194,12 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
     assert confirmed.outcome == "follow-up"
     ticket = desk.ticket(ref)
     assert (ticket.held, ticket.emergency_acknowledged, ticket.severity) == (False, True, "urgent")
-    # The SLA clock starts at the release, on the urgent level's targets.
+    # The SLA clock starts at the release, on emergency.toml's response calendar and target.
     policy = desk.runtime.policy
     due = due_times(
-        sla_for(policy.severity, policy.plans, "urgent", "growth"), policy.calendars, release
+        response_sla(sla_for(policy.severity, policy.plans, "urgent", "growth"), policy.emergency),
+        policy.calendars,
+        release,
     )
     assert as_utc(ticket.first_response_due) == due.first_response
     (incident,) = desk.incidents()
