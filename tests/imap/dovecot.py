@@ -232,6 +232,12 @@ protocols = imap
 {ssl_lines}disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
+# IDLE learns of new mail by inotify; when a brand-new maildir is created by two sessions at once
+# (the poller's SELECT racing a test's first APPEND), the notification can be missed and Dovecot
+# falls back to its periodic check, every 30 s by default: as long as the tests' own bounds, and
+# so a flake (seen 1 in 50 with mail_debug logs showing the APPEND, and the poller idle at
+# last_uid 0). One second keeps the fallback well inside every bound.
+mailbox_idle_check_interval = 1 secs
 mail_location = maildir:{root}/mail/%u
 first_valid_uid = 1
 {unprivileged}service imap-login {{
