@@ -8,6 +8,7 @@ test a config change before reloading. Never writes to the database, the spool o
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +26,46 @@ from gateway.stages.identify import identify
 from gateway.stages.parse import parse
 from gateway.stages.thread import thread
 from gateway.storage.queries import SessionThreadLookup
+
+# The channels `gateway classify` and `gateway explain` accept, and the spool channel each is
+# read as. `voice` is kept as an alias of `voicemail` (explain's old spelling, issue 17 item 3).
+CLI_CHANNELS: dict[str, str] = {
+    "email": "smtp",
+    "sms": "twilio-sms",
+    "voicemail": "twilio-voice",
+    "voice": "twilio-voice",
+}
+
+
+def as_spooled(raw: bytes, channel: str) -> bytes:
+    """The bytes the parse stage reads for a message file given to classify or explain.
+
+    An email is read as it is. For an SMS or a voicemail the file is either the spooled JSON
+    form (`{"event": ..., "params": {...}}`, as `channels/twilio.py` writes it) or plain text,
+    which becomes that form: an SMS `Body`, or a completed voicemail transcription. (Plain text
+    used to be wrapped as an email and then lost by the Twilio parser: issue 17 item 3.)
+    """
+    if not channel.startswith("twilio"):
+        return raw
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if isinstance(data, dict) and "event" in data:
+        return raw
+    text = raw.decode("utf-8", errors="replace")
+    if channel == "twilio-sms":
+        event = {"event": "sms", "params": {"Body": text, "MessageSid": "SMexplain"}}
+    else:
+        event = {
+            "event": "transcription",
+            "params": {
+                "TranscriptionText": text,
+                "TranscriptionStatus": "completed",
+                "CallSid": "CAexplain",
+            },
+        }
+    return json.dumps(event).encode()
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,53 @@ def test_logs_off_a_terminal_are_one_json_object_a_line() -> None:
     assert "\n" not in line
     assert data["level"] == "info" and data["logger"] == "gateway.service.worker"
     assert data["message"] == 'smtp 0179-ab -> ticket T-000001 "quoted"'
+
+
+OUTAGE_SMS = "URGENT the phone system is down, nobody in the office can make or take calls"
+HOWTO_SMS = "hi, how do I change the greeting on my voicemail box? no rush, thanks"
+
+
+@pytest.mark.parametrize("channel", ["sms", "voicemail", "voice"])
+def test_classify_reads_the_text_of_a_plain_sms_or_voicemail_file(
+    make_config: Callable[..., Path], tmp_path: Path, channel: str
+) -> None:
+    config = make_config()
+    verdicts = {}
+    for name, text in (("outage", OUTAGE_SMS), ("howto", HOWTO_SMS)):
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text + "\n")
+        out = gateway_cli(config, "classify", "--json", "--channel", channel, str(path))
+        assert out.returncode == 0, out.stderr
+        verdicts[name] = json.loads(out.stdout)
+    assert verdicts["outage"]["severity"] == "urgent" and verdicts["outage"]["jump_queue"]
+    assert verdicts["howto"]["severity"] not in ("urgent", "high")
+    assert verdicts["outage"]["score"] != verdicts["howto"]["score"]
+
+
+def test_explain_reads_plain_text_and_the_spooled_json_form_of_an_sms(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config()
+    plain = tmp_path / "plain.txt"
+    plain.write_text(HOWTO_SMS)
+    spooled = tmp_path / "spooled.json"
+    spooled.write_text(json.dumps({"event": "sms", "params": {"Body": OUTAGE_SMS}}))
+    for channel in ("sms", "voicemail", "voice"):
+        out = gateway_cli(config, "explain", "--channel", channel, str(plain))
+        assert out.returncode == 0, out.stderr
+        assert "how do I change the greeting" in out.stdout.decode()
+    out = gateway_cli(config, "explain", "--channel", "sms", str(spooled))
+    assert out.returncode == 0, out.stderr
+    assert "severity=urgent" in out.stdout.decode()
+
+
+@pytest.mark.parametrize("command", ["classify", "explain"])
+def test_an_empty_sms_file_gets_a_verdict_not_a_crash(
+    make_config: Callable[..., Path], tmp_path: Path, command: str
+) -> None:
+    config = make_config()
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    out = gateway_cli(config, command, "--channel", "sms", str(empty))
+    assert out.returncode == 0, out.stderr
+    assert b"severity=" in out.stdout

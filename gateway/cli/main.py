@@ -470,6 +470,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     """The verdict for a message, creating nothing (how an admin tests a rule)."""
 
+    from gateway.explain import CLI_CHANNELS, as_spooled
     from gateway.intake.spool import Envelope
     from gateway.service.runtime import load_runtime
     from gateway.stages.classify import classify
@@ -477,10 +478,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from gateway.stages.parse import parse
 
     runtime = load_runtime(Path(args.config))
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    channel = {"email": "smtp", "sms": "twilio-sms", "voicemail": "twilio-voice"}[args.channel]
-    if args.channel != "email" and b":" not in raw.split(b"\n", 1)[0]:
-        raw = b"Subject: \n\n" + raw  # a bare SMS or transcript: text only
+    channel = CLI_CHANNELS[args.channel]
+    raw = as_spooled(_read_file(args.file), channel)  # plain text or the spooled JSON form
     envelope = Envelope(channel=channel, received_at=business_clock.now())
     message = parse(raw, envelope, "classify", runtime.settings.gateway.limits.max_attachment_bytes)
     customer = identify(message, runtime.directory)
@@ -490,6 +489,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         print(verdict.explain())
     return 0
+
+
+def _read_file(name: str) -> bytes:
+    return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
 
 
 def _labels(settings: Settings) -> list[Any]:
@@ -564,7 +567,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from gateway.explain import explain
+    from gateway.explain import CLI_CHANNELS, as_spooled, explain
     from gateway.service.runtime import load_runtime
     from gateway.storage.customers import load_accounts
     from gateway.storage.db import is_sqlite, make_engine, session_factory
@@ -586,13 +589,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             )
             sessions = None
     runtime = load_runtime(Path(args.config), imported_accounts=accounts)
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     at = datetime.fromisoformat(args.at) if args.at else business_clock.now()
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    channel = {"email": "smtp", "sms": "twilio-sms", "voice": "twilio-voice"}.get(
-        args.channel, args.channel
-    )
+    channel = CLI_CHANNELS[args.channel]
+    raw = as_spooled(_read_file(args.file), channel)
     result = explain(runtime, raw, channel=channel, at=at, sender=args.sender, sessions=sessions)
     print("\n".join(result.lines()))
     return 0
@@ -673,6 +674,17 @@ def cmd_escalate(args: argparse.Namespace) -> int:
 
 
 # ---- parser -----------------------------------------------------------------------------------
+
+
+def _channel_argument(parser: argparse.ArgumentParser) -> None:
+    """--channel of classify and explain: one spelling for both (voice: voicemail's alias)."""
+    parser.add_argument(
+        "--channel",
+        choices=("email", "sms", "voicemail", "voice"),
+        default="email",
+        help="email (default), sms or voicemail (alias: voice); an SMS or voicemail file is "
+        "plain text or the spooled Twilio JSON",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -759,7 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("classify", help="the classifier's verdict for a message; creates nothing")
     s.add_argument("file", help="message file, or - for stdin")
-    s.add_argument("--channel", choices=("email", "sms", "voicemail"), default="email")
+    _channel_argument(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_classify)
 
@@ -775,7 +787,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("explain", help="the whole decision for a message; creates nothing")
     s.add_argument("file", help="message file, or - for stdin")
-    s.add_argument("--channel", default="email", help="email (default), sms, voice")
+    _channel_argument(s)
     s.add_argument("--from", dest="sender", help="treat the message as sent by this address")
     s.add_argument("--at", help="decide as at this ISO 8601 time (default: now)")
     s.set_defaults(func=cmd_explain)
