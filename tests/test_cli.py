@@ -223,3 +223,14 @@ def test_an_empty_sms_file_gets_a_verdict_not_a_crash(
     out = gateway_cli(config, command, "--channel", "sms", str(empty))
     assert out.returncode == 0, out.stderr
     assert b"severity=" in out.stdout
+
+
+@pytest.mark.parametrize("command", [("tickets",), ("status",), ("show", "T-000001")])
+def test_a_missing_config_directory_is_reported_without_a_traceback(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    out = gateway_cli(tmp_path / "no-such-config", *command)
+    assert out.returncode == 1
+    assert b"config directory does not exist" in out.stderr
+    assert b"Traceback" not in out.stderr
+

@@ -446,12 +446,13 @@ def load_lenient(directory: Path) -> tuple[Settings, list[ConfigProblem]]:
     try:
         return load(directory), []
     except ConfigError as exc:
-        if any(p.file == "gateway.toml" for p in exc.problems):
-            raise
+        if not directory.is_dir() or any(p.file == "gateway.toml" for p in exc.problems):
+            raise  # nothing to fall back on: "config directory does not exist" (issue 17 item 5)
         problems = exc.problems
-    gateway = _load_file(directory, "gateway.toml", GatewayConfig, [])
+        gateway = _load_file(directory, "gateway.toml", GatewayConfig, [])
+        if gateway is None:
+            raise
     severity = _load_file(directory, "severity.toml", SeverityFile, []) or SeverityFile()
-    assert gateway is not None
     settings = Settings(
         directory=directory.absolute(),
         gateway=gateway,
