@@ -234,3 +234,35 @@ def test_a_missing_config_directory_is_reported_without_a_traceback(
     assert b"config directory does not exist" in out.stderr
     assert b"Traceback" not in out.stderr
 
+
+def _set_state_dir(config: Path, value: str) -> None:
+    toml = config / "gateway.toml"
+    lines = toml.read_text().splitlines()
+    lines = [f'state_dir = "{value}"' if ln.startswith("state_dir") else ln for ln in lines]
+    toml.write_text("\n".join(lines) + "\n")
+
+
+def test_a_relative_state_dir_is_relative_to_the_config_directory_not_the_cwd(
+    config_with_tickets: Path,
+) -> None:
+    # The tickets were made with state at <tmp>/state; the CLI runs in <tmp>, where "../state"
+    # would be a different (empty) directory. Relative to <tmp>/config it is the right one.
+    _set_state_dir(config_with_tickets, "../state")
+    out = gateway_cli(config_with_tickets, "tickets", "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 2
+    assert not (config_with_tickets.parent.parent / "state").exists()
+
+
+def test_read_only_commands_never_create_state(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    fresh = config.parent / "fresh-state"
+    _set_state_dir(config, str(fresh))
+    status = gateway_cli(config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["spool_depth"] == 0
+    tickets = gateway_cli(config, "tickets", "--json")
+    assert tickets.returncode == 0 and json.loads(tickets.stdout) == []
+    show = gateway_cli(config, "show", "T-000001")
+    assert show.returncode == 1 and b"no ticket T-000001" in show.stderr
+    assert not fresh.exists()

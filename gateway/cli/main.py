@@ -202,9 +202,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if daemon.exists():
         out["daemon"] = json.loads(daemon.read_text())
     out["workers"] = [json.loads(p.read_text()) for p in sorted(status_dir.glob("worker-*.json"))]
-    with _open_spool(settings) as spool:
-        out["spool_depth"] = spool.depth()
-        out["quarantine"] = spool.quarantine_count()
+    out["spool_depth"] = out["quarantine"] = 0
+    if settings.spool_dir.is_dir():  # a read-only command never creates the state directory
+        with _open_spool(settings) as spool:
+            out["spool_depth"] = spool.depth()
+            out["quarantine"] = spool.quarantine_count()
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -281,11 +283,24 @@ def _session(settings: Settings, *, write: bool = False) -> Any:
     return open_session(settings.database_url, write=write)
 
 
+def _no_database(settings: Settings) -> Path | None:
+    """The SQLite file a read-only command found missing (it is not created), else None."""
+    from gateway.storage.db import sqlite_file_missing
+
+    return sqlite_file_missing(settings.database_url)
+
+
 def cmd_tickets(args: argparse.Namespace) -> int:
     from gateway.storage.queries import OPEN_STATUSES, list_queue
     from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
+    missing = _no_database(settings)
+    if missing is not None:
+        print(f"no tickets yet: no database at {missing}", file=sys.stderr)
+        if args.json:
+            print("[]")
+        return 0
     statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
     with _session(settings) as session:
         tickets = list_queue(session, statuses=statuses, limit=args.limit)
@@ -306,6 +321,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
+    missing = _no_database(settings)
+    if missing is not None:
+        print(f"no ticket {args.ref}: no database at {missing}", file=sys.stderr)
+        return 1
     with _session(settings) as session:
         ticket = find_ticket(session, args.ref)
         if ticket is None:

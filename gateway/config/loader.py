@@ -80,7 +80,10 @@ class Settings:
         if env:
             # systemd may pass several, colon-separated; the first is ours.
             return Path(env.split(":")[0])
-        return Path(self.gateway.gateway.state_dir).absolute()
+        # A relative state_dir is relative to the config directory, never to wherever the
+        # command happens to run: `gateway status` from elsewhere must find the daemon's state
+        # (issue 17 item 6).
+        return self.directory / self.gateway.gateway.state_dir
 
     @property
     def spool_dir(self) -> Path:
