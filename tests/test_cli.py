@@ -266,3 +266,30 @@ def test_read_only_commands_never_create_state(make_config: Callable[..., Path])
     show = gateway_cli(config, "show", "T-000001")
     assert show.returncode == 1 and b"no ticket T-000001" in show.stderr
     assert not fresh.exists()
+
+
+@pytest.mark.parametrize(
+    "command", [("tickets",), ("tickets", "--json"), ("show", "T-000001"), ("status", "--json")]
+)
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(
+    config_with_tickets: Path, command: tuple[str, ...]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # As `gateway tickets | head -0`: the reader is gone before the command writes a byte.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(config_with_tickets), *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=config_with_tickets.parent,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141

@@ -842,10 +842,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe must raise here, not at exit
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     return code
+
+
+def _reader_went_away() -> int:
+    """`gateway tickets | head`: the reader closed the pipe. Exit quietly, as a program killed
+    by SIGPIPE does (128 + 13), with no traceback (issue 17 item 7). Python ignores SIGPIPE,
+    so the write raised; stdout is pointed at /dev/null so the flush at exit cannot raise again
+    (the Python docs' "Note on SIGPIPE", in the signal module)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
