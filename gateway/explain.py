@@ -25,7 +25,7 @@ from gateway.stages.decide import Decision, decide
 from gateway.stages.identify import identify
 from gateway.stages.parse import parse
 from gateway.stages.thread import thread
-from gateway.storage.queries import SessionThreadLookup
+from gateway.storage.queries import SessionThreadLookup, already_ingested
 
 # The channels `gateway classify` and `gateway explain` accept, and the spool channel each is
 # read as. `voice` is kept as an alias of `voicemail` (explain's old spelling, issue 17 item 3).
@@ -76,6 +76,8 @@ class Explanation:
     thread: Thread
     verdict: Verdict
     decision: Decision
+    # Set when the message is already in: what persist would record it as (issue 17 item 8).
+    duplicate: str | None = None
 
     def lines(self) -> list[str]:
         m, c, d = self.message, self.customer, self.decision
@@ -86,7 +88,7 @@ class Explanation:
             f"automated:    {self.automated.kind}: {self.automated.reason}",
             f"thread:       {self.thread.kind}: {self.thread.reason}",
             f"classifier:   {self.verdict.explain()}",
-            f"outcome:      {type(d.outcome).__name__}: {d.outcome.reason}",
+            f"outcome:      {self._outcome()}",
             f"severity:     {d.severity}   jump_queue: {'yes' if d.jump_queue else 'no'}",
             f"queue:        {d.queue}"
             + (f"   (rule {d.route.rule})" if d.route and d.route.rule else "   (default)"),
@@ -114,6 +116,16 @@ class Explanation:
         return out
 
 
+    def _outcome(self) -> str:
+        d = self.decision
+        if self.duplicate is not None:
+            return (
+                f"Duplicate: already ingested; it would be recorded as {self.duplicate}, "
+                f"nothing new (had it been new: {type(d.outcome).__name__})"
+            )
+        return f"{type(d.outcome).__name__}: {d.outcome.reason}"
+
+
 def _due(minutes: int | None, when: datetime | None) -> str:
     if minutes is None or when is None:
         return "none"
@@ -130,6 +142,7 @@ def explain(
     sessions: sessionmaker[Session] | None = None,
 ) -> Explanation:
     settings = runtime.settings
+    duplicate: str | None = None
     envelope = Envelope(channel=channel, received_at=at, mail_from=sender)
     message = parse(raw, envelope, "explain", settings.gateway.limits.max_attachment_bytes)
     if sender:
@@ -152,6 +165,7 @@ def explain(
                 runtime.reopen_window,
                 incident_window=runtime.incident_window,
             )
+            duplicate = already_ingested(session, message.dedup_key)
             session.rollback()
     else:
         threaded = Thread("new", None, "no database: threading not checked")
@@ -162,4 +176,4 @@ def explain(
         settings.severity.default,
     )
     decision = decide(message, customer, verdict, threaded, automated, at, runtime.policy)
-    return Explanation(message, customer, automated, threaded, verdict, decision)
+    return Explanation(message, customer, automated, threaded, verdict, decision, duplicate)

@@ -65,3 +65,26 @@ def test_explain_prints_the_decision_the_daemon_then_makes(
         .replace("+00:00", "Z")
     )
     assert due_text in sla
+
+
+def test_explain_of_a_message_already_ingested_says_it_would_be_a_duplicate(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tests.helpers import make_email
+
+    config = make_config()
+    raw = make_email(subject="Export question", body="How do I export to CSV?")
+    gw = Gateway(config)
+    try:
+        gw.ingest(raw)
+        gw.drain()
+        (ticket,) = gw.tickets()
+    finally:
+        gw.close()
+    path = tmp_path / "again.eml"
+    path.write_bytes(raw)
+    out = gateway_cli(config, "explain", "--at", AT.isoformat(), str(path))
+    assert out.returncode == 0, out.stderr.decode()
+    outcome = field(out.stdout.decode(), "outcome")
+    assert outcome.startswith("Duplicate:"), outcome
+    assert f"duplicate of {ticket.reference}" in outcome

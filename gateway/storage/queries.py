@@ -165,6 +165,21 @@ def find_ticket(session: Session, reference: str) -> Ticket | None:
     return session.execute(select(Ticket).where(Ticket.reference == ref)).scalar_one_or_none()
 
 
+def already_ingested(session: Session, dedup_key: str) -> str | None:
+    """How a message with this dedup key was recorded before, in words, or None if it is new.
+    The dedup key is what makes persist record a message as a duplicate (`intakes.first_key`);
+    `gateway explain` asks this so it never promises a new ticket for a message already in."""
+    first = session.execute(
+        select(Intake).where(Intake.first_key == dedup_key)
+    ).scalar_one_or_none()
+    if first is None:
+        return None
+    ticket = session.get(Ticket, first.ticket_id) if first.ticket_id else None
+    if ticket is not None:
+        return f"a duplicate of {ticket.reference} (intake {first.id}, {first.outcome})"
+    return f"a duplicate of intake {first.id} ({first.outcome}, no ticket)"
+
+
 def opted_out(session: Session, phone: str) -> bool:
     """Has this number texted STOP (and not START since)?"""
     row = session.execute(
