@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -293,3 +294,74 @@ def test_a_reader_that_closes_the_pipe_gets_no_traceback(
         os.close(write_end)
     assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
     assert done.returncode == 141
+
+
+def _edit_tickets(config: Path, change: Callable[[Any], None]) -> None:
+    """Change the stored tickets in place (what another channel or an emergency would set)."""
+    from sqlalchemy import select
+
+    from gateway.storage.models import Ticket
+
+    gw = Gateway(config)
+    try:
+        with gw.session() as s:
+            change((s, list(s.execute(select(Ticket).order_by(Ticket.id)).scalars())))
+            s.commit()
+    finally:
+        gw.close()
+
+
+def test_tickets_print_a_header_row_aligned_columns_and_an_emergency_mark(
+    config_with_tickets: Path,
+) -> None:
+    def sms_emergency(arg: Any) -> None:
+        _, (first, _second) = arg
+        first.channel = "twilio-sms"
+        first.emergency = True
+        first.emergency_acknowledged = True
+
+    _edit_tickets(config_with_tickets, sms_emergency)
+    out = gateway_cli(config_with_tickets, "tickets")
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.decode().splitlines()
+    assert header.split() == ["REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT"]
+    assert len(rows) == 2
+    starts = [header.index(name) for name in ("FLAGS", "SEVERITY", "STATUS", "CHANNEL", "SUBJECT")]
+    for row in rows:  # every column starts where its header starts, twilio-sms or smtp
+        for start in starts:
+            assert row[start - 2 : start] == "  " and row[start] != " ", (header, row)
+    (sms_row,) = [r for r in rows if "twilio-sms" in r]
+    assert sms_row[header.index("FLAGS") :].split()[0].endswith("E")
+    assert "Export question" in sms_row
+
+
+def test_tickets_all_lists_every_ticket_and_a_cut_list_says_how_to_page(
+    config_with_tickets: Path,
+) -> None:
+    from gateway.storage.models import Ticket
+
+    def many(arg: Any) -> None:
+        session, (first, _second) = arg
+        columns = [c.key for c in Ticket.__table__.columns if c.key not in ("id", "reference")]
+        for i in range(110):
+            copy = Ticket(**{k: getattr(first, k) for k in columns})
+            copy.reference = f"T-{900000 + i}"
+            copy.status = "closed" if i % 2 else "open"
+            session.add(copy)
+
+    _edit_tickets(config_with_tickets, many)
+    every = gateway_cli(config_with_tickets, "tickets", "--json", "--all")
+    assert every.returncode == 0, every.stderr
+    assert len(json.loads(every.stdout)) == 112
+    assert b"of 112" not in every.stderr
+    page = gateway_cli(config_with_tickets, "tickets", "--json", "--limit", "50")
+    assert len(json.loads(page.stdout)) == 50
+    assert b"tickets 1-50 of 57; next page: --offset 50 --limit 50" in page.stderr
+    rest = gateway_cli(config_with_tickets, "tickets", "--json", "--limit", "50", "--offset", "50")
+    assert len(json.loads(rest.stdout)) == 7
+
+
+def test_an_empty_spool_and_quarantine_say_empty(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    assert gateway_cli(config, "spool", "list").stdout == b"spool is empty\n"
+    assert gateway_cli(config, "quarantine", "list").stdout == b"quarantine is empty\n"

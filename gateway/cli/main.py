@@ -291,29 +291,72 @@ def _no_database(settings: Settings) -> Path | None:
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
-    from gateway.storage.queries import OPEN_STATUSES, list_queue
+    from gateway.storage.queries import OPEN_STATUSES, count_queue, list_queue
     from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
     missing = _no_database(settings)
     if missing is not None:
         print(f"no tickets yet: no database at {missing}", file=sys.stderr)
-        if args.json:
-            print("[]")
+        print("[]" if args.json else "no tickets")
         return 0
     statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
+    # --all means every ticket; otherwise one page of DEFAULT_PAGE unless --limit says more.
+    # A cut list always says so and how to page (issue 17 item 11: --all used to stop at 100).
+    limit = args.limit if args.limit is not None else (None if args.all else DEFAULT_PAGE)
     with _session(settings) as session:
-        tickets = list_queue(session, statuses=statuses, limit=args.limit)
+        tickets = list_queue(session, statuses=statuses, limit=limit, offset=args.offset)
+        total = count_queue(session, statuses=statuses)
         if args.json:
             print(json.dumps([ticket_json(session, t) for t in tickets], indent=2))
-            return 0
-        for t in tickets:
-            flags = ("H" if t.held else "-") + ("J" if t.jump_queue else "-")
-            print(
-                f"{t.reference:10} {flags} {t.severity:8} {t.status:9} {t.account_id:16.16} "
-                f"{t.channel:6} {t.subject[:60]}"
-            )
+        else:
+            _print_ticket_table(tickets)
+    shown_to = args.offset + len(tickets)
+    if shown_to < total or args.offset:
+        print(
+            f"tickets {args.offset + 1 if tickets else args.offset}-{shown_to} of {total}"
+            + (
+                f"; next page: --offset {shown_to} --limit {limit or DEFAULT_PAGE}, "
+                "or --all for every ticket"
+                if shown_to < total
+                else ""
+            ),
+            file=sys.stderr,
+        )
     return 0
+
+
+DEFAULT_PAGE = 100
+TICKET_COLUMNS = ("REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT")
+
+
+def ticket_flags(ticket: Any) -> str:
+    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged)."""
+    emergency = ("E" if ticket.emergency_acknowledged else "e") if ticket.emergency else "-"
+    return ("H" if ticket.held else "-") + ("J" if ticket.jump_queue else "-") + emergency
+
+
+def _print_ticket_table(tickets: list[Any]) -> None:
+    """A header row and columns as wide as their widest value (`twilio-voice` included)."""
+    if not tickets:
+        print("no tickets")
+        return
+    rows = [
+        (
+            t.reference or "-",
+            ticket_flags(t),
+            t.severity,
+            t.status,
+            t.account_id[:24],
+            t.channel,
+            t.subject[:60],
+        )
+        for t in tickets
+    ]
+    widths = [max(len(r[i]) for r in [TICKET_COLUMNS, *rows]) for i in range(len(TICKET_COLUMNS))]
+    for row in [TICKET_COLUMNS, *rows]:
+        cells = [v.ljust(w) for v, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -417,9 +460,12 @@ def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
 def cmd_spool(args: argparse.Namespace) -> int:
     with _open_spool(_settings(args)) as spool:
         if args.spool_cmd == "list":
-            for e in spool.pending():
+            pending = list(spool.pending())
+            if not pending:
+                print("spool is empty")
+            for e in pending:
                 print(
-                    f"{e.id}  {e.envelope.channel:6} attempts={e.attempts} {e.size:>9}B "
+                    f"{e.id}  {e.envelope.channel:12} attempts={e.attempts} {e.size:>9}B "
                     f"from={e.envelope.mail_from or '-'}"
                 )
             return 0
@@ -477,9 +523,12 @@ def _replay(spool: Any, entry_id: str) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     with _open_spool(_settings(args)) as spool:
         if args.q_cmd == "list":
-            for r in spool.quarantined():
+            records = list(spool.quarantined())
+            if not records:
+                print("quarantine is empty")
+            for r in records:
                 print(
-                    f"{r.id}  {r.envelope.channel:6} attempts={r.attempts} stage={r.stage} "
+                    f"{r.id}  {r.envelope.channel:12} attempts={r.attempts} stage={r.stage} "
                     f"error={r.error[:120]}"
                 )
             return 0
@@ -739,10 +788,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain", action="store_true", help="process until the spool is empty, exit")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("tickets", help="the queue, in queue order")
+    s = sub.add_parser(
+        "tickets",
+        help="the queue, in queue order (FLAGS: H held, J jumps the queue, E emergency, "
+        "e emergency not yet acknowledged)",
+    )
     s.add_argument("--json", action="store_true")
-    s.add_argument("--all", action="store_true", help="include resolved and closed")
-    s.add_argument("--limit", type=int, default=100)
+    s.add_argument(
+        "--all", action="store_true", help="every ticket, resolved and closed too, no page limit"
+    )
+    s.add_argument(
+        "--limit", type=int, help=f"at most this many (default {DEFAULT_PAGE}; none with --all)"
+    )
+    s.add_argument("--offset", type=int, default=0, help="skip this many (the next page)")
     s.set_defaults(func=cmd_tickets)
 
     s = sub.add_parser("show", help="one ticket with messages and explanation")

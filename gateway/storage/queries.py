@@ -152,10 +152,25 @@ def queue_order() -> list[ColumnElement[Any]]:
 
 
 def list_queue(
-    session: Session, *, statuses: tuple[str, ...] = OPEN_STATUSES, limit: int = 100
+    session: Session,
+    *,
+    statuses: tuple[str, ...] = OPEN_STATUSES,
+    limit: int | None = 100,
+    offset: int = 0,
 ) -> list[Ticket]:
-    stmt = select(Ticket).where(Ticket.status.in_(statuses)).order_by(*queue_order()).limit(limit)
+    """Tickets in queue order; `limit=None` means every one."""
+    stmt = select(Ticket).where(Ticket.status.in_(statuses)).order_by(*queue_order())
+    if offset:
+        stmt = stmt.offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return list(session.execute(stmt).scalars())
+
+
+def count_queue(session: Session, *, statuses: tuple[str, ...] = OPEN_STATUSES) -> int:
+    """How many tickets `list_queue` would return without a limit."""
+    stmt = select(func.count()).select_from(Ticket).where(Ticket.status.in_(statuses))
+    return int(session.execute(stmt).scalar_one())
 
 
 def find_ticket(session: Session, reference: str) -> Ticket | None:
