@@ -88,6 +88,11 @@ class Explanation:
             f"automated:    {self.automated.kind}: {self.automated.reason}",
             f"thread:       {self.thread.kind}: {self.thread.reason}",
             f"classifier:   {self.verdict.explain()}",
+            # What the classifier read (issue 16): the text after per-channel normalisation,
+            # the steps that changed it, and the severity dimensions read from it.
+            f"normalised:   {_one_line(self.verdict.normalised_text)!r} "
+            f"({','.join(self.verdict.normalisation) or 'unchanged'})",
+            f"dimensions:   {self.verdict.dimensions or '-'}",
             f"outcome:      {self._outcome()}",
             f"severity:     {d.severity}   jump_queue: {'yes' if d.jump_queue else 'no'}",
             f"queue:        {d.queue}"
@@ -124,6 +129,11 @@ class Explanation:
                 f"nothing new (had it been new: {type(d.outcome).__name__})"
             )
         return f"{type(d.outcome).__name__}: {d.outcome.reason}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _due(minutes: int | None, when: datetime | None) -> str:

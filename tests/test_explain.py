@@ -88,3 +88,35 @@ def test_explain_of_a_message_already_ingested_says_it_would_be_a_duplicate(
     outcome = field(out.stdout.decode(), "outcome")
     assert outcome.startswith("Duplicate:"), outcome
     assert f"duplicate of {ticket.reference}" in outcome
+
+
+QUOTED_REPLY = b"""From: dana@acme-clinic.example
+To: support@example.com
+Subject: Re: printer
+Message-ID: <quoted@acme-clinic.example>
+
+Nobody in the office can log in since 8am, the whole system is down.
+
+--
+Dana
+Acme Clinic
+
+On Mon, Nov 23, 2026 at 10:00 AM Support wrote:
+> How do I export the report to CSV?
+"""
+
+
+def test_explain_shows_the_normalised_text_and_the_severity_dimensions(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config()
+    path = tmp_path / "reply.eml"
+    path.write_bytes(QUOTED_REPLY)
+    out = gateway_cli(config, "explain", "--at", AT.isoformat(), str(path))
+    assert out.returncode == 0, out.stderr.decode()
+    text = out.stdout.decode()
+    normalised = field(text, "normalised")
+    assert "whole system is down" in normalised
+    assert "export the report" not in normalised and "Acme Clinic" not in normalised
+    assert normalised.endswith("(quoted,signature)")
+    assert field(text, "dimensions") == "scope=everyone state=down time=now critical=yes"
