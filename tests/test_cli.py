@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -365,3 +366,21 @@ def test_an_empty_spool_and_quarantine_say_empty(make_config: Callable[..., Path
     config = make_config()
     assert gateway_cli(config, "spool", "list").stdout == b"spool is empty\n"
     assert gateway_cli(config, "quarantine", "list").stdout == b"quarantine is empty\n"
+
+
+@pytest.mark.parametrize("flags", [("--honest",), ()], ids=["honest", "no-data"])
+def test_evaluate_prints_the_three_honest_evaluations_per_channel(
+    make_config: Callable[..., Path], flags: tuple[str, ...]
+) -> None:
+    config = make_config()
+    out = gateway_cli(config, "evaluate", *flags, "--folds", "2")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    sections = [line for line in text.splitlines() if line.startswith("== ")]
+    assert len(sections) == 3, text
+    assert sections[0].startswith("== dev set")  # "(evaluation only)", or "not found at"
+    assert sections[1] == "== leave-one-domain-out (2 folds of whole industries)"
+    assert sections[2] == "== shipped eval.jsonl"
+    lodo = text.split(sections[1], 1)[1].split(sections[2], 1)[0]
+    for channel in ("pooled", "email", "sms", "voicemail"):
+        assert re.search(rf"^{channel} +n= *\d+ +exact [\d.]+ +urgent recall", lodo, re.M), lodo

@@ -618,17 +618,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifiers.evaluation import evaluate
+    """Score a labelled file (--data), and/or the three honest evaluations (--honest, or no
+    --data): the dev set, leave-one-domain-out and the shipped eval.jsonl, per channel."""
+    from classifiers.evaluation import LODO_FOLDS, evaluate, honest
     from gateway.service.runtime import model_dir
 
     settings = load_lenient(Path(args.config))[0]
-    evaluate(
-        model_dir(settings),
-        Path(args.data),
-        sys.stdout,
-        rules_dir=None if args.model_only else settings.rules_dir,
-        settings=_classifier_settings(settings),
-    )
+    csettings = _classifier_settings(settings)
+    if args.data:
+        evaluate(
+            model_dir(settings),
+            Path(args.data),
+            sys.stdout,
+            rules_dir=None if args.model_only else settings.rules_dir,
+            settings=csettings,
+        )
+    if args.honest or not args.data:
+        if args.model_only:
+            print("--model-only applies to --data; the honest evaluations score the whole engine",
+                  file=sys.stderr)
+        try:
+            honest(
+                sys.stdout,
+                rules_dir=settings.rules_dir,
+                settings=csettings,
+                model_dir=model_dir(settings),
+                folds=args.folds or LODO_FOLDS,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -857,9 +876,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-labels", action="store_true", help="ignore agents' corrections")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="precision/recall/F1 and confusion on a labelled file")
-    s.add_argument("--data", required=True, help="CSV or JSONL with subject, body, level")
+    s = sub.add_parser(
+        "evaluate",
+        help="precision/recall/F1 and confusion on a labelled file (--data), or the three "
+        "honest evaluations per channel (--honest; the default without --data)",
+    )
+    s.add_argument("--data", help="CSV or JSONL with subject, body, level")
     s.add_argument("--model-only", action="store_true", help="the model alone, without rules")
+    s.add_argument(
+        "--honest",
+        action="store_true",
+        help="dev set, leave-one-domain-out and eval.jsonl, pooled and per channel",
+    )
+    s.add_argument(
+        "--folds", type=int, help="leave-one-domain-out folds (default 8: about a minute)"
+    )
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("explain", help="the whole decision for a message; creates nothing")
