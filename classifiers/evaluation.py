@@ -195,18 +195,44 @@ def evaluate(
     print(report.format(), file=out, flush=True)
     return report
 
-def main(out: TextIO = sys.stdout) -> None:
-    settings = ClassifierSettings()
+def honest(
+    out: TextIO = sys.stdout,
+    *,
+    rules_dir: Path = RULES_DIR,
+    settings: ClassifierSettings | None = None,
+    model_dir: Path | None = None,
+    folds: int = LODO_FOLDS,
+) -> None:
+    """The three honest evaluations, each pooled, per level and per channel: the dev set,
+    leave-one-domain-out, the shipped eval.jsonl. `python -m classifiers.evaluation` prints
+    them for the shipped rules and a freshly trained default model; `gateway evaluate --honest`
+    for a config's rules, classifier table and installed model (`model_dir`). Raises ValueError
+    when the engine cannot be built or the scale is not the default four levels (the figures
+    count urgent recall and precision on that scale)."""
+    settings = settings or ClassifierSettings()
+    if tuple(settings.levels) != tuple(DEFAULT_LEVELS):
+        raise ValueError(
+            f"honest evaluation scores the default scale ({', '.join(DEFAULT_LEVELS)}); "
+            f"this scale is {', '.join(settings.levels)}: use evaluate --data with a file "
+            "labelled on it"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        engine, problems = build_engine(RULES_DIR, settings, Path(tmp))
+        engine, problems = build_engine(rules_dir, settings, model_dir or Path(tmp))
         if engine is None:
-            raise SystemExit("; ".join(str(p) for p in problems))
+            raise ValueError("; ".join(str(p) for p in problems))
         if DEV_SET.is_file():
             print(evaluate_dev(engine).report(), file=out, flush=True)
         else:
             print(f"== dev set not found at {DEV_SET}", file=out)
-        print(evaluate_lodo(settings).report(), file=out, flush=True)
+        print(evaluate_lodo(settings, folds, rules_dir=rules_dir).report(), file=out, flush=True)
         print(evaluate_eval(engine).report(), file=out, flush=True)
+
+
+def main(out: TextIO = sys.stdout) -> None:
+    try:
+        honest(out)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if __name__ == "__main__":

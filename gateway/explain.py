@@ -8,6 +8,7 @@ test a config change before reloading. Never writes to the database, the spool o
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,7 +25,47 @@ from gateway.stages.decide import Decision, decide
 from gateway.stages.identify import identify
 from gateway.stages.parse import parse
 from gateway.stages.thread import thread
-from gateway.storage.queries import SessionThreadLookup
+from gateway.storage.queries import SessionThreadLookup, already_ingested
+
+# The channels `gateway classify` and `gateway explain` accept, and the spool channel each is
+# read as. `voice` is kept as an alias of `voicemail` (explain's old spelling, issue 17 item 3).
+CLI_CHANNELS: dict[str, str] = {
+    "email": "smtp",
+    "sms": "twilio-sms",
+    "voicemail": "twilio-voice",
+    "voice": "twilio-voice",
+}
+
+
+def as_spooled(raw: bytes, channel: str) -> bytes:
+    """The bytes the parse stage reads for a message file given to classify or explain.
+
+    An email is read as it is. For an SMS or a voicemail the file is either the spooled JSON
+    form (`{"event": ..., "params": {...}}`, as `channels/twilio.py` writes it) or plain text,
+    which becomes that form: an SMS `Body`, or a completed voicemail transcription. (Plain text
+    used to be wrapped as an email and then lost by the Twilio parser: issue 17 item 3.)
+    """
+    if not channel.startswith("twilio"):
+        return raw
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        data = None
+    if isinstance(data, dict) and "event" in data:
+        return raw
+    text = raw.decode("utf-8", errors="replace")
+    if channel == "twilio-sms":
+        event = {"event": "sms", "params": {"Body": text, "MessageSid": "SMexplain"}}
+    else:
+        event = {
+            "event": "transcription",
+            "params": {
+                "TranscriptionText": text,
+                "TranscriptionStatus": "completed",
+                "CallSid": "CAexplain",
+            },
+        }
+    return json.dumps(event).encode()
 
 
 @dataclass(frozen=True)
@@ -35,6 +76,8 @@ class Explanation:
     thread: Thread
     verdict: Verdict
     decision: Decision
+    # Set when the message is already in: what persist would record it as (issue 17 item 8).
+    duplicate: str | None = None
 
     def lines(self) -> list[str]:
         m, c, d = self.message, self.customer, self.decision
@@ -45,7 +88,12 @@ class Explanation:
             f"automated:    {self.automated.kind}: {self.automated.reason}",
             f"thread:       {self.thread.kind}: {self.thread.reason}",
             f"classifier:   {self.verdict.explain()}",
-            f"outcome:      {type(d.outcome).__name__}: {d.outcome.reason}",
+            # What the classifier read (issue 16): the text after per-channel normalisation,
+            # the steps that changed it, and the severity dimensions read from it.
+            f"normalised:   {_one_line(self.verdict.normalised_text)!r} "
+            f"({','.join(self.verdict.normalisation) or 'unchanged'})",
+            f"dimensions:   {self.verdict.dimensions or '-'}",
+            f"outcome:      {self._outcome()}",
             f"severity:     {d.severity}   jump_queue: {'yes' if d.jump_queue else 'no'}",
             f"queue:        {d.queue}"
             + (f"   (rule {d.route.rule})" if d.route and d.route.rule else "   (default)"),
@@ -73,6 +121,21 @@ class Explanation:
         return out
 
 
+    def _outcome(self) -> str:
+        d = self.decision
+        if self.duplicate is not None:
+            return (
+                f"Duplicate: already ingested; it would be recorded as {self.duplicate}, "
+                f"nothing new (had it been new: {type(d.outcome).__name__})"
+            )
+        return f"{type(d.outcome).__name__}: {d.outcome.reason}"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _due(minutes: int | None, when: datetime | None) -> str:
     if minutes is None or when is None:
         return "none"
@@ -89,6 +152,7 @@ def explain(
     sessions: sessionmaker[Session] | None = None,
 ) -> Explanation:
     settings = runtime.settings
+    duplicate: str | None = None
     envelope = Envelope(channel=channel, received_at=at, mail_from=sender)
     message = parse(raw, envelope, "explain", settings.gateway.limits.max_attachment_bytes)
     if sender:
@@ -111,6 +175,7 @@ def explain(
                 runtime.reopen_window,
                 incident_window=runtime.incident_window,
             )
+            duplicate = already_ingested(session, message.dedup_key)
             session.rollback()
     else:
         threaded = Thread("new", None, "no database: threading not checked")
@@ -121,4 +186,4 @@ def explain(
         settings.severity.default,
     )
     decision = decide(message, customer, verdict, threaded, automated, at, runtime.policy)
-    return Explanation(message, customer, automated, threaded, verdict, decision)
+    return Explanation(message, customer, automated, threaded, verdict, decision, duplicate)

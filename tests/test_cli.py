@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,3 +175,212 @@ def test_logs_off_a_terminal_are_one_json_object_a_line() -> None:
     assert "\n" not in line
     assert data["level"] == "info" and data["logger"] == "gateway.service.worker"
     assert data["message"] == 'smtp 0179-ab -> ticket T-000001 "quoted"'
+
+
+OUTAGE_SMS = "URGENT the phone system is down, nobody in the office can make or take calls"
+HOWTO_SMS = "hi, how do I change the greeting on my voicemail box? no rush, thanks"
+
+
+@pytest.mark.parametrize("channel", ["sms", "voicemail", "voice"])
+def test_classify_reads_the_text_of_a_plain_sms_or_voicemail_file(
+    make_config: Callable[..., Path], tmp_path: Path, channel: str
+) -> None:
+    config = make_config()
+    verdicts = {}
+    for name, text in (("outage", OUTAGE_SMS), ("howto", HOWTO_SMS)):
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text + "\n")
+        out = gateway_cli(config, "classify", "--json", "--channel", channel, str(path))
+        assert out.returncode == 0, out.stderr
+        verdicts[name] = json.loads(out.stdout)
+    assert verdicts["outage"]["severity"] == "urgent" and verdicts["outage"]["jump_queue"]
+    assert verdicts["howto"]["severity"] not in ("urgent", "high")
+    assert verdicts["outage"]["score"] != verdicts["howto"]["score"]
+
+
+def test_explain_reads_plain_text_and_the_spooled_json_form_of_an_sms(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config()
+    plain = tmp_path / "plain.txt"
+    plain.write_text(HOWTO_SMS)
+    spooled = tmp_path / "spooled.json"
+    spooled.write_text(json.dumps({"event": "sms", "params": {"Body": OUTAGE_SMS}}))
+    for channel in ("sms", "voicemail", "voice"):
+        out = gateway_cli(config, "explain", "--channel", channel, str(plain))
+        assert out.returncode == 0, out.stderr
+        assert "how do I change the greeting" in out.stdout.decode()
+    out = gateway_cli(config, "explain", "--channel", "sms", str(spooled))
+    assert out.returncode == 0, out.stderr
+    assert "severity=urgent" in out.stdout.decode()
+
+
+@pytest.mark.parametrize("command", ["classify", "explain"])
+def test_an_empty_sms_file_gets_a_verdict_not_a_crash(
+    make_config: Callable[..., Path], tmp_path: Path, command: str
+) -> None:
+    config = make_config()
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    out = gateway_cli(config, command, "--channel", "sms", str(empty))
+    assert out.returncode == 0, out.stderr
+    assert b"severity=" in out.stdout
+
+
+@pytest.mark.parametrize("command", [("tickets",), ("status",), ("show", "T-000001")])
+def test_a_missing_config_directory_is_reported_without_a_traceback(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    out = gateway_cli(tmp_path / "no-such-config", *command)
+    assert out.returncode == 1
+    assert b"config directory does not exist" in out.stderr
+    assert b"Traceback" not in out.stderr
+
+
+def _set_state_dir(config: Path, value: str) -> None:
+    toml = config / "gateway.toml"
+    lines = toml.read_text().splitlines()
+    lines = [f'state_dir = "{value}"' if ln.startswith("state_dir") else ln for ln in lines]
+    toml.write_text("\n".join(lines) + "\n")
+
+
+def test_a_relative_state_dir_is_relative_to_the_config_directory_not_the_cwd(
+    config_with_tickets: Path,
+) -> None:
+    # The tickets were made with state at <tmp>/state; the CLI runs in <tmp>, where "../state"
+    # would be a different (empty) directory. Relative to <tmp>/config it is the right one.
+    _set_state_dir(config_with_tickets, "../state")
+    out = gateway_cli(config_with_tickets, "tickets", "--json")
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)) == 2
+    assert not (config_with_tickets.parent.parent / "state").exists()
+
+
+def test_read_only_commands_never_create_state(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    fresh = config.parent / "fresh-state"
+    _set_state_dir(config, str(fresh))
+    status = gateway_cli(config, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["spool_depth"] == 0
+    tickets = gateway_cli(config, "tickets", "--json")
+    assert tickets.returncode == 0 and json.loads(tickets.stdout) == []
+    show = gateway_cli(config, "show", "T-000001")
+    assert show.returncode == 1 and b"no ticket T-000001" in show.stderr
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize(
+    "command", [("tickets",), ("tickets", "--json"), ("show", "T-000001"), ("status", "--json")]
+)
+def test_a_reader_that_closes_the_pipe_gets_no_traceback(
+    config_with_tickets: Path, command: tuple[str, ...]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    # As `gateway tickets | head -0`: the reader is gone before the command writes a byte.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "--config", str(config_with_tickets), *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=config_with_tickets.parent,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert b"Traceback" not in done.stderr and b"BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
+
+
+def _edit_tickets(config: Path, change: Callable[[Any], None]) -> None:
+    """Change the stored tickets in place (what another channel or an emergency would set)."""
+    from sqlalchemy import select
+
+    from gateway.storage.models import Ticket
+
+    gw = Gateway(config)
+    try:
+        with gw.session() as s:
+            change((s, list(s.execute(select(Ticket).order_by(Ticket.id)).scalars())))
+            s.commit()
+    finally:
+        gw.close()
+
+
+def test_tickets_print_a_header_row_aligned_columns_and_an_emergency_mark(
+    config_with_tickets: Path,
+) -> None:
+    def sms_emergency(arg: Any) -> None:
+        _, (first, _second) = arg
+        first.channel = "twilio-sms"
+        first.emergency = True
+        first.emergency_acknowledged = True
+
+    _edit_tickets(config_with_tickets, sms_emergency)
+    out = gateway_cli(config_with_tickets, "tickets")
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.decode().splitlines()
+    assert header.split() == ["REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT"]
+    assert len(rows) == 2
+    starts = [header.index(name) for name in ("FLAGS", "SEVERITY", "STATUS", "CHANNEL", "SUBJECT")]
+    for row in rows:  # every column starts where its header starts, twilio-sms or smtp
+        for start in starts:
+            assert row[start - 2 : start] == "  " and row[start] != " ", (header, row)
+    (sms_row,) = [r for r in rows if "twilio-sms" in r]
+    assert sms_row[header.index("FLAGS") :].split()[0].endswith("E")
+    assert "Export question" in sms_row
+
+
+def test_tickets_all_lists_every_ticket_and_a_cut_list_says_how_to_page(
+    config_with_tickets: Path,
+) -> None:
+    from gateway.storage.models import Ticket
+
+    def many(arg: Any) -> None:
+        session, (first, _second) = arg
+        columns = [c.key for c in Ticket.__table__.columns if c.key not in ("id", "reference")]
+        for i in range(110):
+            copy = Ticket(**{k: getattr(first, k) for k in columns})
+            copy.reference = f"T-{900000 + i}"
+            copy.status = "closed" if i % 2 else "open"
+            session.add(copy)
+
+    _edit_tickets(config_with_tickets, many)
+    every = gateway_cli(config_with_tickets, "tickets", "--json", "--all")
+    assert every.returncode == 0, every.stderr
+    assert len(json.loads(every.stdout)) == 112
+    assert b"of 112" not in every.stderr
+    page = gateway_cli(config_with_tickets, "tickets", "--json", "--limit", "50")
+    assert len(json.loads(page.stdout)) == 50
+    assert b"tickets 1-50 of 57; next page: --offset 50 --limit 50" in page.stderr
+    rest = gateway_cli(config_with_tickets, "tickets", "--json", "--limit", "50", "--offset", "50")
+    assert len(json.loads(rest.stdout)) == 7
+
+
+def test_an_empty_spool_and_quarantine_say_empty(make_config: Callable[..., Path]) -> None:
+    config = make_config()
+    assert gateway_cli(config, "spool", "list").stdout == b"spool is empty\n"
+    assert gateway_cli(config, "quarantine", "list").stdout == b"quarantine is empty\n"
+
+
+@pytest.mark.parametrize("flags", [("--honest",), ()], ids=["honest", "no-data"])
+def test_evaluate_prints_the_three_honest_evaluations_per_channel(
+    make_config: Callable[..., Path], flags: tuple[str, ...]
+) -> None:
+    config = make_config()
+    out = gateway_cli(config, "evaluate", *flags, "--folds", "2")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    sections = [line for line in text.splitlines() if line.startswith("== ")]
+    assert len(sections) == 3, text
+    assert sections[0].startswith("== dev set")  # "(evaluation only)", or "not found at"
+    assert sections[1] == "== leave-one-domain-out (2 folds of whole industries)"
+    assert sections[2] == "== shipped eval.jsonl"
+    lodo = text.split(sections[1], 1)[1].split(sections[2], 1)[0]
+    for channel in ("pooled", "email", "sms", "voicemail"):
+        assert re.search(rf"^{channel} +n= *\d+ +exact [\d.]+ +urgent recall", lodo, re.M), lodo

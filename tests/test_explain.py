@@ -65,3 +65,58 @@ def test_explain_prints_the_decision_the_daemon_then_makes(
         .replace("+00:00", "Z")
     )
     assert due_text in sla
+
+
+def test_explain_of_a_message_already_ingested_says_it_would_be_a_duplicate(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    from tests.helpers import make_email
+
+    config = make_config()
+    raw = make_email(subject="Export question", body="How do I export to CSV?")
+    gw = Gateway(config)
+    try:
+        gw.ingest(raw)
+        gw.drain()
+        (ticket,) = gw.tickets()
+    finally:
+        gw.close()
+    path = tmp_path / "again.eml"
+    path.write_bytes(raw)
+    out = gateway_cli(config, "explain", "--at", AT.isoformat(), str(path))
+    assert out.returncode == 0, out.stderr.decode()
+    outcome = field(out.stdout.decode(), "outcome")
+    assert outcome.startswith("Duplicate:"), outcome
+    assert f"duplicate of {ticket.reference}" in outcome
+
+
+QUOTED_REPLY = b"""From: dana@acme-clinic.example
+To: support@example.com
+Subject: Re: printer
+Message-ID: <quoted@acme-clinic.example>
+
+Nobody in the office can log in since 8am, the whole system is down.
+
+--
+Dana
+Acme Clinic
+
+On Mon, Nov 23, 2026 at 10:00 AM Support wrote:
+> How do I export the report to CSV?
+"""
+
+
+def test_explain_shows_the_normalised_text_and_the_severity_dimensions(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config()
+    path = tmp_path / "reply.eml"
+    path.write_bytes(QUOTED_REPLY)
+    out = gateway_cli(config, "explain", "--at", AT.isoformat(), str(path))
+    assert out.returncode == 0, out.stderr.decode()
+    text = out.stdout.decode()
+    normalised = field(text, "normalised")
+    assert "whole system is down" in normalised
+    assert "export the report" not in normalised and "Acme Clinic" not in normalised
+    assert normalised.endswith("(quoted,signature)")
+    assert field(text, "dimensions") == "scope=everyone state=down time=now critical=yes"

@@ -202,9 +202,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if daemon.exists():
         out["daemon"] = json.loads(daemon.read_text())
     out["workers"] = [json.loads(p.read_text()) for p in sorted(status_dir.glob("worker-*.json"))]
-    with _open_spool(settings) as spool:
-        out["spool_depth"] = spool.depth()
-        out["quarantine"] = spool.quarantine_count()
+    out["spool_depth"] = out["quarantine"] = 0
+    if settings.spool_dir.is_dir():  # a read-only command never creates the state directory
+        with _open_spool(settings) as spool:
+            out["spool_depth"] = spool.depth()
+            out["quarantine"] = spool.quarantine_count()
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -281,24 +283,80 @@ def _session(settings: Settings, *, write: bool = False) -> Any:
     return open_session(settings.database_url, write=write)
 
 
+def _no_database(settings: Settings) -> Path | None:
+    """The SQLite file a read-only command found missing (it is not created), else None."""
+    from gateway.storage.db import sqlite_file_missing
+
+    return sqlite_file_missing(settings.database_url)
+
+
 def cmd_tickets(args: argparse.Namespace) -> int:
-    from gateway.storage.queries import OPEN_STATUSES, list_queue
+    from gateway.storage.queries import OPEN_STATUSES, count_queue, list_queue
     from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
+    missing = _no_database(settings)
+    if missing is not None:
+        print(f"no tickets yet: no database at {missing}", file=sys.stderr)
+        print("[]" if args.json else "no tickets")
+        return 0
     statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
+    # --all means every ticket; otherwise one page of DEFAULT_PAGE unless --limit says more.
+    # A cut list always says so and how to page (issue 17 item 11: --all used to stop at 100).
+    limit = args.limit if args.limit is not None else (None if args.all else DEFAULT_PAGE)
     with _session(settings) as session:
-        tickets = list_queue(session, statuses=statuses, limit=args.limit)
+        tickets = list_queue(session, statuses=statuses, limit=limit, offset=args.offset)
+        total = count_queue(session, statuses=statuses)
         if args.json:
             print(json.dumps([ticket_json(session, t) for t in tickets], indent=2))
-            return 0
-        for t in tickets:
-            flags = ("H" if t.held else "-") + ("J" if t.jump_queue else "-")
-            print(
-                f"{t.reference:10} {flags} {t.severity:8} {t.status:9} {t.account_id:16.16} "
-                f"{t.channel:6} {t.subject[:60]}"
-            )
+        else:
+            _print_ticket_table(tickets)
+    shown_to = args.offset + len(tickets)
+    if shown_to < total or args.offset:
+        print(
+            f"tickets {args.offset + 1 if tickets else args.offset}-{shown_to} of {total}"
+            + (
+                f"; next page: --offset {shown_to} --limit {limit or DEFAULT_PAGE}, "
+                "or --all for every ticket"
+                if shown_to < total
+                else ""
+            ),
+            file=sys.stderr,
+        )
     return 0
+
+
+DEFAULT_PAGE = 100
+TICKET_COLUMNS = ("REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT")
+
+
+def ticket_flags(ticket: Any) -> str:
+    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged)."""
+    emergency = ("E" if ticket.emergency_acknowledged else "e") if ticket.emergency else "-"
+    return ("H" if ticket.held else "-") + ("J" if ticket.jump_queue else "-") + emergency
+
+
+def _print_ticket_table(tickets: list[Any]) -> None:
+    """A header row and columns as wide as their widest value (`twilio-voice` included)."""
+    if not tickets:
+        print("no tickets")
+        return
+    rows = [
+        (
+            t.reference or "-",
+            ticket_flags(t),
+            t.severity,
+            t.status,
+            t.account_id[:24],
+            t.channel,
+            t.subject[:60],
+        )
+        for t in tickets
+    ]
+    widths = [max(len(r[i]) for r in [TICKET_COLUMNS, *rows]) for i in range(len(TICKET_COLUMNS))]
+    for row in [TICKET_COLUMNS, *rows]:
+        cells = [v.ljust(w) for v, w in zip(row[:-1], widths, strict=False)]
+        print("  ".join([*cells, row[-1]]))
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -306,6 +364,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from gateway.ticket_json import ticket_json
 
     settings = _settings(args)
+    missing = _no_database(settings)
+    if missing is not None:
+        print(f"no ticket {args.ref}: no database at {missing}", file=sys.stderr)
+        return 1
     with _session(settings) as session:
         ticket = find_ticket(session, args.ref)
         if ticket is None:
@@ -398,9 +460,12 @@ def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
 def cmd_spool(args: argparse.Namespace) -> int:
     with _open_spool(_settings(args)) as spool:
         if args.spool_cmd == "list":
-            for e in spool.pending():
+            pending = list(spool.pending())
+            if not pending:
+                print("spool is empty")
+            for e in pending:
                 print(
-                    f"{e.id}  {e.envelope.channel:6} attempts={e.attempts} {e.size:>9}B "
+                    f"{e.id}  {e.envelope.channel:12} attempts={e.attempts} {e.size:>9}B "
                     f"from={e.envelope.mail_from or '-'}"
                 )
             return 0
@@ -458,9 +523,12 @@ def _replay(spool: Any, entry_id: str) -> int:
 def cmd_quarantine(args: argparse.Namespace) -> int:
     with _open_spool(_settings(args)) as spool:
         if args.q_cmd == "list":
-            for r in spool.quarantined():
+            records = list(spool.quarantined())
+            if not records:
+                print("quarantine is empty")
+            for r in records:
                 print(
-                    f"{r.id}  {r.envelope.channel:6} attempts={r.attempts} stage={r.stage} "
+                    f"{r.id}  {r.envelope.channel:12} attempts={r.attempts} stage={r.stage} "
                     f"error={r.error[:120]}"
                 )
             return 0
@@ -470,6 +538,7 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     """The verdict for a message, creating nothing (how an admin tests a rule)."""
 
+    from gateway.explain import CLI_CHANNELS, as_spooled
     from gateway.intake.spool import Envelope
     from gateway.service.runtime import load_runtime
     from gateway.stages.classify import classify
@@ -477,10 +546,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from gateway.stages.parse import parse
 
     runtime = load_runtime(Path(args.config))
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-    channel = {"email": "smtp", "sms": "twilio-sms", "voicemail": "twilio-voice"}[args.channel]
-    if args.channel != "email" and b":" not in raw.split(b"\n", 1)[0]:
-        raw = b"Subject: \n\n" + raw  # a bare SMS or transcript: text only
+    channel = CLI_CHANNELS[args.channel]
+    raw = as_spooled(_read_file(args.file), channel)  # plain text or the spooled JSON form
     envelope = Envelope(channel=channel, received_at=business_clock.now())
     message = parse(raw, envelope, "classify", runtime.settings.gateway.limits.max_attachment_bytes)
     customer = identify(message, runtime.directory)
@@ -490,6 +557,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     else:
         print(verdict.explain())
     return 0
+
+
+def _read_file(name: str) -> bytes:
+    return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
 
 
 def _labels(settings: Settings) -> list[Any]:
@@ -547,24 +618,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from classifiers.evaluation import evaluate
+    """Score a labelled file (--data), and/or the three honest evaluations (--honest, or no
+    --data): the dev set, leave-one-domain-out and the shipped eval.jsonl, per channel."""
+    from classifiers.evaluation import LODO_FOLDS, evaluate, honest
     from gateway.service.runtime import model_dir
 
     settings = load_lenient(Path(args.config))[0]
-    evaluate(
-        model_dir(settings),
-        Path(args.data),
-        sys.stdout,
-        rules_dir=None if args.model_only else settings.rules_dir,
-        settings=_classifier_settings(settings),
-    )
+    csettings = _classifier_settings(settings)
+    if args.data:
+        evaluate(
+            model_dir(settings),
+            Path(args.data),
+            sys.stdout,
+            rules_dir=None if args.model_only else settings.rules_dir,
+            settings=csettings,
+        )
+    if args.honest or not args.data:
+        if args.model_only:
+            print("--model-only applies to --data; the honest evaluations score the whole engine",
+                  file=sys.stderr)
+        try:
+            honest(
+                sys.stdout,
+                rules_dir=settings.rules_dir,
+                settings=csettings,
+                model_dir=model_dir(settings),
+                folds=args.folds or LODO_FOLDS,
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from gateway.explain import explain
+    from gateway.explain import CLI_CHANNELS, as_spooled, explain
     from gateway.service.runtime import load_runtime
     from gateway.storage.customers import load_accounts
     from gateway.storage.db import is_sqlite, make_engine, session_factory
@@ -586,13 +676,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             )
             sessions = None
     runtime = load_runtime(Path(args.config), imported_accounts=accounts)
-    raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     at = datetime.fromisoformat(args.at) if args.at else business_clock.now()
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    channel = {"email": "smtp", "sms": "twilio-sms", "voice": "twilio-voice"}.get(
-        args.channel, args.channel
-    )
+    channel = CLI_CHANNELS[args.channel]
+    raw = as_spooled(_read_file(args.file), channel)
     result = explain(runtime, raw, channel=channel, at=at, sender=args.sender, sessions=sessions)
     print("\n".join(result.lines()))
     return 0
@@ -675,6 +763,17 @@ def cmd_escalate(args: argparse.Namespace) -> int:
 # ---- parser -----------------------------------------------------------------------------------
 
 
+def _channel_argument(parser: argparse.ArgumentParser) -> None:
+    """--channel of classify and explain: one spelling for both (voice: voicemail's alias)."""
+    parser.add_argument(
+        "--channel",
+        choices=("email", "sms", "voicemail", "voice"),
+        default="email",
+        help="email (default), sms or voicemail (alias: voice); an SMS or voicemail file is "
+        "plain text or the spooled Twilio JSON",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="Intake Gateway")
     p.add_argument(
@@ -708,10 +807,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain", action="store_true", help="process until the spool is empty, exit")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("tickets", help="the queue, in queue order")
+    s = sub.add_parser(
+        "tickets",
+        help="the queue, in queue order (FLAGS: H held, J jumps the queue, E emergency, "
+        "e emergency not yet acknowledged)",
+    )
     s.add_argument("--json", action="store_true")
-    s.add_argument("--all", action="store_true", help="include resolved and closed")
-    s.add_argument("--limit", type=int, default=100)
+    s.add_argument(
+        "--all", action="store_true", help="every ticket, resolved and closed too, no page limit"
+    )
+    s.add_argument(
+        "--limit", type=int, help=f"at most this many (default {DEFAULT_PAGE}; none with --all)"
+    )
+    s.add_argument("--offset", type=int, default=0, help="skip this many (the next page)")
     s.set_defaults(func=cmd_tickets)
 
     s = sub.add_parser("show", help="one ticket with messages and explanation")
@@ -759,7 +867,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("classify", help="the classifier's verdict for a message; creates nothing")
     s.add_argument("file", help="message file, or - for stdin")
-    s.add_argument("--channel", choices=("email", "sms", "voicemail"), default="email")
+    _channel_argument(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_classify)
 
@@ -768,14 +876,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-labels", action="store_true", help="ignore agents' corrections")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="precision/recall/F1 and confusion on a labelled file")
-    s.add_argument("--data", required=True, help="CSV or JSONL with subject, body, level")
+    s = sub.add_parser(
+        "evaluate",
+        help="precision/recall/F1 and confusion on a labelled file (--data), or the three "
+        "honest evaluations per channel (--honest; the default without --data)",
+    )
+    s.add_argument("--data", help="CSV or JSONL with subject, body, level")
     s.add_argument("--model-only", action="store_true", help="the model alone, without rules")
+    s.add_argument(
+        "--honest",
+        action="store_true",
+        help="dev set, leave-one-domain-out and eval.jsonl, pooled and per channel",
+    )
+    s.add_argument(
+        "--folds", type=int, help="leave-one-domain-out folds (default 8: about a minute)"
+    )
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("explain", help="the whole decision for a message; creates nothing")
     s.add_argument("file", help="message file, or - for stdin")
-    s.add_argument("--channel", default="email", help="email (default), sms, voice")
+    _channel_argument(s)
     s.add_argument("--from", dest="sender", help="treat the message as sent by this address")
     s.add_argument("--at", help="decide as at this ISO 8601 time (default: now)")
     s.set_defaults(func=cmd_explain)
@@ -811,10 +931,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe must raise here, not at exit
     except ConfigError as exc:
         _print_config_error(exc)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     return code
+
+
+def _reader_went_away() -> int:
+    """`gateway tickets | head`: the reader closed the pipe. Exit quietly, as a program killed
+    by SIGPIPE does (128 + 13), with no traceback (issue 17 item 7). Python ignores SIGPIPE,
+    so the write raised; stdout is pointed at /dev/null so the flush at exit cannot raise again
+    (the Python docs' "Note on SIGPIPE", in the signal module)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 

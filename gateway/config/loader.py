@@ -81,7 +81,10 @@ class Settings:
         if env:
             # systemd may pass several, colon-separated; the first is ours.
             return Path(env.split(":")[0])
-        return Path(self.gateway.gateway.state_dir).absolute()
+        # A relative state_dir is relative to the config directory, never to wherever the
+        # command happens to run: `gateway status` from elsewhere must find the daemon's state
+        # (issue 17 item 6).
+        return self.directory / self.gateway.gateway.state_dir
 
     @property
     def spool_dir(self) -> Path:
@@ -516,12 +519,13 @@ def load_lenient(directory: Path) -> tuple[Settings, list[ConfigProblem]]:
     try:
         return load(directory), []
     except ConfigError as exc:
-        if any(p.file == "gateway.toml" for p in exc.problems):
-            raise
+        if not directory.is_dir() or any(p.file == "gateway.toml" for p in exc.problems):
+            raise  # nothing to fall back on: "config directory does not exist" (issue 17 item 5)
         problems = exc.problems
-    gateway = _load_file(directory, "gateway.toml", GatewayConfig, [])
+        gateway = _load_file(directory, "gateway.toml", GatewayConfig, [])
+        if gateway is None:
+            raise
     severity = _load_file(directory, "severity.toml", SeverityFile, []) or SeverityFile()
-    assert gateway is not None
     settings = Settings(
         directory=directory.absolute(),
         gateway=gateway,

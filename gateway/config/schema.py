@@ -19,8 +19,8 @@ MiB = 1024 * 1024
 @dataclass(frozen=True)
 class GatewaySection:
     # Where the spool, attachments, models, status file and (by default) the SQLite file live.
-    # Relative paths are relative to the directory the daemon starts in. `$STATE_DIRECTORY`
-    # (set by systemd's StateDirectory=) overrides it.
+    # A relative path is relative to the config directory (not to where a command runs).
+    # `$STATE_DIRECTORY` (set by systemd's StateDirectory=) overrides it.
     state_dir: str = ".state"
     # Names this instance in logs, claims and Message-IDs; unique per instance sharing a database.
     instance: str = "gw1"

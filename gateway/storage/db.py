@@ -25,6 +25,18 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file_missing(url: str) -> Path | None:
+    """The embedded SQLite file when it does not exist yet, else None. Read-only commands
+    (`status`, `tickets`, `show`) check this first: opening it would create it and its
+    directory (issue 17 item 6)."""
+    if not is_sqlite(url):
+        return None
+    db_path = make_url(url).database
+    if not db_path or db_path == ":memory:" or Path(db_path).exists():
+        return None
+    return Path(db_path)
+
+
 def make_engine(url: str, *, immediate: bool = False) -> Engine:
     """An engine for `url`. `immediate`: SQLite write transactions lock up front (workers)."""
     if is_sqlite(url):

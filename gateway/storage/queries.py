@@ -152,10 +152,25 @@ def queue_order() -> list[ColumnElement[Any]]:
 
 
 def list_queue(
-    session: Session, *, statuses: tuple[str, ...] = OPEN_STATUSES, limit: int = 100
+    session: Session,
+    *,
+    statuses: tuple[str, ...] = OPEN_STATUSES,
+    limit: int | None = 100,
+    offset: int = 0,
 ) -> list[Ticket]:
-    stmt = select(Ticket).where(Ticket.status.in_(statuses)).order_by(*queue_order()).limit(limit)
+    """Tickets in queue order; `limit=None` means every one."""
+    stmt = select(Ticket).where(Ticket.status.in_(statuses)).order_by(*queue_order())
+    if offset:
+        stmt = stmt.offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
     return list(session.execute(stmt).scalars())
+
+
+def count_queue(session: Session, *, statuses: tuple[str, ...] = OPEN_STATUSES) -> int:
+    """How many tickets `list_queue` would return without a limit."""
+    stmt = select(func.count()).select_from(Ticket).where(Ticket.status.in_(statuses))
+    return int(session.execute(stmt).scalar_one())
 
 
 def find_ticket(session: Session, reference: str) -> Ticket | None:
@@ -163,6 +178,21 @@ def find_ticket(session: Session, reference: str) -> Ticket | None:
     if ref.isdigit():
         ref = f"T-{int(ref):06d}"
     return session.execute(select(Ticket).where(Ticket.reference == ref)).scalar_one_or_none()
+
+
+def already_ingested(session: Session, dedup_key: str) -> str | None:
+    """How a message with this dedup key was recorded before, in words, or None if it is new.
+    The dedup key is what makes persist record a message as a duplicate (`intakes.first_key`);
+    `gateway explain` asks this so it never promises a new ticket for a message already in."""
+    first = session.execute(
+        select(Intake).where(Intake.first_key == dedup_key)
+    ).scalar_one_or_none()
+    if first is None:
+        return None
+    ticket = session.get(Ticket, first.ticket_id) if first.ticket_id else None
+    if ticket is not None:
+        return f"a duplicate of {ticket.reference} (intake {first.id}, {first.outcome})"
+    return f"a duplicate of intake {first.id} ({first.outcome}, no ticket)"
 
 
 def opted_out(session: Session, phone: str) -> bool:
