@@ -495,13 +495,21 @@ def test_rules_that_could_never_work_are_named(rule: str, expected: str) -> None
     assert [f"{p.key}: {p.message}" for p in found] == [expected]
 
 
-def test_routing_is_not_checked_against_a_plans_file_that_is_itself_broken(
+def test_a_broken_plans_file_is_reported_and_hides_none_of_routings_problems(
     tmp_path: Path,
 ) -> None:
+    """Issue 17: every problem at once. The plans file's own type error is named at its line,
+    and routing is still checked (against the plans that file does define: only "basic")."""
     config = copy_config(tmp_path, BROKEN)
     (config / "plans.toml").write_text('[[plan]]\nname = "basic"\nchannels = "email"\n')
     found = problems_of(config)
-    assert found and not any(p.startswith("routing.toml") for p in found)
+    assert "plans.toml:3: plan[0].channels: must be a list, not 'email'" in found
+    routing = [p for p in found if p.startswith("routing.toml")]
+    assert [p.split(":")[1] for p in routing] == ["7", "12", "14", "15", "16"]
+    assert (
+        "routing.toml:7: rule[0].match.plan: unknown plan 'growth' (plans, lowest first: basic)"
+        in routing
+    )
 
 
 def test_build_router_refuses_names_it_cannot_resolve(calendars: dict[str, Calendar]) -> None:

@@ -7,22 +7,33 @@ Exit codes: 0 success, 1 a problem the output explains (bad config, unknown tick
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway import clock as business_clock
+from gateway.cli.classifier import cmd_classify, cmd_evaluate, cmd_explain, cmd_train
+from gateway.cli.common import (
+    STATUSES,
+    load_settings,
+    open_spool,
+    print_config_error,
+)
+from gateway.cli.spool import cmd_quarantine, cmd_spool
+from gateway.cli.tickets import (
+    DEFAULT_PAGE,
+    cmd_show,
+    cmd_ticket_set_severity,
+    cmd_ticket_set_status,
+    cmd_tickets,
+)
 from gateway.config.errors import ConfigError
-from gateway.config.loader import Settings, default_config_dir, load_lenient
-
-STATUSES = ("new", "open", "waiting", "resolved", "closed", "reopened")
+from gateway.config.loader import Settings, default_config_dir
 
 
 class JsonFormatter(logging.Formatter):
@@ -52,32 +63,6 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """Settings for operators' commands: only gateway.toml must be valid (see load_lenient)."""
-    settings, problems = load_lenient(Path(args.config))
-    for problem in problems:
-        print(f"warning: config problem (run check-config): {problem}", file=sys.stderr)
-    return settings
-
-
-@contextlib.contextmanager
-def _open_spool(settings: Settings) -> Iterator[Any]:
-    """The configured spool for an operator's command, closed afterwards."""
-    from gateway.intake.spool import Spool
-
-    spool = Spool(settings.spool_dir)
-    try:
-        yield spool
-    finally:
-        spool.close()
-
-
-def _print_config_error(exc: ConfigError) -> None:
-    print(f"config is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
-    for problem in exc.problems:
-        print(f"  {problem}", file=sys.stderr)
-
-
 # ---- commands ---------------------------------------------------------------------------------
 
 
@@ -87,7 +72,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         load_runtime(Path(args.config))
     except ConfigError as exc:
-        _print_config_error(exc)
+        print_config_error(exc)
         return 1
     print(f"config OK: {Path(args.config).absolute()}")
     return 0
@@ -102,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         runtime = load_runtime(Path(args.config))
     except ConfigError as exc:
-        _print_config_error(exc)
+        print_config_error(exc)
         return 1
     settings = runtime.settings
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -173,7 +158,7 @@ def _ensure_schema(url: str, worker: Any, unavailable: Any, status_path: Path | 
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = load_settings(args)
     pid = _daemon_pid(settings)
     if pid is None:
         print("no running gateway found (no daemon.lock pid)", file=sys.stderr)
@@ -195,7 +180,7 @@ def _daemon_pid(settings: Settings) -> int | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
 
-    settings = _settings(args)
+    settings = load_settings(args)
     status_dir = settings.state_dir / "status"
     out: dict[str, Any] = {"running": _daemon_pid(settings) is not None}
     daemon = status_dir / "daemon.json"
@@ -204,7 +189,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     out["workers"] = [json.loads(p.read_text()) for p in sorted(status_dir.glob("worker-*.json"))]
     out["spool_depth"] = out["quarantine"] = 0
     if settings.spool_dir.is_dir():  # a read-only command never creates the state directory
-        with _open_spool(settings) as spool:
+        with open_spool(settings) as spool:
             out["spool_depth"] = spool.depth()
             out["quarantine"] = spool.quarantine_count()
     if args.json:
@@ -235,9 +220,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from gateway.intake.spool import Spool, SpoolError
 
     try:
-        settings = _settings(args)
+        settings = load_settings(args)
     except ConfigError as exc:
-        _print_config_error(exc)
+        print_config_error(exc)
         return EX_TEMPFAIL  # the MTA keeps the mail while the admin fixes the config
     g = settings.gateway
     try:
@@ -277,420 +262,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return worst
 
 
-def _session(settings: Settings, *, write: bool = False) -> Any:
-    from gateway.storage.db import open_session
-
-    return open_session(settings.database_url, write=write)
-
-
-def _no_database(settings: Settings) -> Path | None:
-    """The SQLite file a read-only command found missing (it is not created), else None."""
-    from gateway.storage.db import sqlite_file_missing
-
-    return sqlite_file_missing(settings.database_url)
-
-
-def cmd_tickets(args: argparse.Namespace) -> int:
-    from gateway.storage.queries import OPEN_STATUSES, count_queue, list_queue
-    from gateway.ticket_json import ticket_json
-
-    settings = _settings(args)
-    missing = _no_database(settings)
-    if missing is not None:
-        print(f"no tickets yet: no database at {missing}", file=sys.stderr)
-        print("[]" if args.json else "no tickets")
-        return 0
-    statuses = tuple(STATUSES) if args.all else OPEN_STATUSES
-    # --all means every ticket; otherwise one page of DEFAULT_PAGE unless --limit says more.
-    # A cut list always says so and how to page (issue 17 item 11: --all used to stop at 100).
-    limit = args.limit if args.limit is not None else (None if args.all else DEFAULT_PAGE)
-    with _session(settings) as session:
-        tickets = list_queue(session, statuses=statuses, limit=limit, offset=args.offset)
-        total = count_queue(session, statuses=statuses)
-        if args.json:
-            print(json.dumps([ticket_json(session, t) for t in tickets], indent=2))
-        else:
-            _print_ticket_table(tickets)
-    shown_to = args.offset + len(tickets)
-    if shown_to < total or args.offset:
-        print(
-            f"tickets {args.offset + 1 if tickets else args.offset}-{shown_to} of {total}"
-            + (
-                f"; next page: --offset {shown_to} --limit {limit or DEFAULT_PAGE}, "
-                "or --all for every ticket"
-                if shown_to < total
-                else ""
-            ),
-            file=sys.stderr,
-        )
-    return 0
-
-
-DEFAULT_PAGE = 100
-TICKET_COLUMNS = ("REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT")
-
-
-def ticket_flags(ticket: Any) -> str:
-    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged)."""
-    emergency = ("E" if ticket.emergency_acknowledged else "e") if ticket.emergency else "-"
-    return ("H" if ticket.held else "-") + ("J" if ticket.jump_queue else "-") + emergency
-
-
-def _print_ticket_table(tickets: list[Any]) -> None:
-    """A header row and columns as wide as their widest value (`twilio-voice` included)."""
-    if not tickets:
-        print("no tickets")
-        return
-    rows = [
-        (
-            t.reference or "-",
-            ticket_flags(t),
-            t.severity,
-            t.status,
-            t.account_id[:24],
-            t.channel,
-            t.subject[:60],
-        )
-        for t in tickets
-    ]
-    widths = [max(len(r[i]) for r in [TICKET_COLUMNS, *rows]) for i in range(len(TICKET_COLUMNS))]
-    for row in [TICKET_COLUMNS, *rows]:
-        cells = [v.ljust(w) for v, w in zip(row[:-1], widths, strict=False)]
-        print("  ".join([*cells, row[-1]]))
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from gateway.storage.queries import find_ticket
-    from gateway.ticket_json import ticket_json
-
-    settings = _settings(args)
-    missing = _no_database(settings)
-    if missing is not None:
-        print(f"no ticket {args.ref}: no database at {missing}", file=sys.stderr)
-        return 1
-    with _session(settings) as session:
-        ticket = find_ticket(session, args.ref)
-        if ticket is None:
-            print(f"no ticket {args.ref}", file=sys.stderr)
-            return 1
-        data = ticket_json(session, ticket, detail=True)
-    if args.json:
-        print(json.dumps(data, indent=2))
-        return 0
-    print(
-        f"{data['reference']}  {data['status']}  severity={data['severity']}  "
-        f"jump_queue={'yes' if data['jump_queue'] else 'no'}  queue={data['queue']}"
-    )
-    print(
-        f"account={data['account']} plan={data['plan']} contact={data['contact']} "
-        f"channel={data['channel']}"
-    )
-    print(f"subject: {data['subject']}")
-    print(
-        f"created {data['created_at']}  updated {data['updated_at']}  "
-        f"messages={data['message_count']}"
-    )
-    classifier = data["explanation"].get("classifier", {})
-    if classifier:
-        print(f"classifier: {classifier.get('explanation')}")
-    if data["held"]:
-        print(f"HELD: {data['hold_reason']}")
-    if data["tags"]:
-        print(f"tags: {', '.join(data['tags'])}")
-    if data["emergency_review"]:
-        print("REVIEW: an accepted emergency the classifier rated far lower; an agent should look")
-    billing = data.get("billing") or {}
-    if billing.get("explanation"):
-        print("emergency and billing:")  # every hold, rejection and charge, in plain words
-        for line in billing["explanation"]:
-            print(f"  {line}")
-    print("decisions:")
-    for d in data["decisions"]:
-        print(f"  {d['stage']:10} {d['code']:14} {d['text']}")
-    for o in data["outbox"]:
-        print(f"outbox: {o['kind']} to {o['to']}: {o['status']} {o['reason']}")
-    for m in data["messages"]:
-        print(f"--- {m['direction']} {m['received_at']} from {m['from']} ({m['channel']})")
-        for a in m["attachments"]:
-            print(f"    attachment {a['filename']} {a['content_type']} {a['size']} bytes")
-        print(m["text"][:1500])
-    return 0
-
-
-def cmd_ticket_set_status(args: argparse.Namespace) -> int:
-    from gateway.storage.admin import set_status
-
-    settings = _settings(args)
-    with _session(settings, write=True) as session:
-        error = set_status(
-            session,
-            args.ref,
-            args.status,
-            actor=args.actor,
-            reason=args.reason,
-            resolution=args.resolution,  # audited with the change (gateway/storage/admin.py)
-        )
-    if error:
-        print(error, file=sys.stderr)
-        return 1
-    print(f"{args.ref}: status {args.status}")
-    return 0
-
-
-def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
-    from gateway.storage.admin import set_severity
-
-    settings = _settings(args)
-    with _session(settings, write=True) as session:
-        error = set_severity(
-            session,
-            args.ref,
-            args.level,
-            settings.severity.levels,
-            actor=args.actor,
-            reason=args.reason,
-        )
-    if error:
-        print(error, file=sys.stderr)
-        return 1
-    print(f"{args.ref}: severity {args.level} (recorded as a classifier label)")
-    return 0
-
-
-def cmd_spool(args: argparse.Namespace) -> int:
-    with _open_spool(_settings(args)) as spool:
-        if args.spool_cmd == "list":
-            pending = list(spool.pending())
-            if not pending:
-                print("spool is empty")
-            for e in pending:
-                print(
-                    f"{e.id}  {e.envelope.channel:12} attempts={e.attempts} {e.size:>9}B "
-                    f"from={e.envelope.mail_from or '-'}"
-                )
-            return 0
-        if args.spool_cmd == "show":
-            entry = spool.get(args.id)
-            if entry is None:
-                record = spool.quarantine_record(args.id)
-                if record is None:
-                    print(f"no spool entry {args.id}", file=sys.stderr)
-                    return 1
-                print(
-                    json.dumps(
-                        {
-                            "id": record.id,
-                            "quarantined": True,
-                            "stage": record.stage,
-                            "error": record.error,
-                            "attempts": record.attempts,
-                            "envelope": record.envelope.to_json(),
-                        },
-                        indent=2,
-                        default=str,
-                    )
-                )
-                return 0
-            print(
-                json.dumps(
-                    {
-                        "id": entry.id,
-                        "attempts": entry.attempts,
-                        "size": entry.size,
-                        "envelope": entry.envelope.to_json(),
-                    },
-                    indent=2,
-                    default=str,
-                )
-            )
-            head = spool.read_raw(entry)[:2000].decode("utf-8", "replace")
-            print(head)
-            return 0
-        return _replay(spool, args.id)
-
-
-def _replay(spool: Any, entry_id: str) -> int:
-    ids = [r.id for r in spool.quarantined()] if entry_id == "all" else [entry_id]
-    missing = [i for i in ids if not spool.replay(i)]
-    for i in ids:
-        if i not in missing:
-            print(f"replayed {i}")
-    for i in missing:
-        print(f"no quarantined entry {i}", file=sys.stderr)
-    return 1 if missing else 0
-
-
-def cmd_quarantine(args: argparse.Namespace) -> int:
-    with _open_spool(_settings(args)) as spool:
-        if args.q_cmd == "list":
-            records = list(spool.quarantined())
-            if not records:
-                print("quarantine is empty")
-            for r in records:
-                print(
-                    f"{r.id}  {r.envelope.channel:12} attempts={r.attempts} stage={r.stage} "
-                    f"error={r.error[:120]}"
-                )
-            return 0
-        return _replay(spool, args.id)
-
-
-def cmd_classify(args: argparse.Namespace) -> int:
-    """The verdict for a message, creating nothing (how an admin tests a rule)."""
-
-    from gateway.explain import CLI_CHANNELS, as_spooled
-    from gateway.intake.spool import Envelope
-    from gateway.service.runtime import load_runtime
-    from gateway.stages.classify import classify
-    from gateway.stages.identify import identify
-    from gateway.stages.parse import parse
-
-    runtime = load_runtime(Path(args.config))
-    channel = CLI_CHANNELS[args.channel]
-    raw = as_spooled(_read_file(args.file), channel)  # plain text or the spooled JSON form
-    envelope = Envelope(channel=channel, received_at=business_clock.now())
-    message = parse(raw, envelope, "classify", runtime.settings.gateway.limits.max_attachment_bytes)
-    customer = identify(message, runtime.directory)
-    verdict = classify(message, customer, runtime.engine, runtime.settings.severity.default)
-    if args.json:
-        print(json.dumps(verdict.to_json(), indent=2))
-    else:
-        print(verdict.explain())
-    return 0
-
-
-def _read_file(name: str) -> bytes:
-    return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
-
-
-def _labels(settings: Settings) -> list[Any]:
-    """Agents' severity corrections, as training examples."""
-    from sqlalchemy import select
-
-    from classifiers.types import LabelledExample
-    from gateway.stages.classify import channel_kind
-    from gateway.storage.models import SeverityLabel
-
-    with _session(settings) as session:
-        rows = session.execute(select(SeverityLabel).order_by(SeverityLabel.id)).scalars()
-        latest: dict[int, SeverityLabel] = {}
-        for row in rows:  # the last correction of a ticket is its label
-            latest[row.ticket_id] = row
-    return [
-        LabelledExample(
-            subject=r.subject, body=r.text, level=r.level, channel=channel_kind(r.channel)
-        )
-        for r in latest.values()
-    ]
-
-
-def _classifier_settings(settings: Settings) -> Any:
-    from classifiers.settings import parse_classifier_table
-
-    csettings, problems = parse_classifier_table(
-        settings.severity.classifier, settings.severity.levels, "severity.toml"
-    )
-    if csettings is None:
-        from gateway.service.runtime import convert_problem
-
-        raise ConfigError([convert_problem(p) for p in problems])
-    return csettings
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from classifiers.training import train
-    from gateway.service.runtime import model_dir
-
-    settings = load_lenient(Path(args.config))[0]
-    labels = [] if args.no_labels else _labels(settings)
-    print(f"training on the shipped corpus plus {len(labels)} agent label(s)")
-    report = train(
-        model_dir(settings),
-        labels,
-        settings=_classifier_settings(settings),
-        force=args.force,
-        out=sys.stdout,
-    )
-    print(("installed " if report.installed else "not installed: ") + report.reason)
-    if report.installed:
-        print("run `gateway reload` to make the running daemon use it")
-    return 0 if report.installed or not args.force else 1
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Score a labelled file (--data), and/or the three honest evaluations (--honest, or no
-    --data): the dev set, leave-one-domain-out and the shipped eval.jsonl, per channel."""
-    from classifiers.evaluation import LODO_FOLDS, evaluate, honest
-    from gateway.service.runtime import model_dir
-
-    settings = load_lenient(Path(args.config))[0]
-    csettings = _classifier_settings(settings)
-    if args.data:
-        evaluate(
-            model_dir(settings),
-            Path(args.data),
-            sys.stdout,
-            rules_dir=None if args.model_only else settings.rules_dir,
-            settings=csettings,
-        )
-    if args.honest or not args.data:
-        if args.model_only:
-            print("--model-only applies to --data; the honest evaluations score the whole engine",
-                  file=sys.stderr)
-        try:
-            honest(
-                sys.stdout,
-                rules_dir=settings.rules_dir,
-                settings=csettings,
-                model_dir=model_dir(settings),
-                folds=args.folds or LODO_FOLDS,
-            )
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-    return 0
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
-    from gateway.explain import CLI_CHANNELS, as_spooled, explain
-    from gateway.service.runtime import load_runtime
-    from gateway.storage.customers import load_accounts
-    from gateway.storage.db import is_sqlite, make_engine, session_factory
-
-    settings = load_lenient(Path(args.config))[0]
-    url = settings.database_url
-    sessions = None
-    accounts = None
-    db_file = Path(url.removeprefix("sqlite:///")) if is_sqlite(url) else None
-    if db_file is None or db_file.exists():
-        try:
-            sessions = session_factory(make_engine(url))
-            accounts = load_accounts(sessions)
-        except Exception as exc:  # explain works without a database; it says so
-            print(
-                f"note: database not readable ({type(exc).__name__}); threading and "
-                "imported customers not checked",
-                file=sys.stderr,
-            )
-            sessions = None
-    runtime = load_runtime(Path(args.config), imported_accounts=accounts)
-    at = datetime.fromisoformat(args.at) if args.at else business_clock.now()
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    channel = CLI_CHANNELS[args.channel]
-    raw = as_spooled(_read_file(args.file), channel)
-    result = explain(runtime, raw, channel=channel, at=at, sender=args.sender, sessions=sessions)
-    print("\n".join(result.lines()))
-    return 0
 
 
 def cmd_customers_import(args: argparse.Namespace) -> int:
     from gateway.storage.customers import import_csv
     from gateway.storage.db import make_engine, session_factory, upgrade
 
-    settings = _settings(args)
+    settings = load_settings(args)
     upgrade(settings.database_url)
     plan_names = [p.name for p in settings.plans.plan] or ["none"]
     sessions = session_factory(make_engine(settings.database_url))
@@ -710,7 +288,7 @@ def cmd_customers_import(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from gateway.storage.db import upgrade
 
-    settings = _settings(args)
+    settings = load_settings(args)
     upgrade(settings.database_url)
     print("database schema is up to date")
     return 0
@@ -933,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe must raise here, not at exit
     except ConfigError as exc:
-        _print_config_error(exc)
+        print_config_error(exc)
         return 1
     except KeyboardInterrupt:
         return 130

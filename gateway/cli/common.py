@@ -1,0 +1,57 @@
+"""What every operator's command shares: lenient settings, the spool and a database session
+opened and closed for one command, and how a config problem is printed. Never holds business
+rules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gateway.config.errors import ConfigError
+from gateway.config.loader import Settings, load_lenient
+
+STATUSES = ("new", "open", "waiting", "resolved", "closed", "reopened")
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    """Settings for operators' commands: only gateway.toml must be valid (see load_lenient)."""
+    settings, problems = load_lenient(Path(args.config))
+    for problem in problems:
+        print(f"warning: config problem (run check-config): {problem}", file=sys.stderr)
+    return settings
+
+
+@contextlib.contextmanager
+def open_spool(settings: Settings) -> Iterator[Any]:
+    """The configured spool for an operator's command, closed afterwards."""
+    from gateway.intake.spool import Spool
+
+    spool = Spool(settings.spool_dir)
+    try:
+        yield spool
+    finally:
+        spool.close()
+
+
+def print_config_error(exc: ConfigError) -> None:
+    print(f"config is invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def open_db_session(settings: Settings, *, write: bool = False) -> Any:
+    from gateway.storage.db import open_session
+
+    return open_session(settings.database_url, write=write)
+
+
+def missing_database(settings: Settings) -> Path | None:
+    """The SQLite file a read-only command found missing (it is not created), else None."""
+    from gateway.storage.db import sqlite_file_missing
+
+    return sqlite_file_missing(settings.database_url)
