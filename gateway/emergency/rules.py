@@ -15,6 +15,9 @@ whether a message confirms a held request (`confirmation`: only a reply to our p
 recipient, with the word), the price quoted (`quote`, with the after-hours flag of
 `gateway.emergency.after_hours`), the agent-review flag when the classifier disagrees
 (`review_flag`), and for which mail the sender's authentication is computed (`authenticate`).
+decide asks it once, through `emergency_step`, for the whole answer as one frozen
+`EmergencyDecision`: the step, the reasons to record, the level, the hold and its deadline, the
+SLA calendar and the one reply.
 
 Pure: never touches storage or a clock, never writes the ledger (gateway/emergency/ledger.py does)
 and never holds a ticket (persist does, as decide says). Its only I/O is DKIM's DNS lookup, through
@@ -27,7 +30,7 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
@@ -516,6 +519,178 @@ def _confirmed(
         evidence=evidence,
         authenticated=True,
         authentication=authentication,
+    )
+
+
+# ---- the step decide asks for -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Note:
+    """One reason for decide to record, as (stage, code, text) — decide's `Reason` in words."""
+
+    stage: str
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class EmergencyReply:
+    """The one message an emergency request gets instead of the acknowledgement.
+
+    `to`: None for the sender; `with_action`: decide adds the SLA's action text (known only once
+    the final severity is), as the acknowledgement it replaces would have said it."""
+
+    template: str
+    reason: str
+    to: str | None = None
+    values: tuple[tuple[str, str], ...] = ()
+    with_action: bool = False
+
+
+@dataclass(frozen=True)
+class EmergencyDecision:
+    """Everything emergency support decides about one message, in one value (`emergency_step`).
+
+    decide reads it as it is: `confirmed` releases a held ticket before anything else;
+    `notes` are recorded after the plan's queue-jump right; `top_level` puts the message at the
+    top level with the plan's queue jump; `sla` moves a paid emergency onto the response
+    calendar; `held` makes the outcome a hold with `hold_reason` until `hold_deadline`;
+    `reply` replaces the acknowledgement; `billed` asks persist for an incident."""
+
+    step: EmergencyStep | None
+    notes: tuple[Note, ...] = ()
+    top_level: bool = False
+    held: bool = False
+    hold_reason: str = ""
+    hold_deadline: datetime | None = None
+    reply: EmergencyReply | None = None
+    # Set for an acknowledged emergency: its first response runs on this calendar (issue 17).
+    response_calendar: str = ""
+    response_minutes: int | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        return self.step is not None and self.step.outcome == "confirmed"
+
+    @property
+    def billed(self) -> bool:
+        return self.step is not None and self.step.acknowledged
+
+    def sla(self, sla: Sla) -> Sla:
+        """`sla` as this message runs on it: a paid emergency's on the response calendar."""
+        if not self.response_calendar:
+            return sla
+        return dataclasses.replace(
+            sla, calendar=self.response_calendar, first_response_minutes=self.response_minutes
+        )
+
+
+def emergency_step(
+    message: ParsedMessage,
+    customer: Customer,
+    plan: Plan,
+    entitled: bool,
+    classified: str,
+    thread: Thread,
+    config: EmergencyFile,
+    calendars: Mapping[str, Calendar],
+    levels: tuple[str, ...],
+    now: datetime,
+) -> EmergencyDecision:
+    """What emergency support makes of `message`, for decide, in one call.
+
+    A reply confirming a held request comes first of all (an SMS YES answering our prompt is a
+    confirmation, not Twilio's opt-in keyword START); otherwise the rule (`evaluate`), or, for a
+    message on a held ticket that does not confirm it, that it stays held."""
+    confirm = confirmation(message, thread, config)
+    if confirm is not None and confirm.outcome == "confirmed":
+        return EmergencyDecision(
+            confirm,
+            notes=(Note("emergency", confirm.code, confirm.reason),),
+            top_level=True,
+            reply=EmergencyReply("emergency-accepted", "a confirmed emergency is confirmed once"),
+            response_calendar=config.response_calendar,
+            response_minutes=config.first_response_minutes,
+        )
+    notes = list(_keypress_notes(message, customer, entitled, plan.emergency))
+    step = evaluate(
+        message, customer, plan, entitled, classified, thread, config, calendars, levels
+    )
+    if step is None:
+        step = confirm  # a message on a held ticket that does not confirm it: say so
+    if step is None:
+        return EmergencyDecision(None, tuple(notes))
+    notes.append(Note("emergency", step.code, step.reason))
+    accepted = step.outcome == "accepted"
+    if step.review and accepted:
+        notes.append(Note("emergency", "review", step.review))
+    # An acknowledged emergency, or part of one: the top level, and the queue jump the plan
+    # allows; the queue puts acknowledged emergencies first of all.
+    linked = (
+        step.outcome == "linked"
+        and thread.ticket is not None
+        and thread.ticket.emergency_acknowledged
+    )
+    held = step.outcome == "held"
+    return EmergencyDecision(
+        step,
+        tuple(notes),
+        top_level=accepted or linked,
+        held=held,
+        hold_reason=f"{HOLD_REASON}: {step.reason}" if held else "",
+        hold_deadline=now + timedelta(minutes=config.hold_timeout_minutes) if held else None,
+        reply=_reply(step, customer, config),
+        response_calendar=config.response_calendar if accepted else "",
+        response_minutes=config.first_response_minutes if accepted else None,
+    )
+
+
+def _reply(step: EmergencyStep, customer: Customer, config: EmergencyFile) -> EmergencyReply | None:
+    """The one message an emergency request gets: why not, the charge to confirm, or that it
+    is accepted (persist adds the incident and how it is billed)."""
+    if step.outcome == "unavailable":
+        return EmergencyReply(
+            "emergency-unavailable",
+            "an emergency that cannot be accepted gets one polite reply saying why",
+            values=(("reason", step.reason), ("help", step.help)),
+            with_action=True,
+        )
+    if step.outcome == "held":
+        by_email = step.evidence is not None and step.evidence.channel == "email"
+        return EmergencyReply(
+            "confirm-charge",
+            "a held emergency request gets exactly one confirmation request, to the contact",
+            # To the contact's own mailbox, never to an address the message merely claims.
+            to=customer.contact_email if by_email else None,
+            values=prompt_values(step, config),
+        )
+    if step.outcome == "accepted":
+        return EmergencyReply("emergency-accepted", "an acknowledged emergency is confirmed once")
+    return None
+
+
+def _keypress_notes(
+    message: ParsedMessage, customer: Customer, entitled: bool, plan_emergency: bool
+) -> tuple[Note, ...]:
+    """A caller's choice on a call, recorded with its evidence (what makes it an emergency, or
+    not, is `evaluate`'s rule)."""
+    if message.header("x-twilio-event") != "gather":
+        return ()
+    digit = message.header("x-twilio-digits") or ""
+    call = message.header("x-twilio-callsid") or "?"
+    at = message.received_at.isoformat().replace("+00:00", "Z")
+    evidence = (
+        f"caller {message.sender} pressed {digit or 'nothing'} on call {call} at {at}, after "
+        "hearing that emergency support is billed per incident at the rate in the agreement"
+    )
+    if digit != "1":
+        return (Note("policy", "normal-keypress", evidence + "; normal priority"),)
+    if not (entitled and plan_emergency):
+        return (Note("policy", "emergency-unavailable", evidence + "; the plan has no emergency"),)
+    authorised = "authorised" if customer.emergency_authorised else "NOT authorised"
+    return (
+        Note("policy", "emergency-keypress", f"{evidence}; contact {authorised} for emergencies"),
     )
 
 

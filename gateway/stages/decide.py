@@ -4,32 +4,37 @@ Owns the plug-in interface `decide(message, customer, verdict, thread, automated
 -> Decision`. Outcomes are typed verbs (DESIGN "The one path"): `Accept` (ticket or follow-up),
 `Reject` (reply, no ticket), `Hold` (ticket held for review/acknowledgement), `Discard` (recorded,
 unanswered). `Defer` is not decided here: it is what the worker does when storage is down.
-Pure: never touches storage or the network. In order: machines are discarded; the plan's
-channel entitlement (reject or downgrade); the plan's queue-jump right; routing (queue, tags,
-severity floor capped at the plan's ceiling, notifications); the SLA targets and due times of the
-final severity on the plan; the acknowledgement with the level's action text. Emergency support
-(gateway/emergency/rules.py) is applied between the queue-jump right and routing: a reply
-confirming a
-held request is recognised first of all (so an SMS YES answering our prompt is not START); an
-unavailable request gets one polite reply instead of the acknowledgement; a held one is a `Hold`
-with no SLA clock yet and one "confirm the charge" request; an acknowledged one is an emergency
-at the top level.
+Pure: never touches storage or the network. `decide` reads as its steps: the earlier stages'
+findings; machines are discarded (`_automated`); emergency support is asked once, for the whole
+of its answer (`gateway/emergency/rules.py: emergency_step`) — a reply confirming a held request
+is released first of all (`_released`, so an SMS YES answering our prompt is not START); SMS
+keywords; the plan's channel entitlement, reject (`_unentitled`) or downgrade, and its queue-jump
+right (`_entitlement`); what emergency support said, an acknowledged emergency at the top level
+(`_emergency_level`); routing, its severity floor capped at the plan's ceiling (`_routing`); the
+SLA targets and due times of the final severity, none while held (`_sla`); the acknowledgement
+with the level's action text, or instead emergency support's one message, and the staff
+notifications (`_replies`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from classifiers.types import Verdict
-from gateway.config.schema import AutomatedSection, EmergencyFile, SeverityFile
-from gateway.emergency import rules as emergency_rules
-from gateway.emergency.rules import EmergencyStep
+from gateway.config.schema import AutomatedSection, EmergencyFile, Plan, SeverityFile
+from gateway.emergency.rules import (
+    EmergencyDecision,
+    EmergencyReply,
+    EmergencyStep,
+    emergency_step,
+)
 from gateway.message import Automated, Customer, ParsedMessage, Thread
 from gateway.policy.calendars import Calendar
 from gateway.policy.plans import (
     DueTimes,
+    Entitlement,
     Plans,
     Sla,
     cap_lift,
@@ -141,71 +146,12 @@ def decide(
     now: datetime,
     policy: Policy,
 ) -> Decision:
-    reasons = [
-        Reason("identify", customer.matched_by, _who(customer)),
-        Reason("thread", thread.kind, thread.reason),
-        Reason("classify", verdict.severity, verdict.explain()),
-    ]
-    levels = policy.severity.levels
+    reasons = _identified(customer, thread, verdict)
     if automated.is_automated:
-        reasons.append(Reason("automated", automated.kind, automated.reason))
-        outcome: Outcome
-        if automated.kind == "spam" and policy.automated.spam == "ticket":
-            outcome = Accept("upstream spam verdict, ticketed without acknowledgement by config")
-        else:
-            outcome = Discard(f"automated mail ({automated.kind}): {automated.reason}")
-        return Decision(
-            outcome, verdict.severity, False, policy.default_queue, (), (), (), tuple(reasons)
-        )
-
-    # A reply confirming a held emergency request comes first: an SMS "YES" answering our
-    # prompt is a confirmation, not Twilio's opt-in keyword START.
-    confirm = emergency_rules.confirmation(message, thread, policy.emergency)
-    if confirm is not None and confirm.outcome == "confirmed":
-        return _confirmed(message, customer, verdict, thread, now, policy, reasons, confirm)
-    if message.channel == "twilio-sms":
-        keyword = sms_keyword(message.text)
-        if keyword is not None:
-            return _sms_keyword_decision(keyword, message, verdict, policy, reasons)
+        return _automated(automated, verdict, policy, reasons)
     plan = policy.plans.get(customer.plan)
     entitlement = check_channel_entitlement(customer, message.channel, policy.plans)
-    reasons.append(Reason("entitlement", entitlement.action, entitlement.reason))
-    severity = verdict.severity
-    jump = verdict.jump_queue
-    if not entitlement.entitled and entitlement.action == "reject":
-        reply = Reply(
-            "unentitled",
-            "the plan does not include this channel: one polite reply naming those it does",
-            values=(
-                ("channel", entitlement.channel),
-                ("included", ", ".join(entitlement.included)),
-            ),
-        )
-        return Decision(
-            Reject(entitlement.reason),
-            severity,
-            False,
-            policy.default_queue,
-            (),
-            (),
-            # A caller already heard the plan's channels on the call; a text would repeat it.
-            () if channel_kind(message.channel) == "voice" else (reply,),
-            tuple(reasons),
-        )
-    ceiling = plan.ceiling
-    if not entitlement.entitled:
-        # Downgrade: "a normal ticket with a note" — and no routing floor lifts it again.
-        ceiling = policy.severity.default
-        if _rank(levels, severity) < _rank(levels, ceiling):
-            severity = ceiling
-        jump = False
-    if jump and not plan.jump_queue:
-        jump = False
-        reasons.append(Reason("plan", "no-jump", f"plan {plan.name} does not jump the queue"))
-
-    if message.header("x-twilio-event") == "gather":
-        _keypress(message, customer, entitlement.entitled, plan.emergency, reasons)
-    step = emergency_rules.evaluate(
+    emergency = emergency_step(
         message,
         customer,
         plan,
@@ -214,54 +160,196 @@ def decide(
         thread,
         policy.emergency,
         policy.calendars,
-        levels,
+        policy.severity.levels,
+        now,
     )
-    if step is None:
-        step = confirm  # a message on a held ticket that does not confirm it: say so
-    emergency = False
-    if step is not None:
-        reasons.append(Reason("emergency", step.code, step.reason))
-        linked_to_emergency = (
-            step.outcome == "linked"
-            and thread.ticket is not None
-            and thread.ticket.emergency_acknowledged
-        )
-        if step.outcome == "accepted" or linked_to_emergency:
-            # An acknowledged emergency (or part of one): the top level, and the queue jump the
-            # plan allows; the queue puts acknowledged emergencies first of all.
-            emergency = True
-            severity = levels[0] if levels else severity
-            jump = plan.jump_queue
-        if step.review and step.outcome == "accepted":
-            reasons.append(Reason("emergency", "review", step.review))
-    route = route_message(
-        policy.router, _facts(message, customer, severity, jump, verdict, now, emergency)
+    if emergency.confirmed:
+        return _released(message, customer, verdict, thread, now, policy, reasons, emergency)
+    keyword = sms_keyword(message.text) if message.channel == "twilio-sms" else None
+    if keyword is not None:
+        return _sms_keyword_decision(keyword, message, verdict, policy, reasons)
+    reasons.append(Reason("entitlement", entitlement.action, entitlement.reason))
+    if not entitlement.entitled and entitlement.action == "reject":
+        return _unentitled(message, verdict, entitlement, policy, reasons)
+    level = _entitlement(verdict, plan, entitlement, policy.severity, reasons)
+    level = _emergency_level(level, emergency, plan, policy.severity.levels, reasons)
+    route, level = _routing(message, customer, verdict, now, policy, level, emergency, reasons)
+    sla, due = _sla(customer, policy, level.severity, emergency, now, reasons)
+    return Decision(
+        outcome=Hold(emergency.hold_reason) if emergency.held else Accept(thread.reason),
+        severity=level.severity,
+        jump_queue=level.jump,
+        queue=route.queue,
+        holds=("awaiting-acknowledgement",) if emergency.held else (),
+        billing_intents=("incident",) if emergency.billed else (),
+        replies=_replies(emergency, sla, thread, route),
+        reasons=tuple(reasons),
+        sla=sla,
+        first_response_due=due.first_response,
+        resolution_due=due.resolution,
+        route=route,
+        emergency=emergency.top_level,
+        emergency_step=emergency.step,
+        hold_deadline=emergency.hold_deadline,
     )
+
+
+@dataclass(frozen=True)
+class _Level:
+    """Where a message stands as decide goes: its severity, its queue jump, the plan's cap."""
+
+    severity: str
+    jump: bool
+    ceiling: str
+
+
+def _identified(customer: Customer, thread: Thread, verdict: Verdict) -> list[Reason]:
+    """The earlier stages' findings, recorded first."""
+    return [
+        Reason("identify", customer.matched_by, _who(customer)),
+        Reason("thread", thread.kind, thread.reason),
+        Reason("classify", verdict.severity, verdict.explain()),
+    ]
+
+
+def _automated(
+    automated: Automated, verdict: Verdict, policy: Policy, reasons: list[Reason]
+) -> Decision:
+    """Machines are discarded (or ticketed unanswered, for upstream spam when configured)."""
+    reasons.append(Reason("automated", automated.kind, automated.reason))
+    outcome: Outcome
+    if automated.kind == "spam" and policy.automated.spam == "ticket":
+        outcome = Accept("upstream spam verdict, ticketed without acknowledgement by config")
+    else:
+        outcome = Discard(f"automated mail ({automated.kind}): {automated.reason}")
+    return Decision(
+        outcome, verdict.severity, False, policy.default_queue, (), (), (), tuple(reasons)
+    )
+
+
+def _unentitled(
+    message: ParsedMessage,
+    verdict: Verdict,
+    entitlement: Entitlement,
+    policy: Policy,
+    reasons: list[Reason],
+) -> Decision:
+    """The plan does not include this channel and says reject: one polite reply, no ticket."""
+    reply = Reply(
+        "unentitled",
+        "the plan does not include this channel: one polite reply naming those it does",
+        values=(
+            ("channel", entitlement.channel),
+            ("included", ", ".join(entitlement.included)),
+        ),
+    )
+    return Decision(
+        Reject(entitlement.reason),
+        verdict.severity,
+        False,
+        policy.default_queue,
+        (),
+        (),
+        # A caller already heard the plan's channels on the call; a text would repeat it.
+        () if channel_kind(message.channel) == "voice" else (reply,),
+        tuple(reasons),
+    )
+
+
+def _entitlement(
+    verdict: Verdict,
+    plan: Plan,
+    entitlement: Entitlement,
+    severity_file: SeverityFile,
+    reasons: list[Reason],
+) -> _Level:
+    """The plan's channel entitlement (a downgrade caps the severity) and queue-jump right."""
+    levels = severity_file.levels
+    level = _Level(verdict.severity, verdict.jump_queue, plan.ceiling)
+    if not entitlement.entitled:
+        # Downgrade: "a normal ticket with a note" — and no routing floor lifts it again.
+        ceiling = severity_file.default
+        severity = level.severity
+        if _rank(levels, severity) < _rank(levels, ceiling):
+            severity = ceiling
+        level = _Level(severity, False, ceiling)
+    if level.jump and not plan.jump_queue:
+        reasons.append(Reason("plan", "no-jump", f"plan {plan.name} does not jump the queue"))
+        level = replace(level, jump=False)
+    return level
+
+
+def _emergency_level(
+    level: _Level,
+    emergency: EmergencyDecision,
+    plan: Plan,
+    levels: tuple[str, ...],
+    reasons: list[Reason],
+) -> _Level:
+    """What emergency support said is recorded; an acknowledged emergency (or part of one) goes
+    to the top level with the queue jump the plan allows."""
+    reasons.extend(Reason(n.stage, n.code, n.text) for n in emergency.notes)
+    if not emergency.top_level:
+        return level
+    return replace(level, severity=levels[0] if levels else level.severity, jump=plan.jump_queue)
+
+
+def _routing(
+    message: ParsedMessage,
+    customer: Customer,
+    verdict: Verdict,
+    now: datetime,
+    policy: Policy,
+    level: _Level,
+    emergency: EmergencyDecision,
+    reasons: list[Reason],
+) -> tuple[Route, _Level]:
+    """The routing rule: queue, tags, notifications, and a severity floor capped at the
+    ceiling."""
+    levels = policy.severity.levels
+    severity, ceiling = level.severity, level.ceiling
+    facts = _facts(message, customer, severity, level.jump, verdict, now, emergency.top_level)
+    route = route_message(policy.router, facts)
     reasons.append(Reason("route", route.rule or "default", route.reason))
     lifted = cap_lift(levels, severity, route.severity_floor, ceiling)
     if lifted != severity:
         text = f"severity floor {route.severity_floor} lifts {severity} to {lifted}"
         reasons.append(Reason("route", "floor", f"{text} (ceiling {ceiling or 'none'})"))
-        severity = lifted
-    elif route.severity_floor and _rank(levels, route.severity_floor) < _rank(levels, severity):
+        return route, replace(level, severity=lifted)
+    if route.severity_floor and _rank(levels, route.severity_floor) < _rank(levels, severity):
         text = f"severity floor {route.severity_floor} not applied above the ceiling {ceiling}"
         reasons.append(Reason("route", "ceiling", text))
+    return route, level
 
-    sla = sla_for(policy.severity, policy.plans, severity, customer.plan)
-    if step is not None and step.outcome == "accepted":
-        sla = emergency_rules.response_sla(sla, policy.emergency)
-    due = due_times(sla, policy.calendars, now)
-    held = step is not None and step.outcome == "held"
-    if held:
+
+def _sla(
+    customer: Customer,
+    policy: Policy,
+    severity: str,
+    emergency: EmergencyDecision,
+    now: datetime,
+    reasons: list[Reason],
+) -> tuple[Sla, DueTimes]:
+    """The SLA targets and due times of the final severity on the plan."""
+    sla = emergency.sla(sla_for(policy.severity, policy.plans, severity, customer.plan))
+    if emergency.held:
         # The SLA clock does not run while the customer has not acknowledged the charge: due
         # times are set when the hold is released (confirmation or timeout).
         due = DueTimes(None, None)
         reasons.append(Reason("sla", severity, _sla_text(sla, due) + " until the hold ends"))
-    else:
-        reasons.append(Reason("sla", severity, _sla_text(sla, due)))
+        return sla, due
+    due = due_times(sla, policy.calendars, now)
+    reasons.append(Reason("sla", severity, _sla_text(sla, due)))
+    return sla, due
 
+
+def _replies(
+    emergency: EmergencyDecision, sla: Sla, thread: Thread, route: Route
+) -> tuple[Reply, ...]:
+    """Emergency support's one message, else a new ticket's acknowledgement; staff
+    notifications of the routing rule for a new ticket."""
     replies: list[Reply] = []
-    answer = _emergency_reply(step, customer, sla, policy.emergency)
+    answer = _reply(emergency.reply, sla)
     if answer is not None:
         replies.append(answer)  # instead of the acknowledgement: one message, with the reference
     if thread.kind in ("new", "new-linked"):
@@ -273,69 +361,25 @@ def decide(
                     values=(("action", sla.action),),
                 )
             )
-        for address in route.notify:
-            replies.append(
-                Reply(
-                    "notify",
-                    f"routing rule {route.rule} notifies {address}",
-                    to=address,
-                    internal=True,
-                )
-            )
-    return Decision(
-        outcome=Hold(f"{emergency_rules.HOLD_REASON}: {step.reason}")
-        if held and step is not None
-        else Accept(thread.reason),
-        severity=severity,
-        jump_queue=jump,
-        queue=route.queue,
-        holds=("awaiting-acknowledgement",) if held else (),
-        billing_intents=("incident",) if step is not None and step.acknowledged else (),
-        replies=tuple(replies),
-        reasons=tuple(reasons),
-        sla=sla,
-        first_response_due=due.first_response,
-        resolution_due=due.resolution,
-        route=route,
-        emergency=emergency,
-        emergency_step=step,
-        hold_deadline=now + timedelta(minutes=policy.emergency.hold_timeout_minutes)
-        if held
-        else None,
-    )
+        replies.extend(_notify(route))
+    return tuple(replies)
 
 
-def _emergency_reply(
-    step: EmergencyStep | None, customer: Customer, sla: Sla, config: EmergencyFile
-) -> Reply | None:
-    """The one message an emergency request gets: why not, the charge to confirm, or that it
-    is accepted (persist adds the incident and how it is billed)."""
-    if step is None:
+def _reply(reply: EmergencyReply | None, sla: Sla) -> Reply | None:
+    if reply is None:
         return None
-    if step.outcome == "unavailable":
-        return Reply(
-            "emergency-unavailable",
-            "an emergency that cannot be accepted gets one polite reply saying why",
-            values=(("reason", step.reason), ("help", step.help), ("action", sla.action)),
-        )
-    if step.outcome == "held":
-        return Reply(
-            "confirm-charge",
-            "a held emergency request gets exactly one confirmation request, to the contact",
-            # To the contact's own mailbox, never to an address the message merely claims.
-            to=customer.contact_email if _by_email(step) else None,
-            values=emergency_rules.prompt_values(step, config),
-        )
-    if step.outcome == "accepted":
-        return Reply("emergency-accepted", "an acknowledged emergency is confirmed once")
-    return None
+    action = (("action", sla.action),) if reply.with_action else ()
+    return Reply(reply.template, reply.reason, to=reply.to, values=(*reply.values, *action))
 
 
-def _by_email(step: EmergencyStep) -> bool:
-    return step.evidence is not None and step.evidence.channel == "email"
+def _notify(route: Route) -> list[Reply]:
+    return [
+        Reply("notify", f"routing rule {route.rule} notifies {a}", to=a, internal=True)
+        for a in route.notify
+    ]
 
 
-def _confirmed(
+def _released(
     message: ParsedMessage,
     customer: Customer,
     verdict: Verdict,
@@ -343,28 +387,22 @@ def _confirmed(
     now: datetime,
     policy: Policy,
     reasons: list[Reason],
-    step: EmergencyStep,
+    emergency: EmergencyDecision,
 ) -> Decision:
     """A reply that confirms a held request: the ticket is released as an acknowledged
     emergency at the top level, routed as one, its SLA clock starting now."""
     levels = policy.severity.levels
     severity = levels[0] if levels else verdict.severity
     plan = policy.plans.get(customer.plan)
-    reasons.append(Reason("emergency", step.code, step.reason))
+    reasons.extend(Reason(n.stage, n.code, n.text) for n in emergency.notes)
     route = route_message(
         policy.router, _facts(message, customer, severity, plan.jump_queue, verdict, now, True)
     )
     reasons.append(Reason("route", route.rule or "default", route.reason))
-    sla = emergency_rules.response_sla(
-        sla_for(policy.severity, policy.plans, severity, customer.plan), policy.emergency
-    )
+    sla = emergency.sla(sla_for(policy.severity, policy.plans, severity, customer.plan))
     due = due_times(sla, policy.calendars, now)
     reasons.append(Reason("sla", severity, _sla_text(sla, due) + ", from the release"))
-    replies = [Reply("emergency-accepted", "a confirmed emergency is confirmed once")]
-    replies.extend(
-        Reply("notify", f"routing rule {route.rule} notifies {a}", to=a, internal=True)
-        for a in route.notify
-    )
+    answer = _reply(emergency.reply, sla)
     return Decision(
         outcome=Accept(thread.reason),
         severity=severity,
@@ -372,14 +410,14 @@ def _confirmed(
         queue=route.queue,
         holds=(),
         billing_intents=("incident",),
-        replies=tuple(replies),
+        replies=(*((answer,) if answer else ()), *_notify(route)),
         reasons=tuple(reasons),
         sla=sla,
         first_response_due=due.first_response,
         resolution_due=due.resolution,
         route=route,
         emergency=True,
-        emergency_step=step,
+        emergency_step=emergency.step,
     )
 
 
@@ -429,40 +467,6 @@ def _sms_keyword_decision(
         replies,
         tuple(reasons),
         sms_opt={"STOP": "out", "START": "in"}.get(keyword, ""),
-    )
-
-
-def _keypress(
-    message: ParsedMessage,
-    customer: Customer,
-    entitled: bool,
-    plan_emergency: bool,
-    reasons: list[Reason],
-) -> None:
-    """Record the caller's choice with its evidence (what makes it an emergency, or not, is
-    gateway/emergency/rules.py's rule)."""
-    digit = message.header("x-twilio-digits") or ""
-    call = message.header("x-twilio-callsid") or "?"
-    at = message.received_at.isoformat().replace("+00:00", "Z")
-    evidence = (
-        f"caller {message.sender} pressed {digit or 'nothing'} on call {call} at {at}, after "
-        "hearing that emergency support is billed per incident at the rate in the agreement"
-    )
-    authorised = "authorised" if customer.emergency_authorised else "NOT authorised"
-    if digit != "1":
-        reasons.append(Reason("policy", "normal-keypress", evidence + "; normal priority"))
-        return
-    if not (entitled and plan_emergency):
-        reasons.append(
-            Reason("policy", "emergency-unavailable", evidence + "; the plan has no emergency")
-        )
-        return
-    reasons.append(
-        Reason(
-            "policy",
-            "emergency-keypress",
-            f"{evidence}; contact {authorised} for emergencies",
-        )
     )
 
 
