@@ -189,15 +189,22 @@ def test_a_second_debit_waits_on_the_bundle_row_lock_until_the_first_commits(
         holder = first.execute(text("SELECT pg_backend_pid()")).scalar_one()
         engine = make_engine(pg_url)
         try:
-            with engine.connect() as watch:
-                # The second transaction waits on a row of `bundles` that the first has locked.
-                query = text(
-                    "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-                    "WHERE a.datname = current_database()"
-                    " AND :holder = ANY(pg_blocking_pids(a.pid))"
-                    " AND l.locktype = 'tuple' AND l.relation = 'bundles'::regclass"
-                )
-                wait_for(lambda: watch.execute(query, {"holder": holder}).scalar_one() == 1)
+            # The second transaction waits on a row of `bundles` that the first has locked.
+            query = text(
+                "SELECT count(*) FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                "WHERE a.datname = current_database()"
+                " AND :holder = ANY(pg_blocking_pids(a.pid))"
+                " AND l.locktype = 'tuple' AND l.relation = 'bundles'::regclass"
+            )
+
+            def second_is_waiting() -> bool:
+                # A fresh transaction per look: PostgreSQL snapshots pg_stat_activity once per
+                # transaction, so polling in one transaction never sees a backend that connected
+                # after the first look (a CI run under load timed out that way).
+                with engine.connect() as watch:
+                    return bool(watch.execute(query, {"holder": holder}).scalar_one() == 1)
+
+            wait_for(second_is_waiting)
         finally:
             engine.dispose()
         assert outcome == []  # still waiting while the first holds the unit
