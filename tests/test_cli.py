@@ -384,3 +384,25 @@ def test_evaluate_prints_the_three_honest_evaluations_per_channel(
     lodo = text.split(sections[1], 1)[1].split(sections[2], 1)[0]
     for channel in ("pooled", "email", "sms", "voicemail"):
         assert re.search(rf"^{channel} +n= *\d+ +exact [\d.]+ +urgent recall", lodo, re.M), lodo
+
+
+def test_status_shows_no_accepted_counter_for_the_api_which_spools_nothing(
+    config_with_tickets: Path,
+) -> None:
+    # As a daemon leaves it: the API listener has an address but no intake counters.
+    status_dir = config_with_tickets.parent / "state" / "status"
+    status_dir.mkdir(parents=True, exist_ok=True)
+    (status_dir / "daemon.json").write_text(
+        json.dumps(
+            {
+                "listeners": {"smtp": "127.0.0.1:2525", "api": "127.0.0.1:8081"},
+                "channels": {"smtp": {"accepted": 3, "temp_failures": 0, "last_error": None}},
+            }
+        )
+    )
+    out = gateway_cli(config_with_tickets, "status")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("listener:")}
+    assert "accepted=3" in lines["smtp"]
+    assert lines["api"].split() == ["listener:", "api", "127.0.0.1:8081"]

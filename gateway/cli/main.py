@@ -198,7 +198,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"running:      {'yes' if out['running'] else 'no'}")
     d = out.get("daemon", {})
     for name, addr in d.get("listeners", {}).items():
-        ch = d.get("channels", {}).get(name, {})
+        ch = d.get("channels", {}).get(name)
+        if ch is None:
+            # A listener with no intake counters (the API: it spools no messages) shows its
+            # address only; "accepted=0" read as "the API served nothing" (issue 17 item 11).
+            print(f"listener:     {name} {addr}")
+            continue
         print(
             f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
             f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}"
