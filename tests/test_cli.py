@@ -384,3 +384,77 @@ def test_evaluate_prints_the_three_honest_evaluations_per_channel(
     lodo = text.split(sections[1], 1)[1].split(sections[2], 1)[0]
     for channel in ("pooled", "email", "sms", "voicemail"):
         assert re.search(rf"^{channel} +n= *\d+ +exact [\d.]+ +urgent recall", lodo, re.M), lodo
+
+
+def test_status_shows_no_accepted_counter_for_the_api_which_spools_nothing(
+    config_with_tickets: Path,
+) -> None:
+    # As a daemon leaves it: the API listener has an address but no intake counters.
+    status_dir = config_with_tickets.parent / "state" / "status"
+    status_dir.mkdir(parents=True, exist_ok=True)
+    (status_dir / "daemon.json").write_text(
+        json.dumps(
+            {
+                "listeners": {"smtp": "127.0.0.1:2525", "api": "127.0.0.1:8081"},
+                "channels": {"smtp": {"accepted": 3, "temp_failures": 0, "last_error": None}},
+            }
+        )
+    )
+    out = gateway_cli(config_with_tickets, "status")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode()
+    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("listener:")}
+    assert "accepted=3" in lines["smtp"]
+    assert lines["api"].split() == ["listener:", "api", "127.0.0.1:8081"]
+
+
+def test_check_config_warns_but_passes_when_a_plan_sells_sms_and_outbound_sms_is_unset(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()  # the sample: growth sells SMS, [webhooks] account_sid = ""
+    out = gateway_cli(config, "check-config", env={"GATEWAY_TWILIO_AUTH_TOKEN": ""})
+    assert out.returncode == 0, out.stderr
+    err = out.stderr.decode()
+    assert "warning:" in err and "sell SMS but outbound SMS is not configured" in err
+    assert "account_sid" in err and b"config OK" in out.stdout
+
+
+def test_status_shows_the_outbox_depth_per_channel_and_why_the_oldest_sms_waits(
+    make_config: Callable[..., Path], pin_clock: Callable[[str], Any]
+) -> None:
+    from datetime import timedelta
+
+    from gateway.outbound.twilio_sender import send_due_sms
+    from gateway.storage.models import OutboxRow
+    from tests.helpers import BUSINESS_HOURS
+
+    now = pin_clock(BUSINESS_HOURS)
+    config = make_config()
+    gw = Gateway(config)
+    with gw.session() as s, s.begin():
+        for i, (channel, minutes) in enumerate([("sms", 90), ("sms", 5), ("email", 1)]):
+            s.add(
+                OutboxRow(
+                    header_message_id=f"r{i}@x",
+                    kind="ack",
+                    channel=channel,
+                    recipient="+15550100" if channel == "sms" else "a@example.net",
+                    subject="",
+                    body="we got it",
+                    status="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now - timedelta(minutes=minutes),
+                )
+            )
+    assert send_due_sms(gw.worker.sessions, gw.settings) == 0  # no account_sid: rows wait
+    gw.close()
+    out = gateway_cli(config, "status", "--json")
+    assert out.returncode == 0, out.stderr
+    outbox = json.loads(out.stdout)["outbox"]
+    assert outbox["email"]["depth"] == 1 and outbox["sms"]["depth"] == 2
+    oldest = outbox["sms"]["oldest"]
+    assert oldest["attempts"] == 0 and oldest["age_seconds"] >= 90 * 60
+    assert "outbound SMS is not configured" in oldest["reason"]
+    text = gateway_cli(config, "status").stdout.decode()
+    assert re.search(r"outbox sms: +2 waiting, oldest 9\dm .*not configured", text), text

@@ -21,6 +21,8 @@ from gateway.cli.classifier import cmd_classify, cmd_evaluate, cmd_explain, cmd_
 from gateway.cli.common import (
     STATUSES,
     load_settings,
+    missing_database,
+    open_db_session,
     open_spool,
     print_config_error,
 )
@@ -33,7 +35,7 @@ from gateway.cli.tickets import (
     cmd_tickets,
 )
 from gateway.config.errors import ConfigError
-from gateway.config.loader import Settings, default_config_dir
+from gateway.config.loader import Settings, config_warnings, default_config_dir
 
 
 class JsonFormatter(logging.Formatter):
@@ -70,10 +72,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from gateway.service.runtime import load_runtime
 
     try:
-        load_runtime(Path(args.config))
+        runtime = load_runtime(Path(args.config))
     except ConfigError as exc:
         print_config_error(exc)
         return 1
+    for warning in config_warnings(runtime.settings):  # worth a look, never a failure
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"config OK: {Path(args.config).absolute()}")
     return 0
 
@@ -90,6 +94,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print_config_error(exc)
         return 1
     settings = runtime.settings
+    for warning in config_warnings(settings):
+        logging.getLogger("gateway").warning("config: %s", warning)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     if is_sqlite(settings.database_url):
         upgrade(settings.database_url)  # the embedded default upgrades itself
@@ -192,19 +198,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         with open_spool(settings) as spool:
             out["spool_depth"] = spool.depth()
             out["quarantine"] = spool.quarantine_count()
+    out["outbox"] = _outbox_backlog(settings)
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(f"running:      {'yes' if out['running'] else 'no'}")
     d = out.get("daemon", {})
     for name, addr in d.get("listeners", {}).items():
-        ch = d.get("channels", {}).get(name, {})
+        ch = d.get("channels", {}).get(name)
+        if ch is None:
+            # A listener with no intake counters (the API: it spools no messages) shows its
+            # address only; "accepted=0" read as "the API served nothing" (issue 17 item 11).
+            print(f"listener:     {name} {addr}")
+            continue
         print(
             f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
             f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}"
         )
     print(f"spool depth:  {out['spool_depth']}")
     print(f"quarantine:   {out['quarantine']}")
+    for channel, backlog in (out["outbox"] or {}).items():
+        line = f"outbox {channel}:{' ' * max(1, 6 - len(channel))}{backlog['depth']} waiting"
+        oldest = backlog["oldest"]
+        if oldest is not None:
+            line += (
+                f", oldest {_age(oldest['age_seconds'])} ({oldest['attempts']} attempt(s)): "
+                f"{oldest['reason']}"
+            )
+        print(line)
     for w in out["workers"]:
         print(
             f"worker {w['index']}:     processed={w['processed']} lag={w['lag_seconds']}s "
@@ -213,6 +234,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     if d.get("config_error"):
         print(f"config error: {d['config_error']}")
     return 0
+
+
+def _outbox_backlog(settings: Settings) -> dict[str, Any] | None:
+    """Outbox depth per channel and the oldest waiting row's reason and age; None without a
+    database (a read-only command never creates one)."""
+    from gateway import clock
+    from gateway.storage.queries import outbox_backlog
+
+    if missing_database(settings) is not None:
+        return None
+    with open_db_session(settings) as session:
+        backlog: dict[str, Any] = outbox_backlog(session, clock.now())
+        return backlog
+
+
+def _age(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 2 * 3600:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

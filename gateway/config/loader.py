@@ -116,6 +116,39 @@ def secret(credential: str, env: str) -> str | None:
     return None
 
 
+def sms_outbound_missing(gateway: GatewayConfig) -> list[str]:
+    """What outbound SMS still lacks: [webhooks] account_sid, from_number, the auth token.
+    Empty when Twilio can send; SMS outbox rows wait while anything is listed."""
+    hooks = gateway.webhooks
+    missing = [f"[webhooks] {k}" for k in ("account_sid", "from_number") if not getattr(hooks, k)]
+    if not secret("twilio-auth-token", "GATEWAY_TWILIO_AUTH_TOKEN"):
+        missing.append(
+            "the Twilio auth token ($GATEWAY_TWILIO_AUTH_TOKEN or credential twilio-auth-token)"
+        )
+    return missing
+
+
+def config_warnings(settings: Settings) -> list[ConfigProblem]:
+    """Valid but probably not meant: printed by `check-config` and logged by `run`, never
+    fatal. A plan that sells SMS with outbound SMS unconfigured: replies by SMS (the
+    acknowledgement, agents' replies) wait in the outbox and never leave (issue 17 item 9)."""
+    warnings: list[ConfigProblem] = []
+    selling = [p.name for p in settings.plans.plan if "sms" in p.channels]
+    missing = sms_outbound_missing(settings.gateway)
+    if selling and missing:
+        path = settings.directory / "gateway.toml"
+        warnings.append(
+            ConfigProblem(
+                "gateway.toml",
+                "webhooks",
+                f"plan(s) {', '.join(selling)} sell SMS but outbound SMS is not configured "
+                f"(missing {', '.join(missing)}): SMS replies wait in the outbox unsent",
+                find_line(path, "webhooks.account_sid"),
+            )
+        )
+    return warnings
+
+
 def default_config_dir() -> Path:
     return Path(os.environ.get("GATEWAY_CONFIG", "config"))
 

@@ -14,7 +14,7 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
@@ -22,7 +22,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from gateway import clock as business_clock
-from gateway.config.loader import Settings, secret
+from gateway.config.loader import Settings, secret, sms_outbound_missing
 from gateway.message import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
 from gateway.outbound.mail_sender import _finish, _reschedule, claim
 from gateway.storage.models import Message, OutboxRow, TicketEvent
@@ -68,7 +68,8 @@ def send_due_sms(sessions: sessionmaker[Session], settings: Settings) -> int:
     hooks = settings.gateway.webhooks
     token = auth_token()
     if not (hooks.account_sid and hooks.from_number and token):
-        return 0  # not configured: rows wait in the outbox (gateway show lists them)
+        _mark_waiting(sessions, settings)  # rows wait in the outbox, saying why
+        return 0
     instance = settings.gateway.gateway.instance
     outbound = settings.gateway.outbound
     ids = claim(sessions, instance, business_clock.now(), channel="sms")
@@ -100,6 +101,27 @@ def send_due_sms(sessions: sessionmaker[Session], settings: Settings) -> int:
         _finish(sessions, row.id, "sent", "")
         sent += 1
     return sent
+
+
+def _mark_waiting(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Outbound SMS is not configured: give the waiting rows that reason (`gateway status` and
+    `show` print it) and log it once per row, so nothing waits silently (issue 17 item 9)."""
+    reason = "outbound SMS is not configured: missing " + ", ".join(
+        sms_outbound_missing(settings.gateway)
+    )
+    with sessions.begin() as session:
+        result = session.execute(
+            update(OutboxRow)
+            .where(
+                OutboxRow.channel == "sms",
+                OutboxRow.status == "pending",
+                OutboxRow.status_reason != reason,
+            )
+            .values(status_reason=reason)
+        )
+        marked = int(getattr(result, "rowcount", 0) or 0)
+    if marked:
+        log.warning("%d SMS reply(ies) waiting in the outbox: %s", marked, reason)
 
 
 def expire_transcriptions(sessions: sessionmaker[Session], settings: Settings) -> int:

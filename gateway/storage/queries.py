@@ -206,3 +206,35 @@ def opted_out(session: Session, phone: str) -> bool:
 def intake_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Intake.outcome, func.count()).group_by(Intake.outcome)).all()
     return {outcome: int(n) for outcome, n in rows}
+
+
+def outbox_backlog(session: Session, now: datetime) -> dict[str, dict[str, Any]]:
+    """Per channel (email, sms, ...): rows not yet delivered (pending or being sent), and the
+    oldest pending row's reason, attempts and age in seconds (`gateway status`)."""
+    waiting = ("pending", "sending")
+    out: dict[str, dict[str, Any]] = {
+        channel: {"depth": 0, "oldest": None} for channel in ("email", "sms")
+    }
+    counts = session.execute(
+        select(OutboxRow.channel, func.count())
+        .where(OutboxRow.status.in_(waiting))
+        .group_by(OutboxRow.channel)
+    )
+    for channel, depth in counts:
+        out.setdefault(channel, {"depth": 0, "oldest": None})["depth"] = depth
+    for channel, entry in out.items():
+        if not entry["depth"]:
+            continue
+        row = session.execute(
+            select(OutboxRow)
+            .where(OutboxRow.channel == channel, OutboxRow.status.in_(waiting))
+            .order_by(OutboxRow.created_at, OutboxRow.id)
+            .limit(1)
+        ).scalar_one()
+        created = as_utc(row.created_at) or now
+        entry["oldest"] = {
+            "reason": row.status_reason or "not yet attempted",
+            "attempts": row.attempts,
+            "age_seconds": max(0, int((now - created).total_seconds())),
+        }
+    return out
