@@ -539,9 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.cli import billing as cli_billing
     from gateway.cli import privacy as cli_retention
+    from gateway.cli import simulate as cli_simulate
     from gateway.cli import tokens as cli_api
 
-    for module in (cli_billing, cli_retention, cli_api):
+    for module in (cli_billing, cli_retention, cli_api, cli_simulate):
         module.register(sub)
     return p
 

@@ -86,11 +86,11 @@ class FakeTwilioApi:
 class AppServer:
     """channels/twilio.py's app under uvicorn in a thread, spooling into `config`'s spool."""
 
-    def __init__(self, config: Path, token: str | None = TOKEN) -> None:
+    def __init__(self, config: Path, token: str | None = TOKEN, port: int = 0) -> None:
         runtime = load_runtime(config)
         self.spool = Spool(runtime.settings.spool_dir, fsync=False)
         self.channel = TwilioChannel(self.spool, lambda: runtime, token)
-        self.port = 0
+        self.port = port
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,7 +99,7 @@ class AppServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = await start_webhooks(build_app(self.channel), "127.0.0.1", 0)
+        server = await start_webhooks(build_app(self.channel), "127.0.0.1", self.port)
         self.port = server.port
         self._ready.set()
         await self._stop.wait()
