@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -234,6 +237,23 @@ def test_a_missing_config_directory_is_reported_without_a_traceback(
     out = gateway_cli(tmp_path / "no-such-config", *command)
     assert out.returncode == 1
     assert b"config directory does not exist" in out.stderr
+    assert b"Traceback" not in out.stderr
+
+
+def test_the_default_config_directory_is_named_in_full_when_missing(tmp_path: Path) -> None:
+    """`gateway tickets` run outside the repository looks for ./config: the answer says which
+    directory that was, and how to point at the real one."""
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_CONFIG"}
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "tickets"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert out.returncode == 1
+    assert f"{tmp_path / 'config'}: config directory does not exist".encode() in out.stderr
+    assert b"--config DIR" in out.stderr
     assert b"Traceback" not in out.stderr
 
 

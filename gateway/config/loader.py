@@ -577,7 +577,16 @@ def load(directory: Path) -> Settings:
     """Load and validate the whole directory; raise ConfigError listing every problem."""
     problems: list[ConfigProblem] = []
     if not directory.is_dir():
-        raise ConfigError([ConfigProblem(str(directory), None, "config directory does not exist")])
+        # The absolute path: a relative default ("./config") says nothing about where it looked.
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    str(directory.absolute()),
+                    None,
+                    "config directory does not exist (give --config DIR or $GATEWAY_CONFIG)",
+                )
+            ]
+        )
     gateway, _ = _load_partial(directory, "gateway.toml", GatewayConfig, problems)
     customers, _ = _load_partial(directory, "customers.toml", CustomersFile, problems)
     plans, _ = _load_partial(directory, "plans.toml", PlansFile, problems)
