@@ -77,11 +77,20 @@ def transfer_decode(payload: bytes, cte: str, where: str) -> tuple[bytes, list[P
 
 
 def _base64(payload: bytes, where: str) -> tuple[bytes, list[ParseDefect]]:
-    # '=' ends the data: anything after the padding (a signature, a boundary typo) is not base64.
-    head, _, tail = payload.partition(b"=")
-    body = re.sub(rb"[ \t\r\n]", b"", head)
+    # The data ends at its padding, at a blank line after it, or at a line starting "--" (a
+    # signature or a boundary: '-' is not in the alphabet); what follows is not base64.
+    lines: list[bytes] = []
+    rest = payload.splitlines()
+    while rest:
+        line = rest.pop(0).strip()
+        if (not line and lines) or line.startswith(b"--"):
+            rest.insert(0, line)
+            break
+        lines.append(line)
+    head, _, tail = b"".join(lines).partition(b"=")
+    body = re.sub(rb"[ \t]", b"", head)
     clean = _B64_ALPHABET.sub(b"", body)
-    stray = len(clean) != len(body) or bool(tail.strip(b"= \t\r\n"))
+    stray = len(clean) != len(body) or bool(tail.strip(b"= \t")) or any(r.strip() for r in rest)
     if len(clean) % 4 == 1:  # one leftover character carries no whole byte: drop it
         clean, stray = clean[:-1], True
     decoded = base64.b64decode(clean + b"=" * (-len(clean) % 4))

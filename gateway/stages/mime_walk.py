@@ -126,6 +126,9 @@ def _content_type(part: Message, params: Message, filename: str) -> tuple[str, P
     token = declared.split(";", 1)[0].strip().lower()
     if _CTYPE.match(token):
         return token, None
+    first = token.split(None, 1)[0].strip("\"'") if token.split() else ""
+    if _CTYPE.match(first):  # `image/png name=shot.png`: a missing ';' or stray quotes
+        return first, ParseDefect("content-type-invalid", declared[:80])
     # Junk (issue 19 item 7): text-like junk is read as text (RFC 2045 5.2), anything else is
     # typed by its name or as octets, and the original value is on the defect.
     if token.startswith("text") and not filename:
@@ -309,7 +312,8 @@ def _strip_boundaries(data: bytes, boundaries: tuple[bytes, ...], state: _Walk) 
     if not boundaries or b"--" not in data:
         return data
     pattern = re.compile(
-        rb"^--(?:" + b"|".join(re.escape(b) for b in boundaries) + rb")(?:--)?[ \t]*\r?\n?", re.M
+        rb"^--(?:" + b"|".join(re.escape(b) for b in boundaries) + rb")-{0,2}[ \t]*\r?$\n?",
+        re.M,
     )
     stripped, n = pattern.subn(b"", data)
     if n:
