@@ -72,7 +72,8 @@ def test_raw_8bit_attachment_names_keep_every_attachment_with_its_decoded_name()
         b'Content-Type: application/pdf; name="Rechnung M\xc3\xa4rz.pdf"\n'
         b'Content-Disposition: attachment; filename="Rechnung M\xc3\xa4rz.pdf"\n'
         b"Content-Transfer-Encoding: base64\n\n" + PDF_B64,
-        b'Content-Type: application/pdf\nContent-Disposition: attachment; filename="Geb\xfchr.pdf"\n'
+        b"Content-Type: application/pdf\n"
+        b'Content-Disposition: attachment; filename="Geb\xfchr.pdf"\n'
         b"Content-Transfer-Encoding: base64\n\n" + PDF_B64,
     )
     message = parsed(raw)
@@ -162,7 +163,8 @@ def test_text_in_another_charset_than_declared_is_detected_not_replaced() -> Non
 def test_utf16_text_labelled_ascii_is_read_as_utf16() -> None:
     text = "The scanner in room 4 prints blank pages since the update."
     raw = (
-        HEAD + b"Subject: scanner\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n"
+        HEAD
+        + b"Subject: scanner\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n"
         + text.encode("utf-16")
     )
     message = parsed(raw)
@@ -236,7 +238,8 @@ def test_messages_in_a_digest_are_eml_attachments_never_0_byte_multipart_files()
 
 
 def test_a_mistyped_boundary_is_recovered_and_no_0_byte_multipart_attachment_appears() -> None:
-    raw = mixed(b"Logs", PLAIN, b"Content-Type: text/csv; name=log.csv\n\na,b\n1,2", boundary=b"real")
+    csv = b"Content-Type: text/csv; name=log.csv\n\na,b\n1,2"
+    raw = mixed(b"Logs", PLAIN, csv, boundary=b"real")
     raw = raw.replace(b'boundary="real"', b'boundary="declared-but-never-used"')
     message = parsed(raw)
     assert message.text.strip() == "The invoices are attached."
