@@ -41,6 +41,26 @@ _CP1252_LABELS = frozenset(
     }
 )
 DETECT_MIN_BYTES = 200
+# Labels whose text is routinely written in a superset (the WHATWG Encoding standard decodes
+# them so): gb2312 mail holds GBK characters, ks_c_5601 mail cp949, shift_jis mail cp932.
+_SUPERSETS = {
+    "gb2312": "gb18030",
+    "gbk": "gb18030",
+    "x-gbk": "gb18030",
+    "cp936": "gb18030",
+    "euc-cn": "gb18030",
+    "ks_c_5601-1987": "cp949",
+    "euc-kr": "cp949",
+    "shift_jis": "cp932",
+    "shift-jis": "cp932",
+    "sjis": "cp932",
+    "x-sjis": "cp932",
+    "big5": "big5hkscs",
+    "iso-8859-8-i": "iso8859-8",
+    "tis-620": "cp874",
+    "iso-8859-11": "cp874",
+    "iso-8859-9": "cp1254",
+}
 _BOMS = (
     (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF32_LE, "utf-32-le"),
@@ -49,6 +69,7 @@ _BOMS = (
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
 _B64_ALPHABET = re.compile(rb"[^A-Za-z0-9+/]")
+_B64_CLEAN = re.compile(rb"[A-Za-z0-9+/\s]*={0,2}\s*")
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"^[ \t\r\n]*$")
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -77,20 +98,26 @@ def transfer_decode(payload: bytes, cte: str, where: str) -> tuple[bytes, list[P
 
 
 def _base64(payload: bytes, where: str) -> tuple[bytes, list[ParseDefect]]:
+    if _B64_CLEAN.fullmatch(payload):  # the common case, at C speed (25 MiB attachments)
+        try:
+            return binascii.a2b_base64(payload), []
+        except binascii.Error:
+            pass  # bad padding: the careful path below
     # The data ends at its padding, at a blank line after it, or at a line starting "--" (a
     # signature or a boundary: '-' is not in the alphabet); what follows is not base64.
-    lines: list[bytes] = []
-    rest = payload.splitlines()
-    while rest:
-        line = rest.pop(0).strip()
-        if (not line and lines) or line.startswith(b"--"):
-            rest.insert(0, line)
+    lines = payload.splitlines()
+    end, seen = len(lines), False
+    for i, line in enumerate(lines):
+        line = line.strip()
+        if (not line and seen) or line.startswith(b"--"):
+            end = i
             break
-        lines.append(line)
-    head, _, tail = b"".join(lines).partition(b"=")
+        seen = seen or bool(line)
+    head, _, tail = b"".join(lines[:end]).partition(b"=")
     body = re.sub(rb"[ \t]", b"", head)
     clean = _B64_ALPHABET.sub(b"", body)
-    stray = len(clean) != len(body) or bool(tail.strip(b"= \t")) or any(r.strip() for r in rest)
+    rest = any(r.strip() for r in lines[end:])
+    stray = len(clean) != len(body) or bool(tail.strip(b"= \t")) or rest
     if len(clean) % 4 == 1:  # one leftover character carries no whole byte: drop it
         clean, stray = clean[:-1], True
     decoded = base64.b64decode(clean + b"=" * (-len(clean) % 4))
@@ -99,19 +126,25 @@ def _base64(payload: bytes, where: str) -> tuple[bytes, list[ParseDefect]]:
 
 def _uudecode(payload: bytes, where: str) -> tuple[bytes, list[ParseDefect]]:
     out = bytearray()
-    lines = payload.splitlines()
     started = False
-    try:
-        for line in lines:
-            if not started:
-                started = line.startswith(b"begin ")
-                continue
-            if line.strip() in (b"end", b"`"):
+    for line in payload.splitlines():
+        if not started:
+            started = line.startswith(b"begin ")
+            continue
+        if line.strip() in (b"end", b"`", b""):
+            if line.strip() == b"end":
                 break
-            if line.strip():
-                out += binascii.a2b_uu(line)
-    except binascii.Error:
-        return payload, [ParseDefect("part-undecodable", f"{where}: uuencode")]
+            continue
+        try:
+            out += binascii.a2b_uu(line)
+        except binascii.Error:
+            # Padding a mailer trimmed or added: decode the length the line's first byte
+            # announces (the stdlib's own workaround, email.message._decode_uu).
+            nbytes = (((line[0] - 32) & 63) * 4 + 5) // 3
+            try:
+                out += binascii.a2b_uu(line[:nbytes])
+            except binascii.Error:
+                return payload, [ParseDefect("part-undecodable", f"{where}: uuencode")]
     if not started:
         return payload, [ParseDefect("part-undecodable", f"{where}: uuencode")]
     return bytes(out), []
@@ -121,6 +154,8 @@ def _codec(label: str) -> str | None:
     label = label.strip().strip("\"'").lower()
     if label in _CP1252_LABELS:
         return "cp1252"
+    if label in _SUPERSETS:
+        return _SUPERSETS[label]
     try:
         return codecs.lookup(label).name
     except (LookupError, ValueError):
@@ -188,6 +223,17 @@ def decode_text(data: bytes, declared: str | None, where: str) -> tuple[str, lis
         if declared and codec != "utf-8":
             return utf8, [ParseDefect("charset-detected", f"{where}: {declared} -> utf-8")]
         return utf8, []
+    stray = len(_SURROGATE.findall(data.decode("utf-8", errors="surrogateescape")))
+    if not wide and stray * 100 <= len(data):
+        # UTF-8 but for a stray byte or two (a cut multi-byte character): detection would read
+        # the whole text in another charset (it made Russian UTF-8 Chinese), so only the stray
+        # bytes are guessed.
+        return utf8_or_cp1252(data), [
+            ParseDefect(
+                "charset-detected",
+                f"{where}: {declared or 'none'} -> utf-8, {stray} stray byte(s) as cp1252",
+            )
+        ]
     if len(data) < DETECT_MIN_BYTES and not wide:
         # Too short for detection to beat a coin toss (it read "h\xe9llo" as Urdu): UTF-8
         # where valid, windows-1252 for the rest.

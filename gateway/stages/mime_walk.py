@@ -35,6 +35,7 @@ MAX_DEPTH = 30  # nested attached messages / repaired structures
 _CTYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 _BOUNDARY_LINE = re.compile(rb"^--([!-~]{1,200}?)[ \t]*\r?$", re.M)
 _HEADER_LINE = re.compile(rb"^[!-9;-~]+:")
+_ATTACHED_MESSAGE = frozenset({"message/rfc822", "message/global", "message/news"})
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class _Found:
     plain: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
     attached_texts: list[str] = field(default_factory=list)
+    # Inline text parts that carry a file name: attachments, and the body when nothing else is.
+    named_inline: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +108,8 @@ def _message_text(msg: Message, state: _Walk, depth: int) -> str:
     plain = "\n".join(found.plain)
     # An empty text/plain beside the real text in HTML must not win (issue 19 item 2).
     text = plain if plain.strip() else html_to_text("\n".join(found.html))
+    if not text.strip():  # `Content-Disposition: inline; filename=msg.txt` is all the text
+        text = "\n".join(found.named_inline)
     return "\n\n".join(t for t in (text, *found.attached_texts) if t.strip())
 
 
@@ -178,8 +183,14 @@ def _part(
         state.defects.append(bad_type)
     if part.is_multipart():
         children = [c for c in part.get_payload() if isinstance(c, Message)]
-        if ctype.startswith("message/") and children:
+        if ctype in _ATTACHED_MESSAGE and children:
             _attached_message(children[0], filename, _eml(children[0]), found, state, depth)
+            return
+        if ctype.startswith("message/"):
+            # delivery-status, disposition-notification, external-body: header blocks the
+            # stdlib reads as parts. Kept as one attachment of their own type: the part as sent,
+            # its own headers included (an external-body's access type is in them).
+            _attach(_eml(part), filename or ctype.split("/", 1)[1], ctype, state)
             return
         boundary = params.get_param("boundary")
         if isinstance(boundary, tuple):
@@ -196,7 +207,7 @@ def _part(
     if ctype.startswith("multipart/"):
         _broken_multipart(data, part, found, state, depth, boundaries)
         return
-    if ctype == "message/rfc822" and depth < MAX_DEPTH and data.strip():
+    if ctype in _ATTACHED_MESSAGE and depth < MAX_DEPTH and data.strip():
         inner_msg = email.message_from_bytes(data, policy=email.policy.compat32)
         _attached_message(inner_msg, filename, data, found, state, depth)
         return
@@ -210,6 +221,10 @@ def _part(
         return
     if not data and not filename:
         return  # nothing in it and no name: a gap in the structure, not an attachment
+    if ctype in ("text/plain", "text/html") and disposition != "attachment":
+        text, text_defects = decode_text(data, _charset(params), where)
+        state.defects.extend(text_defects)
+        found.named_inline.append(text if ctype == "text/plain" else html_to_text(text))
     _attach(data, filename or "attachment", ctype, state)
 
 

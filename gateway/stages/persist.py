@@ -157,9 +157,7 @@ def record(
         raw_sha256=message.raw_sha256,
         raw_size=message.raw_size,
         # What the parse lost or altered first, so the cap never cuts those off.
-        defects=",".join(
-            (*(d.encoded() for d in message.parse_defects), *message.defects)
-        )[:2000],
+        defects=",".join((*(d.encoded() for d in message.parse_defects), *message.defects))[:2000],
         automated=automated.kind,
         verdict=verdict.to_json(),
     )
@@ -422,6 +420,7 @@ def _queue_reply(
 
 
 # -- Twilio SMS and voicemail helpers (channels/twilio.py, gateway/stages/parse_twilio.py) -----
+
 
 def _record_opt(session: Session, phone: str, opt: str, now: datetime) -> None:
     row = session.execute(select(SmsOptOut).where(SmsOptOut.phone == phone)).scalar_one_or_none()
