@@ -324,7 +324,8 @@ def _broken_multipart(
 def _strip_boundaries(data: bytes, boundaries: tuple[bytes, ...], state: _Walk) -> bytes:
     """A text part without the boundary lines of the multiparts around it (a mistyped close
     delimiter leaks them into the text: issue 19 item 7)."""
-    if not boundaries or b"--" not in data:
+    boundaries = tuple(b for b in boundaries if b"--" + b in data)
+    if not boundaries:  # the common case: no regex to build
         return data
     pattern = re.compile(
         rb"^--(?:" + b"|".join(re.escape(b) for b in boundaries) + rb")-{0,2}[ \t]*\r?$\n?",
