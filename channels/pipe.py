@@ -6,6 +6,10 @@ Owns the exit-code contract of `gateway ingest` (sysexits.h, which MTAs understa
       failure the MTA bounces
   75  EX_TEMPFAIL: we could not make it durable (spool full or unwritable, config unreadable) —
       the MTA keeps the message and retries
+Several files in one call (an admin importing saved mail, not an MTA) answer per file, one line
+each, and exit 0 when every file was either spooled or refused with its reason printed: one
+refused file of many is reported, not a failure of the batch (issue 19 item 10). 75 still wins:
+a file we could not make durable must be retried.
 Never parses beyond the "is this a message" check, never touches the database.
 """
 
@@ -26,6 +30,14 @@ EX_TEMPFAIL = 75
 class IngestResult:
     code: int
     detail: str
+
+
+def batch_exit_code(results: list[IngestResult]) -> int:
+    """The exit code of one `ingest` call: a single message's own code (the MTA acts on it);
+    for several files, 75 if any must be retried, else 0 (each refusal is printed)."""
+    if len(results) == 1:
+        return results[0].code
+    return EX_TEMPFAIL if any(r.code == EX_TEMPFAIL for r in results) else EX_OK
 
 
 def ingest(

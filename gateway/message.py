@@ -6,6 +6,7 @@ Everything is a frozen dataclass so a stage cannot change what an earlier stage 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final, Literal
@@ -27,6 +28,63 @@ class Attachment:
     sha256: str
     # None when the part is over the per-attachment cap: recorded, content not kept.
     content: bytes | None = field(repr=False, default=None)
+
+
+# Every kind of parse defect that loses or alters content (issue 19), with what it means for the
+# agent reading the ticket. The one list: the parse stage emits only these kinds, the ticket JSON
+# and `gateway show` list them, the queue page marks the ticket, and /metrics counts them as
+# gateway_parse_defects_total{kind}. The raw message is always kept whole beside them.
+PARSE_DEFECT_KINDS: Final[dict[str, str]] = {
+    "charset-detected": "the declared charset did not fit the text; decoded as a detected one",
+    "text-undecodable": "bytes no charset could decode are shown as U+FFFD",
+    "header-charset-guessed": "a header's bytes did not fit their charset; read as UTF-8 or "
+    "windows-1252",
+    "headers-repaired": "a damaged first header line was dropped or unfolded",
+    "base64-repaired": "base64 with stray characters or bad padding was decoded leniently",
+    "transfer-encoding-unknown": "an unknown Content-Transfer-Encoding: the part is kept as sent",
+    "part-undecodable": "a part could not be decoded and is kept as its raw bytes",
+    "structure-repaired": "broken MIME boundaries: the parts were recovered by guessing",
+    "boundary-in-text": "MIME boundary lines found inside a text part were removed",
+    "content-type-invalid": "a junk Content-Type was replaced by application/octet-stream",
+    "attachment-not-kept": "an attachment over the size cap is listed but its content not kept",
+    "text-truncated": "the text is longer than the gateway keeps; the rest is in the raw message",
+    "too-many-parts": "more MIME parts than the gateway walks; the rest is in the raw message",
+    "walk-failed": "the MIME structure could not be walked; text recovered by mail-parser only",
+}
+# How a ticket with such a defect is tagged, so the queue page can mark it without a join.
+PARSE_DEFECT_TAG: Final = "parse-defects"
+
+
+@dataclass(frozen=True)
+class ParseDefect:
+    """One place where the parse lost or altered content, and where (an attachment's name, the
+    charsets involved). `kind` is one of PARSE_DEFECT_KINDS."""
+
+    kind: str
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARSE_DEFECT_KINDS:
+            raise ValueError(f"unknown parse defect kind {self.kind!r}")
+
+    def encoded(self) -> str:
+        """`kind` or `kind(detail)`, as the messages.defects column stores it (comma-joined)."""
+        detail = re.sub(r"[,()\s]+", " ", self.detail).strip()[:120]
+        return f"{self.kind}({detail})" if detail else self.kind
+
+
+_ENCODED_DEFECT = re.compile(r"^([a-z0-9-]+)(?:\((.*)\))?$")
+
+
+def decode_parse_defects(column: str) -> tuple[ParseDefect, ...]:
+    """The parse defects in a messages.defects value; the parser's other notes (the stdlib's
+    harmless defect names) are left out."""
+    out: list[ParseDefect] = []
+    for item in column.split(","):
+        m = _ENCODED_DEFECT.match(item.strip())
+        if m and m.group(1) in PARSE_DEFECT_KINDS:
+            out.append(ParseDefect(m.group(1), m.group(2) or ""))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -68,7 +126,9 @@ class ParsedMessage:
     raw_sha256: str
     raw_size: int
     dedup_key: str
-    defects: tuple[str, ...] = ()
+    defects: tuple[str, ...] = ()  # the parser's notes (stdlib defect names), harmless or not
+    # What the parse lost or altered (issue 19): listed on the ticket, counted, logged.
+    parse_defects: tuple[ParseDefect, ...] = ()
     # Is the From address authenticated (gateway/emergency/sender_auth.py)? Computed from the raw
     # bytes
     # only for mail asking for emergency support (gateway/emergency/rules.py: authenticate); None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -45,6 +46,8 @@ from gateway.stages.parse import parse
 from gateway.stages.persist import Persisted, record
 from gateway.stages.thread import thread
 from gateway.storage.queries import SessionThreadLookup
+
+log = logging.getLogger("gateway.parse")
 
 
 class StageError(Exception):
@@ -183,9 +186,27 @@ def process_batch(
             if storage_unavailable(exc):
                 raise StorageUnavailableError(str(exc)) from exc
             raise
+        for job, message in parsed:
+            _log_parse_defects(message, results[job.spool_id])
     if timings is not None:
         timings.count += len(jobs)
     return [results[job.spool_id] for job in jobs]
+
+
+def _log_parse_defects(message: ParsedMessage, result: JobResult) -> None:
+    """What parsing lost or altered, logged once per spool entry (issue 19): after the commit,
+    so a deferred or retried batch logs nothing twice; never for a duplicate (its first copy
+    was logged)."""
+    done = result.persisted
+    if not message.parse_defects or done is None or done.outcome == "duplicate":
+        return
+    log.warning(
+        "parse defects in %s (%s %s): %s",
+        message.spool_id,
+        done.outcome,
+        done.reference or "-",
+        ", ".join(d.encoded() for d in message.parse_defects),
+    )
 
 
 def _lock_threads(session: Session, messages: list[ParsedMessage]) -> None:

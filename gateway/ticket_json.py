@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.emergency.billing_views import ticket_billing
+from gateway.message import PARSE_DEFECT_KINDS, decode_parse_defects
 from gateway.storage.models import AttachmentRecord, DecisionRecord, Message, OutboxRow, Ticket
 from gateway.storage.queries import as_utc
 
@@ -24,6 +25,14 @@ TICKET_SCHEMA = 1
 def _iso(value: datetime | None) -> str | None:
     value = as_utc(value)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def parse_defects_json(column: str) -> list[dict[str, str]]:
+    """A stored message's parse defects (issue 19): kind, where, and what it means."""
+    return [
+        {"kind": d.kind, "detail": d.detail, "meaning": PARSE_DEFECT_KINDS[d.kind]}
+        for d in decode_parse_defects(column)
+    ]
 
 
 def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> dict[str, Any]:
@@ -87,6 +96,8 @@ def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> di
                 "text": m.text[:4000],
                 "automated": m.automated,
                 "raw_sha256": m.raw_sha256,
+                # What the parse lost or altered (issue 19); the raw message has it all.
+                "parse_defects": parse_defects_json(m.defects),
                 "attachments": [
                     {
                         "filename": a.filename,

@@ -64,7 +64,8 @@ def test_every_corpus_file_is_refused_clearly_or_ends_as_one_recorded_outcome(
         batch = files[start : start + BATCH]
         result = gateway_cli(config, "ingest", *map(str, batch), timeout=600)
         out, err = result.stdout.decode(), result.stderr.decode()
-        assert result.returncode in (0, 65), err[-3000:]
+        # Several files: 0 when each was spooled or refused with its reason (issue 19 item 10).
+        assert result.returncode == 0, err[-3000:]
         assert "Traceback" not in err
         for line in out.splitlines():
             m = _QUEUED.match(line)
@@ -75,7 +76,6 @@ def test_every_corpus_file_is_refused_clearly_or_ends_as_one_recorded_outcome(
             assert m, line
             refused[Path(m["path"])] = m["reason"]
         assert len(out.splitlines()) + len(err.splitlines()) == len(batch)
-        assert (result.returncode == 65) == any(p in refused for p in batch)
     assert set(queued.values()) | set(refused) == set(files)
     assert not set(queued.values()) & set(refused)
 

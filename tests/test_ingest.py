@@ -160,9 +160,11 @@ def test_a_config_that_is_not_toml_exits_75(make_config: Callable[..., Path]) ->
     assert gateway_cli(config, "ingest", stdin=make_email()).returncode == EX_TEMPFAIL
 
 
-def test_several_files_in_one_call_spool_the_messages_and_exit_with_the_worst_code(
+def test_several_files_exit_0_when_each_is_spooled_or_refused_with_its_reason_printed(
     make_config: Callable[..., Path], tmp_path: Path
 ) -> None:
+    """Issue 19 item 10: one refused file of many is reported on its own line, not a failed
+    batch (it exited 65, and a script re-ran the files already spooled)."""
     good = tmp_path / "good.eml"
     good.write_bytes(make_email())
     other = tmp_path / "other.eml"
@@ -170,10 +172,56 @@ def test_several_files_in_one_call_spool_the_messages_and_exit_with_the_worst_co
     binary = tmp_path / "outlook.msg"
     binary.write_bytes(outlook_msg())
     config = make_config()
-    result = gateway_cli(config, "ingest", "--quiet", str(good), str(binary), str(other))
-    assert result.returncode == EX_DATAERR
+    result = gateway_cli(config, "ingest", str(good), str(binary), str(other))
+    assert result.returncode == EX_OK
     assert result.stderr.decode().strip() == f"{binary}: not an RFC 5322 message (no header block)"
+    queued = result.stdout.decode().splitlines()
+    assert [line.split(": queued as ")[0] for line in queued] == [str(good), str(other)]
     assert pending(config) == 2
+
+
+def test_a_single_file_that_is_not_a_message_still_exits_65(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    binary = tmp_path / "outlook.msg"
+    binary.write_bytes(outlook_msg())
+    assert gateway_cli(make_config(), "ingest", str(binary)).returncode == EX_DATAERR
+
+
+def test_valid_mail_that_looked_like_no_message_is_spooled_ticketed_and_its_repair_shown(
+    make_config: Callable[..., Path],
+) -> None:
+    """Issue 19 item 9: NUL bytes of a UTF-16 body, a garbled first line or one leading space
+    before the headers made ingest exit 65, and the MTA bounced valid mail. Now each is spooled
+    and ticketed; the repair is logged once with the spool id and listed by `show`."""
+    utf16 = (
+        b"From: dana@acme-clinic.example\nTo: support@example.com\nSubject: UTF-16\n"
+        b"Message-ID: <u16@acme-clinic.example>\nMIME-Version: 1.0\n"
+        b"Content-Type: text/plain; charset=utf-16\n\n" + "Der Server ist down.".encode("utf-16")
+    )
+    garbled = b"\x1b[0m garbled\n" + make_email(subject="Garbled", message_id="<g@x.example>")
+    spaced = b" " + make_email(subject="Spaced", message_id="<s@x.example>")
+    config = make_config()
+    spool_ids = []
+    for raw in (utf16, garbled, spaced):
+        result = gateway_cli(config, "ingest", stdin=raw)
+        assert result.returncode == EX_OK, result.stderr
+        spool_ids.append(result.stdout.decode().split("queued as ")[1].strip())
+    drained = gateway_cli(config, "worker", "--drain")
+    log = drained.stderr.decode()
+    assert drained.returncode == 0, log[-2000:]
+    for spool_id in spool_ids[1:]:
+        assert log.count(f"parse defects in {spool_id} ") == 1, log[-2000:]
+    assert f"parse defects in {spool_ids[0]} " not in log  # nothing was lost in that one
+
+    tickets = json.loads(gateway_cli(config, "tickets", "--json").stdout)
+    by_subject = {t["subject"]: t for t in tickets}
+    assert set(by_subject) == {"UTF-16", "Garbled", "Spaced"}
+    assert "parse-defects" in by_subject["Garbled"]["tags"]
+    shown = gateway_cli(config, "show", by_subject["Garbled"]["reference"]).stdout.decode()
+    assert "PARSE DEFECT headers-repaired (cut before the headers:" in shown
+    utf16_shown = gateway_cli(config, "show", by_subject["UTF-16"]["reference"]).stdout.decode()
+    assert "Der Server ist down." in utf16_shown and "PARSE DEFECT" not in utf16_shown
 
 
 # ---- then the worker --------------------------------------------------------------------------

@@ -67,6 +67,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway import clock as business_clock
 from gateway.api.auth import TokenSource
+from gateway.message import PARSE_DEFECT_TAG
 from gateway.storage.models import Ticket
 from gateway.storage.queries import OPEN_STATUSES, as_utc, list_queue
 
@@ -197,6 +198,14 @@ def badges(ticket: Ticket) -> tuple[Badge, ...]:
         out.append(Badge("jump", "JUMP", ticket.jump_reason or "jumps the queue"))
     if ticket.held:
         out.append(Badge("held", "HELD", ticket.hold_reason or "held for review"))
+    if PARSE_DEFECT_TAG in (ticket.tags or []):
+        out.append(
+            Badge(
+                "parse",
+                "PARSE",
+                "part of a message was lost or altered in parsing: see the ticket's defects",
+            )
+        )
     return tuple(out)
 
 

@@ -99,6 +99,12 @@ class Attachment(BaseModel):
     download_url: str | None
 
 
+class ParseDefectOut(BaseModel):
+    kind: str = Field(examples=["charset-detected"])
+    detail: str = Field(examples=["text/plain: us-ascii -> utf-8"])
+    meaning: str
+
+
 class MessageOut(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
@@ -117,6 +123,11 @@ class MessageOut(BaseModel):
     raw_size: int
     raw_url: str
     attachments: list[Attachment]
+    parse_defects: list[ParseDefectOut] = Field(
+        default_factory=list,
+        description="What parsing lost or altered in this message (kind, where, meaning); "
+        "the raw message at raw_url has it all.",
+    )
 
 
 class DecisionOut(BaseModel):

@@ -46,7 +46,7 @@ from gateway.storage.models import (
     TicketEvent,
 )
 from gateway.storage.queries import OPEN_STATUSES, as_utc, find_ticket, queue_order
-from gateway.ticket_json import ticket_json
+from gateway.ticket_json import parse_defects_json, ticket_json
 
 API_PREFIX = "/api/v1"
 MAX_PAGE = 500
@@ -236,6 +236,7 @@ def message_out(
             "raw_sha256": message.raw_sha256,
             "raw_size": message.raw_size,
             "raw_url": message_url(reference, message.id),
+            "parse_defects": parse_defects_json(message.defects),
             "attachments": [
                 Attachment(
                     id=a.id,

@@ -258,7 +258,7 @@ def _age(seconds: int) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from channels.pipe import EX_TEMPFAIL, ingest
+    from channels.pipe import EX_TEMPFAIL, IngestResult, batch_exit_code, ingest
     from gateway.intake.spool import Spool, SpoolError
 
     try:
@@ -278,7 +278,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         # Our fault, never the sender's: the MTA must keep the mail and retry.
         print(f"spool unavailable, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    worst = 0
+    results: list[IngestResult] = []
     sources: list[tuple[str, bytes]]
     try:
         if args.files:
@@ -298,10 +298,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
             if result.code != 0 or not args.quiet:
                 print(result.detail, file=sys.stderr if result.code else sys.stdout)
-            worst = max(worst, result.code)
+            results.append(result)
     finally:
         spool.close()
-    return worst
+    return batch_exit_code(results)
 
 
 

@@ -141,6 +141,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"--- {m['direction']} {m['received_at']} from {m['from']} ({m['channel']})")
         for a in m["attachments"]:
             print(f"    attachment {a['filename']} {a['content_type']} {a['size']} bytes")
+        for d in m.get("parse_defects", []):  # lost or altered in parsing: the raw has it all
+            detail = f" ({d['detail']})" if d["detail"] else ""
+            print(f"    PARSE DEFECT {d['kind']}{detail}: {d['meaning']}")
         print(m["text"][:1500])
     return 0
 

@@ -4,8 +4,8 @@ Owns the metric names and how each is derived: intake per channel and outcome an
 level from the database (cluster-wide truth, several instances included), spool depth and the
 oldest entry's age from the spool, listener and worker counters from the status files, stage
 cost from the workers' accumulated timings, outbox backlog and dead letters, webhook deliveries
-by status (forwarding's dead letters among them), SLA breaches, and
-per IMAP mailbox the time since its last successful fetch. Computing at scrape time means no
+by status (forwarding's dead letters among them), SLA breaches, parse defects by kind (issue 19),
+and per IMAP mailbox the time since its last successful fetch. Computing at scrape time means no
 shared-memory counters across worker processes and nothing to lose on restart. Never writes.
 """
 
@@ -28,9 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
 from gateway.intake.spool import Spool
+from gateway.message import decode_parse_defects
 from gateway.outbound import forwarding_sender
 from gateway.pipeline import BUCKETS
-from gateway.storage.models import Intake, OutboxRow, Ticket
+from gateway.storage.models import Intake, Message, OutboxRow, Ticket
 from gateway.storage.queries import OPEN_STATUSES
 
 
@@ -160,6 +161,21 @@ class GatewayCollector(Collector):
                 )
             ):
                 intake.add_metric([channel, outcome], float(n))
+            # What parsing lost or altered, by kind (issue 19; gateway/message.py lists the
+            # kinds). Read from the stored messages, so every worker and instance counts.
+            parse_defects = CounterMetricFamily(
+                "gateway_parse_defects",
+                "Parse defects that lost or altered content, by kind (the raw message is kept).",
+                labels=["kind"],
+            )
+            kinds: dict[str, int] = {}
+            for (column,) in session.execute(
+                select(Message.defects).where(Message.direction == "in", Message.defects != "")
+            ):
+                for defect in decode_parse_defects(column):
+                    kinds[defect.kind] = kinds.get(defect.kind, 0) + 1
+            for kind, n in sorted(kinds.items()):
+                parse_defects.add_metric([kind], float(n))
             open_tickets = GaugeMetricFamily(
                 "gateway_open_tickets", "Open tickets by severity.", labels=["severity"]
             )
@@ -213,6 +229,7 @@ class GatewayCollector(Collector):
                 ),
             )
         yield intake
+        yield parse_defects
         yield open_tickets
         yield verdicts
         yield outbox

@@ -1,11 +1,11 @@
 """Stage 1: raw bytes -> ParsedMessage. Never raises for any input bytes.
 
-Owns MIME parsing, header decoding with bad charsets, text extraction, attachment extraction
-with the per-attachment cap, and the dedup identity of an email. The stdlib parser (compat32,
-which records defects instead of raising) walks every message; mail-parser recovers the text of
-the rare message the stdlib cannot walk. (mail-parser first cost 5.5 ms a message measured on
-the corpus for a result we then re-walked: see README "Dependencies".) Never touches storage;
-the raw bytes stay in the spool whatever happens here, so a parse that degrades loses nothing.
+Owns the order of parsing (header-start repair, the stdlib's compat32 tree, header decoding,
+the walk), the ParsedMessage it yields and the dedup identity of an email. The MIME walk is
+gateway/stages/mime_walk.py, the lenient decoding of bytes gateway/stages/mime_text.py;
+mail-parser recovers the text should the walk ever fail. Whatever the parse loses or alters is
+a ParseDefect on the result, never silent (issue 19). Never touches storage; the raw bytes stay
+in the spool and the blob store whatever happens here, so a parse that degrades loses nothing.
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
-import html
 import logging
 import re
 from datetime import UTC, datetime
-from email.header import decode_header, make_header
-from email.message import Message
 from email.utils import getaddresses, parseaddr, parsedate_to_datetime
 
-from gateway.intake.rawmail import strip_mbox_line
+from gateway.intake.rawmail import repair_header_start, strip_mbox_line
 from gateway.intake.spool import Envelope
-from gateway.message import Attachment, ParsedMessage
+from gateway.message import ParseDefect, ParsedMessage
+from gateway.stages.mime_text import decode_header_bytes, html_to_text, utf8_or_cp1252
+from gateway.stages.mime_walk import header_bytes, walk
 
 # mail-parser logs every MIME part it does not handle at WARNING; that is noise, not news.
 logging.getLogger("mailparser").setLevel(logging.ERROR)
@@ -33,9 +32,7 @@ logging.getLogger("mail.log").setLevel(logging.WARNING)
 TEXT_LIMIT = 256 * 1024  # classifier and storage need the start of the text, not all of it
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
-_TAG = re.compile(r"<[^>]+>")
 _ENCODED_WORD = re.compile(r"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
-_STYLE = re.compile(r"<(script|style)\b.*?</\1>", re.S | re.I)
 
 
 class NotAMessageError(ValueError):
@@ -78,18 +75,14 @@ def dedup_key_for_email(
     return f"email-nomid:{digest}"
 
 
-def _decode(value: object) -> str:
-    if value is None:
-        return ""
-    text = str(value)
-    if "=?" in text:
-        try:
-            text = str(make_header(decode_header(text)))
-        except Exception:  # bad charset or broken encoded-word: keep the raw text
-            pass
-    # NUL never belongs in text we store (PostgreSQL refuses it in TEXT: the message would be
-    # quarantined); split() folds CR/LF, so no decoded value can carry a header break.
-    return " ".join(text.replace("\x00", "").split())
+def _decode(value: str) -> str:
+    """An already-decoded header value as stored: no NUL (PostgreSQL refuses it in TEXT: the
+    message would be quarantined), whitespace folded so no value can carry a header break."""
+    return " ".join(value.replace("\x00", "").split())
+
+
+def _decode_words(value: str) -> str:
+    return _decode(decode_header_bytes(value.encode("utf-8", "surrogateescape"))[0])
 
 
 def _msgids(value: str | None) -> tuple[str, ...]:
@@ -106,13 +99,6 @@ def _one_msgid(value: str | None) -> str | None:
     # Any whitespace (a folded header keeps its CRLF) means this is no id: echoed into our
     # reply's In-Reply-To it would break the header (tests/hostile/test_injection.py).
     return value.lower() if value and value.split() == [value] else None
-
-
-def html_to_text(markup: str) -> str:
-    text = _STYLE.sub(" ", markup)
-    text = re.sub(r"<br\s*/?>|</p>|</div>|</tr>", "\n", text, flags=re.I)
-    text = html.unescape(_TAG.sub(" ", text))
-    return re.sub(r"[ \t]+", " ", text).strip()
 
 
 def _sender(raw_from: str, decoded_from: str) -> tuple[str, str]:
@@ -137,95 +123,46 @@ def _sender(raw_from: str, decoded_from: str) -> tuple[str, str]:
     return re.sub("\x01(\\d+)\x01", lambda m: words[int(m.group(1))], name), addr
 
 
-def _payload_text(part: Message) -> str:
-    payload = part.get_payload(decode=True)
-    if not isinstance(payload, bytes):
-        return ""
-    charset = part.get_content_charset() or "utf-8"
-    try:
-        return payload.decode(charset, errors="replace")
-    except LookupError:  # unknown charset name: latin-1 never fails and keeps every byte
-        return payload.decode("latin-1")
-
-
-def _walk(msg: Message, max_attachment: int) -> tuple[str, list[Attachment], list[str]]:
-    plain: list[str] = []
-    htmls: list[str] = []
-    attachments: list[Attachment] = []
-    defects: list[str] = [type(d).__name__ for d in msg.defects]
-    parts = 0
-    for part in msg.walk():
-        parts += 1
-        if parts > 5000:
-            defects.append("TooManyParts")
-            break
-        if part.is_multipart():
-            defects.extend(type(d).__name__ for d in part.defects)
-            continue
-        ctype = part.get_content_type()
-        disposition = (part.get("Content-Disposition") or "").lower()
-        filename = part.get_filename()
-        if (
-            ctype in ("text/plain", "text/html")
-            and "attachment" not in disposition
-            and not filename
-        ):
-            text = _payload_text(part)
-            (plain if ctype == "text/plain" else htmls).append(text)
-            continue
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        keep = len(data) <= max_attachment
-        attachments.append(
-            Attachment(
-                filename=_safe_filename(_decode(filename) or "attachment"),
-                content_type=ctype.replace("\x00", ""),
-                size=len(data),
-                sha256=hashlib.sha256(data).hexdigest(),
-                content=data if keep else None,
-            )
-        )
-    text = "\n".join(plain) if plain else html_to_text("\n".join(htmls))
-    return text, attachments, defects
-
-
-def _safe_filename(name: str) -> str:
-    name = name.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(c for c in name if c.isprintable() and c not in '<>:"|?*')
-    return name.strip(" .")[:200] or "attachment"
-
-
 def _mailparser_text(data: bytes) -> tuple[str, list[str]]:
-    """mail-parser's tolerant decoding, for the rare message the stdlib cannot walk."""
+    """mail-parser's tolerant decoding, for a message our own walk cannot walk (none known)."""
     try:
         import mailparser
 
         parsed = mailparser.parse_from_bytes(data)
         text = "\n".join(parsed.text_plain) or html_to_text("\n".join(parsed.text_html))
-        return text, ["StdlibWalkFailed", "ParsedByMailParser"]
+        return text, ["ParsedByMailParser"]
     except Exception as exc:  # both parsers gave up: headers and raw bytes are still kept
-        return "", ["StdlibWalkFailed", f"MailParserFailed:{type(exc).__name__}"]
+        return "", [f"MailParserFailed:{type(exc).__name__}"]
 
 
 def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) -> ParsedMessage:
-    """Parse whatever bytes arrived. Degrades (defects recorded) rather than failing."""
+    """Parse whatever bytes arrived. Degrades (defects recorded) rather than failing; whatever
+    it loses or alters is a ParseDefect on the result (issue 19)."""
     if envelope.channel.startswith("twilio"):  # Twilio: a spooled webhook, not RFC 5322
         from gateway.stages.parse_twilio import parse_twilio
 
         return parse_twilio(raw, envelope, spool_id)
-    data = strip_mbox_line(raw)
+    data, dropped = repair_header_start(strip_mbox_line(raw))
+    found: list[ParseDefect] = []
+    if dropped:
+        cut = dropped.strip()[:80].decode("utf-8", "replace") or "leading whitespace"
+        found.append(ParseDefect("headers-repaired", f"cut before the headers: {cut}"))
     # The stdlib parser in compat32 mode never raises on bytes: it records defects instead.
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
-    defects: list[str] = []
+    notes: list[str] = []
     headers: list[tuple[str, str]] = []
-    for name, value in msg.items():
-        headers.append((str(name).lower(), _decode(value)))
+    for name, value in msg.raw_items():
+        text, lossy = decode_header_bytes(header_bytes(value))
+        if lossy:
+            found.append(ParseDefect("header-charset-guessed", str(name)[:40]))
+        headers.append((str(name).lower(), _decode(text)))
     hdr = dict(reversed(headers))  # first occurrence wins
-    name, addr = _sender(str(msg.get("From") or ""), hdr.get("from", ""))
+    raw_from = utf8_or_cp1252(header_bytes(msg.get("From") or ""))
+    name, addr = _sender(raw_from, hdr.get("from", ""))
     sender = addr.strip().lower()
     if not sender and envelope.mail_from:
         sender = envelope.mail_from.replace("\x00", "").lower()
-    message_id = _one_msgid(msg.get("Message-ID") and str(msg.get("Message-ID")))
+    message_id = _one_msgid(hdr.get("message-id"))
     date: datetime | None = None
     try:
         raw_date = hdr.get("date")
@@ -234,13 +171,20 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
             if date.tzinfo is None:
                 date = date.replace(tzinfo=UTC)
     except (TypeError, ValueError, IndexError):
-        defects.append("BadDate")
+        notes.append("BadDate")
     try:
-        text, attachments, part_defects = _walk(msg, max_attachment)
-    except Exception:  # a part the stdlib cannot walk: fall back to mail-parser for the text
-        text, part_defects = _mailparser_text(data)
-        attachments = []
-    defects.extend(part_defects)
+        walked = walk(msg, max_attachment)
+        text, attachments = walked.text, walked.attachments
+        found.extend(walked.parse_defects)
+        notes.extend(walked.notes)
+    except Exception as exc:  # a tree our walk cannot walk: mail-parser recovers the text
+        text, fallback_notes = _mailparser_text(data)
+        attachments = ()
+        found.append(ParseDefect("walk-failed", type(exc).__name__))
+        notes.extend(fallback_notes)
+    text = text.replace("\x00", "")
+    if len(text) > TEXT_LIMIT:
+        found.append(ParseDefect("text-truncated", f"{len(text)} characters"))
     subject = hdr.get("subject", "")
     return ParsedMessage(
         spool_id=spool_id,
@@ -253,15 +197,16 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
         in_reply_to=_msgids(hdr.get("in-reply-to")),
         references=_msgids(hdr.get("references")),
         sender=sender,
-        sender_name=_decode(name),
+        sender_name=_decode_words(name),
         subject=subject[:998],
         date=date,
-        text=text[:TEXT_LIMIT].replace("\x00", ""),
+        text=text[:TEXT_LIMIT],
         headers=tuple(headers),
-        attachments=tuple(attachments),
+        attachments=attachments,
         raw_sha256=hashlib.sha256(raw).hexdigest(),
         raw_size=len(raw),
         dedup_key=envelope.channel_key
         or dedup_key_for_email(raw, message_id, sender, hdr.get("date", ""), subject),
-        defects=tuple(dict.fromkeys(defects)),
+        defects=tuple(dict.fromkeys(notes)),
+        parse_defects=tuple(dict.fromkeys(found)),
     )

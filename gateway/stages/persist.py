@@ -25,6 +25,7 @@ from gateway.config.loader import Templates
 from gateway.emergency import holds as emergency_holds
 from gateway.intake.faults import crash_point
 from gateway.message import (
+    PARSE_DEFECT_TAG,
     TRANSCRIPTION_PENDING,
     TRANSCRIPTION_UNAVAILABLE,
     Automated,
@@ -125,6 +126,10 @@ def record(
     kind: str
     if isinstance(outcome, Accept | Hold):
         ticket, kind = _ticket_for(session, message, customer, thread, verdict, decision, ctx, now)
+        if message.parse_defects and PARSE_DEFECT_TAG not in (ticket.tags or []):
+            # The queue page marks such a ticket: part of a message was lost or altered in
+            # parsing (issue 19); `show` and the API list what, the raw message has it all.
+            ticket.tags = [*(ticket.tags or []), PARSE_DEFECT_TAG]
         if isinstance(outcome, Hold):
             ticket.held = True
             ticket.hold_reason = outcome.reason
@@ -151,7 +156,8 @@ def record(
         text=message.text,
         raw_sha256=message.raw_sha256,
         raw_size=message.raw_size,
-        defects=",".join(message.defects)[:2000],
+        # What the parse lost or altered first, so the cap never cuts those off.
+        defects=",".join((*(d.encoded() for d in message.parse_defects), *message.defects))[:2000],
         automated=automated.kind,
         verdict=verdict.to_json(),
     )
@@ -414,6 +420,7 @@ def _queue_reply(
 
 
 # -- Twilio SMS and voicemail helpers (channels/twilio.py, gateway/stages/parse_twilio.py) -----
+
 
 def _record_opt(session: Session, phone: str, opt: str, now: datetime) -> None:
     row = session.execute(select(SmsOptOut).where(SmsOptOut.phone == phone)).scalar_one_or_none()

@@ -1,0 +1,1 @@
+"""MIME fidelity (issue 19): the parse loses nothing silently."""
