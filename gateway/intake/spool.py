@@ -55,22 +55,19 @@ from ``incoming/`` to ``claimed/``; the loser of a race gets ENOENT and tries th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import queue
-import secrets
 import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from gateway import clock as business_clock
 from gateway.intake.entry import (
@@ -89,6 +86,12 @@ from gateway.intake.entry import (
     read_header_at,
 )
 from gateway.intake.faults import crash_point, spool_write_fault
+
+if TYPE_CHECKING:
+    # asyncio and the thread pool serve the listeners only (enqueue_async); they are imported
+    # there, so `gateway ingest`, one process per message, does not pay for them (issue 20).
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 __all__ = [
     "Entry",
@@ -269,6 +272,8 @@ class Spool:
         If the writer thread dies, its pending callers get SpoolWriteError and the next call
         starts a new one.
         """
+        import asyncio
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._submit(_Job(new_id(), raw, envelope, loop, future))
@@ -587,6 +592,8 @@ class Spool:
             if self._closed:
                 raise SpoolWriteError("spool is closed")
             if self._fsync and self._fsync_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._fsync_pool = ThreadPoolExecutor(
                     max_workers=_FSYNC_THREADS, thread_name_prefix="spool-fsync"
                 )
@@ -689,7 +696,7 @@ class Spool:
 
         Raises FileNotFoundError if the entry is gone.
         """
-        tmp_path = self.tmp_dir / f"{header.id}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp_path = self.tmp_dir / f"{header.id}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             with open(path, "rb") as source:
                 try:
