@@ -7,6 +7,8 @@ Owns the SMTP contract (RFC 5321):
 * Our own faults MUST be 4xx: 452 4.3.1 when the spool is full, 451 4.3.0 otherwise. aiosmtpd's
   default `handle_exception` answers 500 with the exception text; we override it.
 * Nothing blocks the event loop: the spool write runs on the spool's writer thread.
+* DATA is never held whole: past 256 KiB it streams into its spool file (channels/smtp_data.py),
+  and the 250 still waits for that file and incoming/ to be fsynced.
 * More than `max_sessions` concurrent sessions get 421 and are closed.
 * Stopping (`IntakeHandler.shut_down`, after the daemon closed the listening socket): a
   transaction in progress (MAIL given, DATA not yet answered) finishes and gets its reply; any
@@ -28,6 +30,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from channels.smtp_data import Body, smtp_data
 from gateway import clock as business_clock
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError
@@ -101,26 +104,33 @@ class IntakeHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        raw = envelope.original_content or b""
-        meta = (("helo", str(session.host_name or "")[:255]),)
-        env = Envelope(
+    def envelope_of(self, session: Any, envelope: Any) -> Envelope:
+        """The spool envelope of the transaction in progress."""
+        return Envelope(
             channel=self.channel,
             received_at=business_clock.now(),
             mail_from=envelope.mail_from or "",
             recipients=tuple(a.lower() for a in envelope.rcpt_tos),
             peer=str(session.peer[0]) if session.peer else None,
-            meta=meta,
+            meta=(("helo", str(session.host_name or "")[:255]),),
         )
-        reply = await self._spool(raw, env)
+
+    async def handle_body(self, session: Any, envelope: Any, body: Body) -> str:
+        """DATA is complete (channels/smtp_data.py): spool it, and only then say 250."""
+        reply = await self._spool(body, self.envelope_of(session, envelope))
         if self.lmtp:
             # LMTP (RFC 2033 4.2): one reply per accepted recipient, in order.
             return "\r\n".join(reply for _ in envelope.rcpt_tos)
         return reply
 
-    async def _spool(self, raw: bytes, env: Envelope) -> str:
+    async def _spool(self, body: Body, env: Envelope) -> str:
         try:
-            entry_id = await self.spool.enqueue_async(raw, env)
+            if body.error is not None:
+                raise body.error  # the spool refused the streamed message part way
+            if body.stream is not None:
+                entry_id = await self.spool.enqueue_stream_async(body.stream, env)
+            else:
+                entry_id = await self.spool.enqueue_async(body.raw, env)
         except SpoolFullError as exc:
             self.stats.temp_failures += 1
             self.stats.last_error = f"spool full: {exc}"
@@ -182,6 +192,10 @@ def _capped(base: type[SMTP], count: _Sessions, limit: int, stats: ChannelStats)
 
     class Capped(base):  # type: ignore[valid-type,misc]
         _served = False
+
+        async def smtp_DATA(self, arg: str) -> None:
+            # Streamed to the spool instead of held whole (channels/smtp_data.py, issue 20).
+            await smtp_data(self, self.event_handler, arg)
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             count.active += 1

@@ -162,7 +162,7 @@ def test_classify_prints_the_verdict_without_creating_a_ticket(
 def test_logs_off_a_terminal_are_one_json_object_a_line() -> None:
     import logging
 
-    from gateway.cli.main import JsonFormatter
+    from gateway.cli.logs import JsonFormatter
 
     record = logging.LogRecord(
         "gateway.service.worker",

@@ -7,6 +7,8 @@ it queued. So 75 must cover every fault of ours (spool, config), 65 only faults 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -222,6 +224,80 @@ def test_valid_mail_that_looked_like_no_message_is_spooled_ticketed_and_its_repa
     assert "PARSE DEFECT headers-repaired (cut before the headers:" in shown
     utf16_shown = gateway_cli(config, "show", by_subject["UTF-16"]["reference"]).stdout.decode()
     assert "Der Server ist down." in utf16_shown and "PARSE DEFECT" not in utf16_shown
+
+
+# ---- what the pipe path imports ----------------------------------------------------------------
+
+# An MTA starts `gateway ingest` once per message: whatever it imports is paid per message
+# (issue 20 outcome 3). The spool needs none of these.
+NOT_ON_THE_PIPE_PATH = (
+    "sqlalchemy",
+    "sklearn",
+    "numpy",
+    "classifiers",
+    "gateway.storage",
+    "gateway.stages",
+    "gateway.policy",
+    "gateway.config.loader",
+    "asyncio",
+    "logging",
+)
+
+MODULES_AFTER_MAIN = """
+import json, sys
+from gateway.cli.main import main
+code = main(sys.argv[1:])
+sys.stdout.write("\\n" + json.dumps(sorted(sys.modules)))
+sys.exit(code)
+"""
+
+
+def modules_after_ingest(config: Path, *global_args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", MODULES_AFTER_MAIN, *global_args, "ingest", "--quiet"],
+        input=make_email(),
+        capture_output=True,
+        timeout=120,
+        cwd=config.parent,
+    )
+    assert done.returncode == EX_OK, done.stderr.decode()[-2000:]
+    return set(json.loads(done.stdout.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("global_args", [("--config", "{config}"), ("-v", "--config={config}")])
+def test_ingest_spools_without_importing_the_database_the_classifier_or_the_policy(
+    make_config: Callable[..., Path], global_args: tuple[str, ...]
+) -> None:
+    config = make_config()
+    modules = modules_after_ingest(config, *(a.format(config=config) for a in global_args))
+    assert "gateway.intake.spool" in modules  # it did spool, through the light path
+    assert pending(config) == 1
+    loaded = {
+        m
+        for m in modules
+        for banned in NOT_ON_THE_PIPE_PATH
+        if m.split(".")[0] == banned or m == banned or m.startswith(banned + ".")
+    }
+    assert not loaded
+
+
+def test_an_abbreviated_global_option_takes_the_full_parser_and_still_spools(
+    make_config: Callable[..., Path],
+) -> None:
+    """argparse accepts `--conf` for `--config`; the light path's argument scan does not know
+    it, so the full parser runs: slower, never wrong."""
+    config = make_config()
+    modules = modules_after_ingest(config, "--conf", str(config))
+    assert "sqlalchemy" in modules  # the full parser (billing's commands import it)
+    assert pending(config) == 1
+
+
+def test_help_still_lists_ingest_and_ingest_help_its_options(
+    make_config: Callable[..., Path],
+) -> None:
+    config = make_config()
+    assert b"ingest" in gateway_cli(config, "--help").stdout
+    assert b"--recipient" in gateway_cli(config, "ingest", "--help").stdout
 
 
 # ---- then the worker --------------------------------------------------------------------------

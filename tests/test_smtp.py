@@ -219,3 +219,95 @@ def test_an_email_over_smtp_becomes_one_ticket_and_one_acknowledgement(
     time.sleep(1.5)
     assert ticket_count(daemon) == 1
     assert len(relay.messages) == 1
+
+
+# ---- DATA streamed to the spool (issue 20 outcome 5) ------------------------------------------
+
+
+def big_message(mib: int) -> bytes:
+    """A CRLF message of about `mib` MiB: base64-like lines, and lines that start with a dot
+    (the client doubles them, RFC 5321 4.5.2; the spool must hold them single again)."""
+    head = (
+        b"From: dana@acme-clinic.example\r\nTo: support@example.com\r\n"
+        b"Subject: the logs you asked for\r\nMessage-ID: <big@acme-clinic.example>\r\n\r\n"
+    )
+    lines = []
+    for n in range(mib * 1024 * 1024 // 78):
+        lines.append(b".dot line %d\r\n" % n if n % 997 == 0 else (b"%08d" % n) * 9 + b"QUJD\r\n")
+    return head + b"".join(lines)
+
+
+def counting_open_stream(spool: Spool) -> list[int]:
+    """Count the spool files DATA was streamed into (the test fails if DATA was held whole)."""
+    opened: list[int] = []
+    real = spool.open_stream
+
+    def counted(envelope: object) -> object:
+        opened.append(1)
+        return real(envelope)  # type: ignore[arg-type]
+
+    spool.open_stream = counted  # type: ignore[method-assign,assignment]
+    return opened
+
+
+def tmp_files(spool: Spool) -> list[Path]:
+    return list(spool.tmp_dir.iterdir())
+
+
+def test_a_large_message_streams_into_its_spool_file_and_arrives_byte_identical(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory(max_bytes=16 * 1024 * 1024)
+    spool = listener.handler.spool
+    opened = counting_open_stream(spool)
+    raw = big_message(5)
+    with smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as client:
+        client.ehlo()
+        client.mail("customer@client.example")
+        client.rcpt("support@example.com")
+        code, reply = client.data(raw)
+    assert code == 250, reply
+    assert opened == [1]
+    entry = spool.get(reply.decode().rsplit(" ", 1)[1])
+    assert entry is not None, "the 250 named an entry that is not durable in the spool"
+    assert spool.read_raw(entry) == raw  # byte for byte, dots single again
+    assert entry.size == len(raw)
+    assert entry.envelope.recipients == ("support@example.com",)
+    assert entry.envelope.mail_from == "customer@client.example"
+    assert tmp_files(spool) == []
+    # A small message on the same session path is still spooled from memory.
+    assert send(listener.port, make_email()) == {}
+    assert opened == [1] and spool.depth() == 2
+
+
+def test_a_streamed_message_over_the_size_limit_gets_552_and_leaves_no_file(
+    listener_factory: Callable[..., Listener],
+) -> None:
+    listener = listener_factory(max_bytes=3 * 1024 * 1024)
+    spool = listener.handler.spool
+    opened = counting_open_stream(spool)
+    with smtplib.SMTP("127.0.0.1", listener.port, timeout=30) as client:
+        client.ehlo()
+        client.mail("customer@client.example")  # no SIZE= declared: the limit bites in DATA
+        client.rcpt("support@example.com")
+        code, _ = client.data(big_message(5))
+    assert code == 552
+    assert opened == [1]  # it had started streaming before the limit was crossed
+    assert spool.depth() == 0 and tmp_files(spool) == []
+    assert send(listener.port, make_email()) == {}  # the session state is clean for the next
+
+
+def test_a_spool_that_fills_up_mid_stream_answers_452_after_the_dot_and_keeps_nothing(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool", high_water_bytes=2 * 1024 * 1024)
+    listener = Listener(spool, max_bytes=16 * 1024 * 1024)
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as exc:
+            send(listener.port, big_message(5))
+        assert exc.value.smtp_code == 452
+        assert spool.depth() == 0 and tmp_files(spool) == []
+        assert send(listener.port, make_email()) == {}  # room again once the stream is gone
+    finally:
+        listener.close()
+        spool.close()

@@ -10,16 +10,22 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.errors import ConfigError
-from gateway.config.loader import Settings, load_lenient
+
+if TYPE_CHECKING:
+    # Only a type here: the loader pulls in policy, routing and calendars, which `gateway
+    # ingest` (it imports this module) never needs (issue 20 outcome 3).
+    from gateway.config.loader import Settings
 
 STATUSES = ("new", "open", "waiting", "resolved", "closed", "reopened")
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
     """Settings for operators' commands: only gateway.toml must be valid (see load_lenient)."""
+    from gateway.config.loader import load_lenient
+
     settings, problems = load_lenient(Path(args.config))
     for problem in problems:
         print(f"warning: config problem (run check-config): {problem}", file=sys.stderr)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import clock as business_clock
-from gateway.cli.classifier import cmd_classify, cmd_evaluate, cmd_explain, cmd_train
+from gateway.cli import ingest as cli_ingest
 from gateway.cli.common import (
     STATUSES,
     load_settings,
@@ -26,49 +24,22 @@ from gateway.cli.common import (
     open_spool,
     print_config_error,
 )
-from gateway.cli.spool import cmd_quarantine, cmd_spool
-from gateway.cli.tickets import (
-    DEFAULT_PAGE,
-    cmd_show,
-    cmd_ticket_set_severity,
-    cmd_ticket_set_status,
-    cmd_tickets,
-)
 from gateway.config.errors import ConfigError
-from gateway.config.loader import Settings, config_warnings, default_config_dir
+from gateway.config.gateway_file import default_config_dir
 
+if TYPE_CHECKING:
+    from gateway.config.loader import Settings
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object a line, for journald/Loki when stderr is not a terminal."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    """Readable lines on a terminal, JSON lines otherwise (GATEWAY_LOG_FORMAT=text|json wins)."""
-    handler = logging.StreamHandler(sys.stderr)
-    wanted = os.environ.get("GATEWAY_LOG_FORMAT") or ("text" if sys.stderr.isatty() else "json")
-    if wanted == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
+# Everything else this module needs is imported where it is used: `gateway ingest` runs once
+# per message under an MTA's pipe transport and must not pay for the loader, SQLAlchemy or
+# the classifier (issue 20 outcome 3; `_light_parser`).
 
 
 # ---- commands ---------------------------------------------------------------------------------
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.config.loader import config_warnings
     from gateway.service.runtime import load_runtime
 
     try:
@@ -83,11 +54,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from gateway.cli.logs import setup_logging
+    from gateway.config.loader import config_warnings
     from gateway.service.daemon import AlreadyRunningError, run_daemon
     from gateway.service.runtime import RuntimeBox, load_runtime
     from gateway.storage.db import is_sqlite, upgrade
 
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     try:
         runtime = load_runtime(Path(args.config))
     except ConfigError as exc:
@@ -107,10 +82,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from gateway.cli.logs import setup_logging
     from gateway.service.runtime import RuntimeBox, load_runtime
     from gateway.service.worker import Worker, storage_unavailable
 
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     runtime = load_runtime(Path(args.config))
     box = RuntimeBox(Path(args.config), runtime)
     worker = Worker(box, index=args.index, run_outbox=args.index == 0 and not args.drain)
@@ -140,6 +116,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _ensure_schema(url: str, worker: Any, unavailable: Any, status_path: Path | None) -> None:
     """Bring the schema up to date, waiting for the database if it is down (intake goes on)."""
+    import logging
+
     from gateway.storage.db import upgrade
 
     delay = 0.5
@@ -257,55 +235,6 @@ def _age(seconds: int) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    from channels.pipe import EX_TEMPFAIL, IngestResult, batch_exit_code, ingest
-    from gateway.intake.spool import Spool, SpoolError
-
-    try:
-        settings = load_settings(args)
-    except ConfigError as exc:
-        print_config_error(exc)
-        return EX_TEMPFAIL  # the MTA keeps the mail while the admin fixes the config
-    g = settings.gateway
-    try:
-        spool = Spool(
-            settings.spool_dir,
-            fsync=g.spool.fsync,
-            high_water_bytes=g.spool.high_water_mib * 1024 * 1024,
-            min_free_bytes=g.spool.min_free_mib * 1024 * 1024,
-        )
-    except (SpoolError, OSError) as exc:
-        # Our fault, never the sender's: the MTA must keep the mail and retry.
-        print(f"spool unavailable, try again later: {exc}", file=sys.stderr)
-        return EX_TEMPFAIL
-    results: list[IngestResult] = []
-    sources: list[tuple[str, bytes]]
-    try:
-        if args.files:
-            sources = []
-            for name in args.files:
-                sources.append((name, Path(name).read_bytes()))
-        else:
-            sources = [("stdin", sys.stdin.buffer.read(g.limits.max_message_bytes + 1))]
-        for source, raw in sources:
-            result = ingest(
-                spool,
-                raw,
-                recipient=args.recipient,
-                sender=args.sender,
-                max_bytes=g.limits.max_message_bytes,
-                source=source,
-            )
-            if result.code != 0 or not args.quiet:
-                print(result.detail, file=sys.stderr if result.code else sys.stdout)
-            results.append(result)
-    finally:
-        spool.close()
-    return batch_exit_code(results)
-
-
-
-
 def cmd_customers_import(args: argparse.Namespace) -> int:
     from gateway.storage.customers import import_csv
     from gateway.storage.db import make_engine, session_factory, upgrade
@@ -338,6 +267,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 def cmd_escalate(args: argparse.Namespace) -> int:
     """One escalation scheduler run now (or --at a time); --dry-run only says what it would do."""
+    from datetime import datetime
+
     from gateway.config.loader import load
     from gateway.outbound.escalation_scheduler import run_once
     from gateway.policy.calendars import build_calendars
@@ -394,7 +325,8 @@ def _channel_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The `gateway` parser with its global options, and its (still empty) subcommands."""
     p = argparse.ArgumentParser(prog="gateway", description="Intake Gateway")
     p.add_argument(
         "--config",
@@ -402,7 +334,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="config directory (default: $GATEWAY_CONFIG or ./config)",
     )
     p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    return p, p.add_subparsers(dest="command", required=True)
+
+
+def _light_parser() -> argparse.ArgumentParser:
+    """The parser for `gateway ingest` alone: the full one imports every command's module
+    (billing, privacy and tickets bring SQLAlchemy), which a process per message cannot pay."""
+    p, sub = _top_parser()
+    cli_ingest.register(sub)
+    return p
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand's name, skipping the global options; None if unsure (the full parser
+    then decides, so a spelling this misses is only slower, never wrong)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            i += 2
+        elif arg.startswith("--config=") or arg in ("-v", "--verbose"):
+            i += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.cli.classifier import cmd_classify, cmd_evaluate, cmd_explain, cmd_train
+    from gateway.cli.spool import cmd_quarantine, cmd_spool
+    from gateway.cli.tickets import (
+        DEFAULT_PAGE,
+        cmd_show,
+        cmd_ticket_set_severity,
+        cmd_ticket_set_status,
+        cmd_tickets,
+    )
+
+    p, sub = _top_parser()
 
     sub.add_parser("run", help="run the daemon").set_defaults(func=cmd_run)
     sub.add_parser("check-config", help="validate the config; exit 1 on any problem").set_defaults(
@@ -415,12 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
 
-    s = sub.add_parser("ingest", help="spool a message from stdin (MTA pipe transport) or files")
-    s.add_argument("--recipient")
-    s.add_argument("--sender")
-    s.add_argument("--quiet", action="store_true")
-    s.add_argument("files", nargs="*")
-    s.set_defaults(func=cmd_ingest)
+    cli_ingest.register(sub)
 
     s = sub.add_parser("worker", help="(internal) process the spool")
     s.add_argument("--index", type=int, default=0)
@@ -548,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _light_parser() if _command_of(argv) == "ingest" else build_parser()
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

@@ -9,13 +9,12 @@ touches the database: `check-config` and SIGHUP reload run exactly this and noth
 from __future__ import annotations
 
 import os
-import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from gateway.config.errors import ConfigError, ConfigProblem, find_line
+from gateway.config.gateway_file import read_toml, spool_dir, state_dir
 from gateway.config.schema import (
     CalendarsFile,
     CustomersFile,
@@ -77,18 +76,11 @@ class Settings:
 
     @property
     def state_dir(self) -> Path:
-        env = os.environ.get("STATE_DIRECTORY")
-        if env:
-            # systemd may pass several, colon-separated; the first is ours.
-            return Path(env.split(":")[0])
-        # A relative state_dir is relative to the config directory, never to wherever the
-        # command happens to run: `gateway status` from elsewhere must find the daemon's state
-        # (issue 17 item 6).
-        return self.directory / self.gateway.gateway.state_dir
+        return state_dir(self.directory, self.gateway)
 
     @property
     def spool_dir(self) -> Path:
-        return self.state_dir / "spool"
+        return spool_dir(self.directory, self.gateway)
 
     @property
     def database_url(self) -> str:
@@ -149,31 +141,11 @@ def config_warnings(settings: Settings) -> list[ConfigProblem]:
     return warnings
 
 
-def default_config_dir() -> Path:
-    return Path(os.environ.get("GATEWAY_CONFIG", "config"))
-
-
-def _read_toml(path: Path, problems: list[ConfigProblem]) -> dict[str, Any] | None:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        problems.append(ConfigProblem(path.name, None, "file is missing"))
-    except tomllib.TOMLDecodeError as exc:
-        # Python 3.11's TOMLDecodeError has no lineno attribute; its message carries the line.
-        found = re.search(r"at line (\d+)", str(exc))
-        line = int(found.group(1)) if found else None
-        problems.append(ConfigProblem(path.name, None, f"not valid TOML: {exc}", line))
-    except OSError as exc:
-        problems.append(ConfigProblem(path.name, None, f"cannot be read: {exc.strerror}"))
-    return None
-
-
 def _load_file(directory: Path, name: str, cls: type[T], problems: list[ConfigProblem]) -> T | None:
     path = directory / name
     if name not in REQUIRED_FILES and not path.exists():
         return cls()
-    table = _read_toml(path, problems)
+    table = read_toml(path, problems)
     if table is None:
         return None
     value, found = build(cls, table, path)
@@ -191,7 +163,7 @@ def _load_partial(
     path = directory / name
     if name not in REQUIRED_FILES and not path.exists():
         return cls(), frozenset()
-    table = _read_toml(path, problems)
+    table = read_toml(path, problems)
     if table is None:
         return None, frozenset()
     value, found, defaulted = build_partial(cls, table, path)

@@ -55,22 +55,19 @@ from ``incoming/`` to ``claimed/``; the loser of a race gets ENOENT and tries th
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
 import queue
-import secrets
 import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from gateway import clock as business_clock
 from gateway.intake.entry import (
@@ -90,6 +87,12 @@ from gateway.intake.entry import (
 )
 from gateway.intake.faults import crash_point, spool_write_fault
 
+if TYPE_CHECKING:
+    # asyncio and the thread pool serve the listeners only (enqueue_async); they are imported
+    # there, so `gateway ingest`, one process per message, does not pay for them (issue 20).
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
 __all__ = [
     "Entry",
     "Envelope",
@@ -97,6 +100,7 @@ __all__ = [
     "Spool",
     "SpoolError",
     "SpoolFullError",
+    "SpoolStream",
     "SpoolWriteError",
 ]
 
@@ -140,7 +144,7 @@ class _Job:
     """One enqueue_async call waiting for the writer thread."""
 
     entry_id: str
-    raw: bytes
+    raw: bytes | SpoolStream  # a stream's file is already written; the writer finishes it
     envelope: Envelope
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[str]
@@ -171,6 +175,71 @@ class _Prepared:
 
 
 _STOP: Final = None  # writer-thread sentinel
+# Room kept in a streamed entry's header line beyond its first encoding: the final header
+# differs in `size` (up to 19 digits for 0) and in `received_at` (isoformat drops zero
+# microseconds: 7 characters).
+_HEADER_ROOM: Final = 32
+
+
+class SpoolStream:
+    """A message written to tmp/ piece by piece while it arrives (SMTP DATA of a large message),
+    so the listener never holds it whole (issue 20 outcome 5).
+
+    The header line comes first in the file but its `size` is known last: the first header is
+    written padded with spaces (JSON allows whitespace before the newline) and rewritten in
+    place, within the same room, when the message is complete. The file stays in tmp/, invisible
+    to workers, until `Spool.enqueue_stream_async` has fsynced it with its group and renamed it.
+    `write` and `abort` block: call them from a thread, never from the event loop.
+    """
+
+    def __init__(self, spool: Spool, entry_id: str, tmp_path: Path, out: IO[bytes], room: int):
+        self._spool = spool
+        self.entry_id = entry_id
+        self._tmp_path = tmp_path
+        self._out = out
+        self._room = room
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes | bytearray) -> None:
+        """Append message bytes. Raises SpoolFullError or SpoolWriteError (then call abort)."""
+        self._spool._reserve(len(data))
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            self._spool._account(-len(data))
+            raise _as_spool_error(exc) from exc
+        self.size += len(data)
+
+    def abort(self) -> None:
+        """Forget the message: nothing was acknowledged, so nothing is kept."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            self._out.close()
+        with contextlib.suppress(OSError):
+            self._tmp_path.unlink()
+        self._spool._account(-(self._room + self.size))
+
+    def finish(self, envelope: Envelope) -> _Prepared:
+        """Writer thread: the final header in place, the file closed (its fsync is the group's)."""
+        try:
+            header = Header(id=self.entry_id, envelope=envelope, size=self.size).encode()
+            if len(header) > self._room:
+                raise SpoolWriteError(f"streamed header outgrew its room ({len(header)} bytes)")
+            self._out.flush()
+            crash_point("mid-spool-write")  # written, not yet fsynced nor renamed: not visible
+            padded = header[:-1] + b" " * (self._room - len(header)) + b"\n"
+            os.pwrite(self._out.fileno(), padded, 0)
+            self._out.close()
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, SpoolError) or not isinstance(exc, Exception):
+                raise
+            raise _as_spool_error(exc) from exc
+        self._done = True
+        return _Prepared(self.entry_id, self._tmp_path, self._room + self.size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -269,9 +338,54 @@ class Spool:
         If the writer thread dies, its pending callers get SpoolWriteError and the next call
         starts a new one.
         """
+        import asyncio
+
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._submit(_Job(new_id(), raw, envelope, loop, future))
+        return await future
+
+    def open_stream(self, envelope: Envelope) -> SpoolStream:
+        """Start an entry whose bytes arrive in pieces (blocking: call from a thread).
+
+        `envelope` sizes the header's room; the one given to `enqueue_stream_async` is the one
+        recorded. Raises SpoolFullError or SpoolWriteError, leaving nothing behind.
+        """
+        entry_id = new_id()
+        try:
+            room = len(Header(id=entry_id, envelope=envelope, size=0).encode()) + _HEADER_ROOM
+        except Exception as exc:
+            raise SpoolWriteError(f"cannot encode the envelope: {exc}") from exc
+        self._reserve(room)
+        tmp_path = self.tmp_dir / f"{entry_id}.{os.getpid()}.tmp"
+        try:
+            if self._write_fault is not None:
+                self._write_fault()
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            out = open(fd, "wb")  # noqa: SIM115 - closed by SpoolStream.finish or abort
+            out.write(b" " * (room - 1) + b"\n")  # the header's room, filled in by finish
+        except BaseException as exc:
+            self._account(-room)
+            with contextlib.suppress(OSError):
+                tmp_path.unlink()
+            if isinstance(exc, SpoolError) or not isinstance(exc, Exception):
+                raise
+            raise _as_spool_error(exc) from exc
+        return SpoolStream(self, entry_id, tmp_path, out, room)
+
+    async def enqueue_stream_async(self, stream: SpoolStream, envelope: Envelope) -> str:
+        """`enqueue_async` for a streamed entry: same contract, same fsync groups. The writer
+        thread writes its final header, fsyncs it with the group, renames it into incoming/ and
+        fsyncs the directory; only then does this return. On failure the stream is aborted."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        try:
+            self._submit(_Job(stream.entry_id, stream, envelope, loop, future))
+        except SpoolError:
+            stream.abort()
+            raise
         return await future
 
     # ---------------------------------------------------------------------------- workers
@@ -587,6 +701,8 @@ class Spool:
             if self._closed:
                 raise SpoolWriteError("spool is closed")
             if self._fsync and self._fsync_pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 self._fsync_pool = ThreadPoolExecutor(
                     max_workers=_FSYNC_THREADS, thread_name_prefix="spool-fsync"
                 )
@@ -641,9 +757,11 @@ class Spool:
         written: list[tuple[_Job, _Prepared]] = []
         for job in jobs:
             try:
-                written.append(
-                    (job, self._prepare(job.entry_id, job.raw, job.envelope, sync=False))
-                )
+                if isinstance(job.raw, SpoolStream):
+                    item = job.raw.finish(job.envelope)
+                else:
+                    item = self._prepare(job.entry_id, job.raw, job.envelope, sync=False)
+                written.append((job, item))
             except SpoolError as exc:
                 job.settle(exc)
         prepared = self._sync_group(written) if self._fsync else written
@@ -689,7 +807,7 @@ class Spool:
 
         Raises FileNotFoundError if the entry is gone.
         """
-        tmp_path = self.tmp_dir / f"{header.id}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        tmp_path = self.tmp_dir / f"{header.id}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
         try:
             with open(path, "rb") as source:
                 try:

@@ -677,3 +677,45 @@ def test_entries_are_frozen(spool: Spool) -> None:
 
     with pytest.raises(AttributeError):
         entry.attempts = 5  # type: ignore[misc]
+
+
+# ---- streamed entries (SMTP DATA past 256 KiB; issue 20 outcome 5) -----------------------------
+
+
+def test_a_streamed_entry_is_invisible_until_enqueued_then_reads_back_whole(spool: Spool) -> None:
+    stream = spool.open_stream(make_envelope())
+    pieces = [b"Subject: big\r\n\r\n", bytes(range(256)) * 4096, b"the end\r\n"]
+    for piece in pieces:
+        stream.write(piece)
+    assert spool.pending() == []  # in tmp/ only: a crash now loses nothing acknowledged
+    final = make_envelope(mail_from="late@example.com")
+    entry_id = asyncio.run(spool.enqueue_stream_async(stream, final))
+    (entry,) = spool.pending()
+    assert entry.id == entry_id
+    assert spool.read_raw(entry) == b"".join(pieces)
+    assert entry.size == sum(map(len, pieces))
+    assert entry.envelope == final  # the envelope given at the end is the one recorded
+    assert files_in(spool.tmp_dir) == []
+    # The padded header survives a rewrite (fail re-encodes it without the padding).
+    claimed = spool.claim()
+    assert claimed is not None
+    spool.fail(claimed, stage="parse", error="boom")
+    (again,) = spool.pending()
+    assert spool.read_raw(again) == b"".join(pieces) and again.attempts == 1
+
+
+def test_an_aborted_stream_leaves_nothing_and_gives_its_room_back(tmp_path: Path) -> None:
+    small = Spool(tmp_path / "s", high_water_bytes=64 * 1024)
+    try:
+        stream = small.open_stream(make_envelope())
+        stream.write(b"x" * 40 * 1024)
+        stream.abort()
+        assert files_in(small.tmp_dir) == [] and small.pending() == []
+        # Its 40 KiB were released: another as large still fits under the 64 KiB mark.
+        other = small.open_stream(make_envelope())
+        other.write(b"y" * 40 * 1024)
+        with pytest.raises(SpoolFullError):
+            other.write(b"y" * 40 * 1024)
+        other.abort()
+    finally:
+        small.close()

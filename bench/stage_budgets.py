@@ -1,0 +1,113 @@
+"""Each worker stage's cost per message against issue 20's budget table, in process.
+
+Realistic support mail where every message becomes a ticket (not discarded list mail): each of
+--messages Endava help-desk tickets (title and body, `../shared/data/tickets/endava`) is sent as
+an email from one of the sample config's customer contacts, with its own Message-ID, into a
+fresh spool and SQLite database; the worker drains it (`Worker.drain`, its batches and its
+pipeline timings) and the bench prints each stage's mean µs per message beside its budget,
+the tickets made, and the drain's wall rate. The pipeline times decide and persist together
+(one lap), so they are printed against the sum of their budgets; blobs and commit are per batch
+and are divided by the messages. Measurement only; nothing is asserted.
+
+    .venv/bin/python bench/stage_budgets.py [--messages 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from email.utils import format_datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TICKETS = ROOT.parent / "shared" / "data" / "tickets" / "endava" / "all_tickets.csv"
+sys.path.insert(0, str(ROOT))
+
+from gateway import clock  # noqa: E402
+from tests.helpers import Gateway, configure  # noqa: E402
+
+# Issue 20 outcome 1, µs per message. None: not in the table (printed, not judged).
+BUDGETS: dict[str, int | None] = {
+    "parse": 200,
+    "blobs": None,
+    "identify": 50,
+    "thread": 100,
+    "classify": 300,
+    "persist": 100 + 500,  # decide + persist, one lap in gateway/pipeline.py
+    "commit": None,
+}
+TOTAL_BUDGET = 1500
+
+
+def contacts(config: Path) -> list[str]:
+    data = tomllib.loads((config / "customers.toml").read_text())
+    return [c["email"] for a in data.get("account", []) for c in a.get("contacts", [])]
+
+
+def support_mail(n: int, sender: str, title: str, body: str) -> bytes:
+    subject = (title or body[:60] or "help").replace("\r", " ").replace("\n", " ")
+    return (
+        f"From: {sender}\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+        f"Date: {format_datetime(clock.now())}\r\nMessage-ID: <bench-{n}@customer.example>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--messages", type=int, default=2000)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="gw-stages-"))
+    try:
+        state = work / "state"
+        trained = ROOT / ".state" / "models"
+        if trained.exists():  # the model is trained once, outside the timing
+            shutil.copytree(trained, state / "models")
+        config = configure(ROOT / "config", work / "config", state)
+        senders = contacts(config)
+        with TICKETS.open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.DictReader(fh) if r["body"].strip()][: args.messages]
+        gw = Gateway(config)
+        try:
+            for n, row in enumerate(rows):
+                gw.ingest(support_mail(n, senders[n % len(senders)], row["title"], row["body"]))
+            started = time.perf_counter()
+            gw.drain()
+            seconds = time.perf_counter() - started
+            timings = gw.worker.timings
+            outcomes: dict[str, int] = {}
+            for intake in gw.intakes():
+                outcomes[intake.outcome] = outcomes.get(intake.outcome, 0) + 1
+        finally:
+            gw.close()
+        drained = sum(outcomes.values())
+        count = max(1, timings.count)
+        print(
+            f"{drained} support emails (Endava tickets from {len(senders)} customer contacts), "
+            f"SQLite, in process; {os.cpu_count()} CPUs shared with other work"
+        )
+        print(f"outcomes: {outcomes}")
+        print(f"{'stage':10} {'µs/msg':>8} {'budget':>8}  ")
+        total = 0.0
+        for stage, seconds_total in timings.totals.items():
+            us = seconds_total / count * 1e6
+            total += us
+            budget = BUDGETS.get(stage)
+            mark = "" if budget is None else ("ok" if us <= budget else f"x{us / budget:.1f}")
+            shown = "-" if budget is None else str(budget)
+            print(f"{stage:10} {us:8.0f} {shown:>8}  {mark}")
+        print(f"{'total':10} {total:8.0f} {TOTAL_BUDGET:>8}  x{total / TOTAL_BUDGET:.1f}")
+        per = seconds / max(1, drained) * 1e3
+        print(f"drain: {drained / seconds:.0f} msg/s wall ({per:.2f} ms a message)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
