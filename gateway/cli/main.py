@@ -538,10 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)
 
     from gateway.cli import billing as cli_billing
+    from gateway.cli import intakes as cli_intakes
     from gateway.cli import privacy as cli_retention
     from gateway.cli import tokens as cli_api
 
-    for module in (cli_billing, cli_retention, cli_api):
+    for module in (cli_intakes, cli_billing, cli_retention, cli_api):
         module.register(sub)
     return p
 

@@ -4,6 +4,7 @@ that the ticket and the billing evidence record the very words spoken (issue 18,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -14,7 +15,14 @@ from sqlalchemy import select
 from gateway.outbound import twilio_sender as twilio_outbound
 from gateway.storage.billing_tables import Incident
 from gateway.storage.models import DecisionRecord, Intake
-from tests.helpers import AFTER_CLOSING, AFTER_HOURS, BEFORE_CLOSING, BUSINESS_HOURS, Gateway
+from tests.helpers import (
+    AFTER_CLOSING,
+    AFTER_HOURS,
+    BEFORE_CLOSING,
+    BUSINESS_HOURS,
+    Gateway,
+    gateway_cli,
+)
 from tests.twilio.conftest import (
     BASIC_PHONE,
     GROWTH_PHONE,
@@ -198,3 +206,40 @@ def test_an_unknown_number_hears_a_neutral_message_not_about_its_plan(
     assert "plan" not in said.lower()
     assert "We do not recognise the number you are calling from" in said
     assert "email us at support@example.com" in said
+
+
+def test_gateway_intakes_outcome_reject_lists_rejected_calls_with_channel_caller_reason_time(
+    app_and_gateway: App, pin_clock: Callable[[str], datetime]
+) -> None:
+    app, gw = app_and_gateway
+    pin_clock(BUSINESS_HOURS)
+    config = gw.box.config_dir
+    empty = gateway_cli(config, "intakes", "--outcome", "reject")
+    assert empty.returncode == 0, empty.stderr
+    assert empty.stdout.decode().splitlines() == ["no reject intakes"]
+
+    hangs_up_after(app, BASIC_PHONE, "CA-r1")
+    hangs_up_after(app, UNKNOWN_PHONE, "CA-r2")
+    _, action = answer(app, GROWTH_PHONE, "CA-ok")
+    press(app, action, GROWTH_PHONE, "CA-ok", "2")  # a ticket, not a rejection
+    gw.drain()
+
+    out = gateway_cli(config, "intakes", "--outcome", "reject")
+    assert out.returncode == 0, out.stderr
+    header, *rows = out.stdout.decode().splitlines()
+    assert header.split() == ["RECEIVED", "OUTCOME", "CHANNEL", "FROM", "REASON"]
+    assert len(rows) == 2
+    # Aligned columns: every row's channel starts where the header's CHANNEL does.
+    column = header.index("CHANNEL")
+    assert all(row[column:].startswith("twilio-voice") for row in rows)
+    by_caller = {next(p for p in row.split() if p.startswith("+")): row for row in rows}
+    assert set(by_caller) == {BASIC_PHONE, UNKNOWN_PHONE}
+    assert "plan basic does not include voice" in by_caller[BASIC_PHONE]
+    assert by_caller[BASIC_PHONE].startswith("2026-12-15T15:00")  # when it came in
+
+    listed = gateway_cli(config, "intakes", "--outcome", "reject", "--json")
+    records = json.loads(listed.stdout)
+    assert {r["outcome"] for r in records} == {"reject"}
+    assert {r["dedup_key"] for r in records} == {"twilio:call:CA-r1", "twilio:call:CA-r2"}
+    everything = json.loads(gateway_cli(config, "intakes", "--json").stdout)
+    assert {r["outcome"] for r in everything} == {"reject", "ticket"}
