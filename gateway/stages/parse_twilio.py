@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from gateway.intake.spool import Envelope
-from gateway.message import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE, ParsedMessage
+from gateway.message import TRANSCRIPTION_PENDING_LINE, TRANSCRIPTION_UNAVAILABLE, ParsedMessage
 from gateway.phone import normalise_phone
 
 VOICE_EVENTS: Final = ("call", "gather", "recording", "transcription")
@@ -161,7 +161,7 @@ def _voice(
             f"Recording: {url}",
         ]
         if TRANSCRIBE_MIN_SECONDS <= duration <= TRANSCRIBE_MAX_SECONDS and status == "completed":
-            lines.append(f"{TRANSCRIPTION_PENDING} (added to this ticket when Twilio sends it).")
+            lines.append(TRANSCRIPTION_PENDING_LINE)
         else:
             lines.append(
                 f"{TRANSCRIPTION_UNAVAILABLE}: a {duration} s recording is outside Twilio's "
