@@ -261,7 +261,7 @@ class MailboxPoller:
         client = self._open()
         try:
             self._drain(client, threading.Event())
-            self.stats.last_fetch_at = business_clock.wall_seconds()
+            self._fetched()
         except _SpoolUnavailableError:
             pass
         finally:
@@ -376,8 +376,7 @@ class MailboxPoller:
             try:
                 self._drain(client, stop)
                 spool_failures = 0
-                # a whole successful look at the folder
-                self.stats.last_fetch_at = business_clock.wall_seconds()
+                self._fetched()
             except _SpoolUnavailableError:
                 # Temporary (DESIGN promise 1): the messages stay unseen in place. Keep the
                 # connection; back off before trying again.
@@ -609,7 +608,7 @@ class MailboxPoller:
         self._move(client, [uid], self.box.quarantine_folder)
         self.attempts.forget([uid])
         self.stats.quarantined += 1
-        self.stats.last_error = f"UID {uid} quarantined: {reason}"
+        self.stats.failed(f"UID {uid} quarantined: {reason}", business_clock.now())
         log.error(
             "%s: moved UID %s to %r: %s", self.channel, uid, self.box.quarantine_folder, reason
         )
@@ -652,7 +651,12 @@ class MailboxPoller:
         return ceiling * random.uniform(0.5, 1.0)
 
     def _error(self, exc: BaseException) -> None:
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        self.stats.failed(f"{type(exc).__name__}: {exc}", business_clock.now())
+
+    def _fetched(self) -> None:
+        """A whole successful look at the folder: the mailbox works, an earlier error is past."""
+        self.stats.last_fetch_at = business_clock.wall_seconds()
+        self.stats.fetched(business_clock.now())
 
 
 def _bodies(response: dict[Any, Any]) -> dict[int, bytes | Exception]:
