@@ -770,6 +770,37 @@ def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again_and_st
         server.stop()
 
 
+def test_reload_applies_a_changed_imap_table_without_a_restart(
+    dovecot: Dovecot, user: str, make_config: Callable[..., Path]
+) -> None:
+    config = _with_mailbox(
+        make_config(**NO_WEBHOOKS), dovecot, user, "help-desk", after_intake="move"
+    )
+    daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
+    try:
+        dovecot.append(user, mail(1))
+        _settled(daemon, ["Printer 1 offline"])
+        wait_for(lambda: dovecot.count(user, "Processed") == 1, timeout=10)
+
+        toml = config / "gateway.toml"
+        toml.write_text(toml.read_text().replace('after_intake = "move"', 'after_intake = "flag"'))
+        daemon.sighup()
+        wait_for(lambda: "polling with the reloaded table" in daemon.log.read_text(), timeout=30)
+        log = daemon.log.read_text()
+        assert "[[imap]] help-desk: after_intake changed in gateway.toml: applied now" in log
+        assert "after a restart" not in log
+
+        dovecot.append(user, mail(2))  # taken by the reloaded table: flagged, left in place
+        _settled(daemon, ["Printer 1 offline", "Printer 2 offline"])
+        inbox = wait_for(lambda: dovecot.folder(user, "INBOX"), timeout=10)
+        ((raw, _flags),) = inbox.values()
+        assert b"Printer 2 offline" in raw
+        wait_for(lambda: b"\\Seen" in next(iter(dovecot.folder(user, "INBOX").values()))[1], 10)
+        assert dovecot.count(user, "Processed") == 1
+    finally:
+        daemon.stop()
+
+
 def test_a_wrong_password_is_reported_by_mailbox_and_retried_while_smtp_goes_on(
     dovecot: Dovecot, user: str, make_config: Callable[..., Path]
 ) -> None:
