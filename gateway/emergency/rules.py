@@ -742,16 +742,24 @@ def _acknowledgement(message: ParsedMessage, channel: str, config: EmergencyFile
     return None  # SMS: only YES to our prompt acknowledges
 
 
+def _keypress(message: ParsedMessage) -> bool:
+    """A call's keypress. The channel first: an email may carry any X-Twilio-* header it likes,
+    and must never choose its own price instant or evidence words."""
+    return (
+        channel_kind(message.channel) == "voice" and message.header("x-twilio-event") == "gather"
+    )
+
+
 def call_prompt(message: ParsedMessage) -> str | None:
     """The exact words of the emergency prompt the caller heard before a keypress, as the call's
     signed gather URL carries them (channels/twilio.py); None for a keypress without them."""
-    return message.header("x-twilio-prompt") or None
+    return (message.header("x-twilio-prompt") or None) if _keypress(message) else None
 
 
 def quoted_at(message: ParsedMessage) -> datetime:
     """The instant the price was stated: a keypress answers the prompt spoken when the call was
     answered (its after-hours surcharge was decided then), anything else is priced on arrival."""
-    spoken = message.header("x-twilio-prompted-at")
+    spoken = message.header("x-twilio-prompted-at") if _keypress(message) else None
     if spoken:
         try:
             at = datetime.fromisoformat(spoken.replace("Z", "+00:00"))
@@ -772,7 +780,7 @@ def _heard(message: ParsedMessage) -> str:
 def _acknowledgement_evidence(message: ParsedMessage, acknowledgement: str | None) -> str | None:
     """The evidence text of an acknowledgement: its exact text, or for a call the digit and the
     exact words spoken before it (what the caller accepted, DESIGN promise 5)."""
-    if acknowledgement is None or message.header("x-twilio-event") != "gather":
+    if acknowledgement is None or not _keypress(message):
         return acknowledgement
     return f"pressed {acknowledgement} {_heard(message)}"
 
