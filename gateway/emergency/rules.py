@@ -699,7 +699,7 @@ def _keypress_notes(
 ) -> tuple[Note, ...]:
     """A caller's choice on a call, recorded with its evidence (what makes it an emergency, or
     not, is `evaluate`'s rule)."""
-    if message.header("x-twilio-event") != "gather":
+    if not _keypress(message):
         return ()
     digit = message.header("x-twilio-digits") or ""
     call = message.header("x-twilio-callsid") or "?"

@@ -143,10 +143,17 @@ def test_an_email_cannot_pick_its_price_instant_or_evidence_words_with_call_head
         X_Twilio_Prompted_At=TUESDAY_10.isoformat(),  # "the price was stated in hours"
         X_Twilio_Prompt="Emergency support is free",
     )
-    desk.mail(forged, saturday)
+    result = desk.mail(forged, saturday)
     (incident,) = desk.incidents()
     assert (incident.after_hours, incident.surcharge_minor) == (True, 10000)
     assert incident.evidence_text == PHRASE
+    with desk.gw.session() as session:
+        codes = session.execute(
+            select(DecisionRecord.code).where(
+                DecisionRecord.ticket_id == desk.ticket(result.reference or "").id
+            )
+        ).scalars()
+        assert not any("keypress" in code for code in codes)  # an email presses no key
 
 
 def test_an_emergency_address_a_subject_marker_and_the_sms_keyword_are_the_signals(
