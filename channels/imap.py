@@ -42,6 +42,7 @@ attempts, through
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import imaplib
 import logging
 import random
@@ -49,6 +50,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 from imapclient import IMAPClient
@@ -64,17 +66,18 @@ from gateway.storage.channel_state import (
     ChannelStateStore,
     ClusterLock,
     needs_cluster_lock,
-    open_store,
 )
 
 __all__ = [
     "IDLE_RENEW_SECONDS",
+    "MailboxChanges",
     "MailboxPoller",
     "MailboxStats",
     "PollerThread",
     "StartTlsRequiredError",
+    "mailbox_changes",
     "mailbox_password",
-    "start_pollers",
+    "start_poller",
 ]
 
 log = logging.getLogger(__name__)
@@ -261,7 +264,7 @@ class MailboxPoller:
         client = self._open()
         try:
             self._drain(client, threading.Event())
-            self.stats.last_fetch_at = business_clock.wall_seconds()
+            self._fetched()
         except _SpoolUnavailableError:
             pass
         finally:
@@ -376,8 +379,7 @@ class MailboxPoller:
             try:
                 self._drain(client, stop)
                 spool_failures = 0
-                # a whole successful look at the folder
-                self.stats.last_fetch_at = business_clock.wall_seconds()
+                self._fetched()
             except _SpoolUnavailableError:
                 # Temporary (DESIGN promise 1): the messages stay unseen in place. Keep the
                 # connection; back off before trying again.
@@ -609,7 +611,7 @@ class MailboxPoller:
         self._move(client, [uid], self.box.quarantine_folder)
         self.attempts.forget([uid])
         self.stats.quarantined += 1
-        self.stats.last_error = f"UID {uid} quarantined: {reason}"
+        self.stats.failed(f"UID {uid} quarantined: {reason}", business_clock.now())
         log.error(
             "%s: moved UID %s to %r: %s", self.channel, uid, self.box.quarantine_folder, reason
         )
@@ -652,7 +654,12 @@ class MailboxPoller:
         return ceiling * random.uniform(0.5, 1.0)
 
     def _error(self, exc: BaseException) -> None:
-        self.stats.last_error = f"{type(exc).__name__}: {exc}"
+        self.stats.failed(f"{type(exc).__name__}: {exc}", business_clock.now())
+
+    def _fetched(self) -> None:
+        """A whole successful look at the folder: the mailbox works, an earlier error is past."""
+        self.stats.last_fetch_at = business_clock.wall_seconds()
+        self.stats.fetched(business_clock.now())
 
 
 def _bodies(response: dict[Any, Any]) -> dict[int, bytes | Exception]:
@@ -680,30 +687,60 @@ class PollerThread(threading.Thread):
         self.poller.run(self.stop)
 
 
-def start_pollers(
+def start_poller(
+    box: ImapMailbox,
     settings: Settings,
     spool: Spool,
     stop: threading.Event,
-    *,
-    store: ChannelStateStore | None = None,
-) -> list[PollerThread]:
-    """One started thread per `[[imap]]` mailbox (none when there are none)."""
-    if not settings.gateway.imap:
-        return []
-    if store is None:
-        store = open_store(settings.database_url)
-    clustered = needs_cluster_lock(settings.database_url)
-    threads = []
-    for box in settings.gateway.imap:
-        poller = MailboxPoller(
-            box,
-            spool,
-            password=mailbox_password(box.name),
-            max_message_bytes=settings.gateway.limits.max_message_bytes,
-            store=store,
-            lock=ClusterLock(store.engine, f"imap:{box.name}") if clustered else None,
-        )
-        thread = PollerThread(poller, stop)
-        thread.start()
-        threads.append(thread)
-    return threads
+    store: ChannelStateStore,
+) -> PollerThread:
+    """A started thread serving `box` until `stop` is set; its password is read now."""
+    poller = MailboxPoller(
+        box,
+        spool,
+        password=mailbox_password(box.name),
+        max_message_bytes=settings.gateway.limits.max_message_bytes,
+        store=store,
+        lock=(
+            ClusterLock(store.engine, f"imap:{box.name}")
+            if needs_cluster_lock(settings.database_url)
+            else None
+        ),
+    )
+    thread = PollerThread(poller, stop)
+    thread.start()
+    return thread
+
+
+@dataclass(frozen=True)
+class MailboxChanges:
+    """What a reload changes of the `[[imap]]` tables, by mailbox name: new mailboxes, gone
+    ones, and those whose table changed with the keys that did."""
+
+    added: tuple[ImapMailbox, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[tuple[ImapMailbox, tuple[str, ...]], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def mailbox_changes(old: tuple[ImapMailbox, ...], new: tuple[ImapMailbox, ...]) -> MailboxChanges:
+    """Compare two sets of `[[imap]]` tables (a reload applies the difference)."""
+    before = {box.name: box for box in old}
+    after = {box.name: box for box in new}
+    changed = []
+    for name, box in after.items():
+        was = before.get(name)
+        if was is not None and was != box:
+            keys = tuple(
+                f.name
+                for f in dataclasses.fields(box)
+                if getattr(was, f.name) != getattr(box, f.name)
+            )
+            changed.append((box, keys))
+    return MailboxChanges(
+        added=tuple(box for name, box in after.items() if name not in before),
+        removed=tuple(name for name in before if name not in after),
+        changed=tuple(changed),
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 from gateway.storage.channel_state import ChannelStateStore
@@ -42,10 +43,34 @@ class MailboxStats:
     cursor_pending: bool = False  # cursor not yet written to the database (it is down)
     last_fetch_at: float | None = None  # epoch seconds of the last successful drain (metrics)
     lock_held: bool = False  # this instance holds the mailbox's cluster lock (PostgreSQL)
+    # The error the mailbox is in now, and since when (ISO 8601, UTC); None once a whole look at
+    # the folder has succeeded after it (issue 18 item 9: a recovered mailbox showed its last
+    # ConnectionRefusedError as if it were still failing).
     last_error: str | None = None
+    last_error_at: str | None = None
+    # The last error a successful fetch put behind us, when it happened and when it was over.
+    past_error: str | None = None
+    past_error_at: str | None = None
+    recovered_at: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
+
+    def failed(self, error: str, at: datetime) -> None:
+        """The mailbox is in error now (a failed connection, fetch or spool write)."""
+        self.last_error = error
+        self.last_error_at = _iso(at)
+
+    def fetched(self, at: datetime) -> None:
+        """A whole look at the folder succeeded: an error before it is past, kept as such."""
+        if self.last_error is not None:
+            self.past_error, self.past_error_at = self.last_error, self.last_error_at
+            self.recovered_at = _iso(at)
+            self.last_error = self.last_error_at = None
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

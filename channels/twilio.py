@@ -11,14 +11,16 @@ Owns the Twilio contract (https://www.twilio.com/docs/usage/webhooks/webhooks-se
   `twilio:recording:<RecordingSid>`, `twilio:transcription:<RecordingSid>`), so a replayed
   request gets the same answer and the pipeline records a duplicate, never a second ticket.
 * Answers come well inside Twilio's 15 s timeout: no database, no network, no parsing of the
-  message here. A live call consults only the in-memory customer directory and the pure
-  `check_channel_entitlement` (DESIGN allows exactly that), so TwiML is returned with the
-  database down.
+  message here. A live call consults only the in-memory customer directory, the pure
+  `check_channel_entitlement` and the pure emergency rules (price and who may ask), so TwiML is
+  returned with the database down.
 * A body over `MAX_BODY_BYTES` gets 413 before anything reads it as a form (Twilio's own
   requests are a few kB: an SMS is at most 1,600 characters), so a stranger cannot make us buffer
   or parse megabytes before the signature check refuses them.
 * TwiML is built with Twilio's `twiml` classes, never by string formatting. The voice flow never
-  loops: <Gather> falls through to <Record>, and <Record>'s action only says goodbye.
+  loops: <Gather> falls through to <Record>, and <Record>'s action only says goodbye. What is
+  said is channels/call_script.py's; the price it states is the emergency rules' `quote`, and a
+  keypress 1 is answered by their `refusal` (both pure: no clock of their own, no I/O).
 Never parses, classifies or writes tickets: the worker does (`gateway/stages/parse_twilio.py`).
 """
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 from urllib.parse import urlencode
@@ -41,11 +43,23 @@ from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
+from channels.call_script import (
+    CALLER,
+    GOODBYE,
+    LEAVE_MESSAGE,
+    NO_CHOICE,
+    cannot_serve,
+    emergency_prompt,
+    keypress_answer,
+)
 from gateway import clock as business_clock
 from gateway.config.loader import Settings
+from gateway.config.schema import EmergencyFile
+from gateway.emergency.rules import quote, refusal
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError
 from gateway.phone import normalise_phone
+from gateway.policy.calendars import Calendar
 from gateway.policy.directory import Directory
 from gateway.policy.plans import Plans, check_channel_entitlement
 from gateway.policy.sms import sms_keyword
@@ -53,21 +67,20 @@ from gateway.service.http_server import HttpServer, serve_http
 
 log = logging.getLogger(__name__)
 
-EMERGENCY_PROMPT: Final = (
-    "If this is an emergency, press 1. Emergency support is billed per incident at the rate in "
-    "your agreement. For normal priority, press 2."
-)
-NO_CHOICE: Final = "We did not get a choice, so your message will have normal priority."
-LEAVE_MESSAGE: Final = "Please leave your message after the tone, then hang up."
-EMERGENCY_NOTED: Final = "Your emergency is noted. " + LEAVE_MESSAGE
-GOODBYE: Final = "Thank you. We have your message. Goodbye."
 TWIML: Final = "application/xml"
 MAX_BODY_BYTES: Final = 64 * 1024
 
 
 class PlanTable(Protocol):
+    """What a live call reads of the policy: plans, the calendars and emergency.toml (the
+    price and its after-hours surcharge are stated on the call)."""
+
     @property
     def plans(self) -> Plans: ...
+    @property
+    def calendars(self) -> Mapping[str, Calendar]: ...
+    @property
+    def emergency(self) -> EmergencyFile: ...
 
 
 class LiveConfig(Protocol):
@@ -138,16 +151,25 @@ class TwilioChannel:
         return None
 
     async def spool_event(
-        self, request: Request, channel: str, event: str, key: str, params: dict[str, str]
+        self,
+        request: Request,
+        channel: str,
+        event: str,
+        key: str,
+        params: dict[str, str],
+        said: str = "",
     ) -> str | None:
-        """Spool one event; None when it is durable, else the reason (answer 503)."""
-        payload = {
+        """Spool one event; None when it is durable, else the reason (answer 503). `said`: the
+        words the caller hears in answer, recorded with the event (a call we cannot serve)."""
+        payload: dict[str, object] = {
             "v": 1,
             "event": event,
             "path": request.url.path,
             "query": dict(request.query_params),
             "params": params,
         }
+        if said:
+            payload["said"] = said
         raw = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
         caller = params.get("From") or request.query_params.get("caller") or ""
         env = Envelope(
@@ -223,24 +245,31 @@ class TwilioChannel:
         if not entitlement.entitled and entitlement.action == "reject":
             call = params.get("CallSid", "")
             key = f"twilio:call:{call}"
-            if await self.spool_event(request, "twilio-voice", "call", key, params):
+            # How to reach us instead: the address our replies come from.
+            address = runtime.settings.gateway.outbound.from_address
+            said = cannot_serve(hooks.greeting, customer, entitlement, address)
+            if await self.spool_event(request, "twilio-voice", "call", key, params, said):
                 return PlainTextResponse("try again later", status_code=503)
-            response.say(
-                f"{hooks.greeting} Your support plan does not include phone support. Please "
-                f"contact us by {' or '.join(entitlement.included)}. Goodbye."
-            )
+            response.say(said)
             response.hangup()
             return Response(str(response), media_type=TWIML)
         response.say(hooks.greeting)
-        plan = runtime.policy.plans.get(customer.plan)
+        policy = runtime.policy
+        plan = policy.plans.get(customer.plan)
         if entitlement.entitled and plan.emergency:
-            gather = Gather(
-                num_digits=1,
-                action=self.url("/twilio/voice/gather", caller=caller),
-                method="POST",
-                timeout=8,
+            at = business_clock.now()
+            prompt = emergency_prompt(quote(plan, policy.emergency, policy.calendars, at))
+            # The words and their instant ride in the keypress URL, which Twilio signs: the
+            # keypress's evidence records exactly what the caller heard, priced when they heard
+            # it (gateway/emergency/rules.py: call_prompt, quoted_at).
+            action = self.url(
+                "/twilio/voice/gather",
+                caller=caller,
+                at=at.isoformat().replace("+00:00", "Z"),
+                prompt=prompt,
             )
-            gather.say(EMERGENCY_PROMPT)
+            gather = Gather(num_digits=1, action=action, method="POST", timeout=8)
+            gather.say(prompt)
             response.append(gather)
             # No key pressed: Twilio falls through to here — a normal voicemail, never a loop.
             response.say(NO_CHOICE + " " + LEAVE_MESSAGE)
@@ -260,8 +289,19 @@ class TwilioChannel:
         ):
             return PlainTextResponse("try again later", status_code=503)
         caller = request.query_params.get("caller") or params.get("From", "")
+        digit = params.get("Digits", "")
+        refused = None
+        if digit == "1":
+            # The one emergency rule, asked as the worker will ask it: the caller hears what the
+            # ticket and the SMS say (issue 18 item 4: never "noted" when it is not accepted).
+            runtime = self.runtime()
+            number = normalise_phone(caller) if caller else ""
+            customer = runtime.directory.identify(number, "twilio-voice")
+            plans = runtime.policy.plans
+            entitled = check_channel_entitlement(customer, "twilio-voice", plans).entitled
+            refused = refusal(customer, plans.get(customer.plan), entitled, "voice", CALLER)
         response = VoiceResponse()
-        response.say(EMERGENCY_NOTED if params.get("Digits") == "1" else LEAVE_MESSAGE)
+        response.say(keypress_answer(digit, refused))
         return Response(str(self.record(response, caller)), media_type=TWIML)
 
     async def recording(self, request: Request) -> Response:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 # The header on every mail we send, so our own mail coming back is recognised (stages/automated
@@ -18,6 +18,27 @@ OWN_LOOP_HEADER: Final = "x-intake-gateway"
 # (stages/parse_twilio and persist write it, outbound/twilio_sender replaces it).
 TRANSCRIPTION_PENDING: Final = "Transcription: pending"
 TRANSCRIPTION_UNAVAILABLE: Final = "Transcription: unavailable"
+# The whole pending line of a recording's text; settling it replaces the line whole, so the
+# note never says "received" and "when Twilio sends it" at once (issue 18 item 7).
+TRANSCRIPTION_PENDING_LINE: Final = (
+    TRANSCRIPTION_PENDING + " (added to this ticket when Twilio sends it)."
+)
+
+
+def transcription_received(at: datetime) -> str:
+    """The line that replaces the pending one once the transcript is on the ticket: where to find
+    it, by the time `gateway show` lists it under (never a database id, which is no place in
+    the ticket)."""
+    at = at.replace(tzinfo=UTC) if at.tzinfo is None else at  # stored times are UTC
+    when = at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return f"Transcription: received {when}, as its own message on this ticket."
+
+
+def settle_transcription(text: str, line: str) -> str:
+    """`text` with its pending transcription line, whatever its wording, replaced by `line`."""
+    return "\n".join(
+        line if old.startswith(TRANSCRIPTION_PENDING) else old for old in text.split("\n")
+    )
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # Named instants for tests whose outcome depends on the time (pass them to `pin_clock`). The
-# sample config's business calendar is Monday-Friday 09:00-17:00 America/New_York.
+# sample config's business calendar is Monday-Friday 08:00-18:00 America/New_York.
 BUSINESS_HOURS = "2026-12-15T15:00:00Z"  # Tuesday 10:00 in New York
 AFTER_HOURS = "2026-12-12T08:00:00Z"  # Saturday 03:00 in New York
 SUNDAY_MIDDAY = "2026-12-13T17:29:00Z"  # Sunday 12:29 in New York: closed, after hours
+BEFORE_CLOSING = "2026-12-15T22:59:50Z"  # Tuesday 17:59:50 in New York: still open
+AFTER_CLOSING = "2026-12-15T23:00:20Z"  # Tuesday 18:00:20 in New York: closed, after hours
 
 
 def free_port() -> int:

@@ -291,7 +291,15 @@ def test_read_only_commands_never_create_state(make_config: Callable[..., Path])
 
 
 @pytest.mark.parametrize(
-    "command", [("tickets",), ("tickets", "--json"), ("show", "T-000001"), ("status", "--json")]
+    "command",
+    [
+        ("tickets",),
+        ("tickets", "--json"),
+        ("show", "T-000001"),
+        ("status", "--json"),
+        ("intakes",),
+        ("intakes", "--outcome", "reject"),
+    ],
 )
 def test_a_reader_that_closes_the_pipe_gets_no_traceback(
     config_with_tickets: Path, command: tuple[str, ...]

@@ -191,7 +191,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         print(
             f"listener:     {name} {addr} accepted={ch.get('accepted', 0)} "
-            f"temp_failures={ch.get('temp_failures', 0)} last_error={ch.get('last_error')}"
+            f"temp_failures={ch.get('temp_failures', 0)} last_error={_last_error(ch)}"
         )
     print(f"spool depth:  {out['spool_depth']}")
     print(f"quarantine:   {out['quarantine']}")
@@ -212,6 +212,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     if d.get("config_error"):
         print(f"config error: {d['config_error']}")
     return 0
+
+
+def _last_error(channel: dict[str, Any]) -> str:
+    """A channel's error as of now: the current one with its time, or none now and the past one
+    with its time and when it was over (an IMAP mailbox that recovered, issue 18 item 9)."""
+    error, at = channel.get("last_error"), channel.get("last_error_at")
+    if error is not None:
+        return f"{error} (since {at})" if at else str(error)
+    past = channel.get("past_error")
+    if past is None:
+        return "None"
+    return (
+        f"None (past: {past} at {channel.get('past_error_at')}; fetching again since "
+        f"{channel.get('recovered_at')})"
+    )
 
 
 def _outbox_backlog(settings: Settings) -> dict[str, Any] | None:
@@ -502,11 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_parser("upgrade").set_defaults(func=cmd_db_upgrade)
 
     from gateway.cli import billing as cli_billing
+    from gateway.cli import intakes as cli_intakes
     from gateway.cli import privacy as cli_retention
     from gateway.cli import simulate as cli_simulate
     from gateway.cli import tokens as cli_api
 
-    for module in (cli_billing, cli_retention, cli_api, cli_simulate):
+    for module in (cli_intakes, cli_billing, cli_retention, cli_api, cli_simulate):
         module.register(sub)
     return p
 

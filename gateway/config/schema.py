@@ -97,6 +97,8 @@ class OutboundSection:
     # Relay login user; the password comes from $GATEWAY_RELAY_PASSWORD or credential
     # `relay-password`.
     username: str = ""
+    # The address our replies come from; a caller whose plan has no phone support is told to
+    # write to it (channels/call_script.py).
     from_address: str = "support@support.example.com"
     from_name: str = "Support"
     # At most this many automatic messages to one recipient per window.

@@ -312,6 +312,39 @@ _AUTHORISED_HELP = (
 )
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a contact may not ask for emergency support (rules 1 and 2), and how to get help:
+    the words of the `emergency-unavailable` reply, and of a live call (channels/call_script.py)."""
+
+    code: Literal["plan", "not-authorised"]
+    reason: str
+    help: str
+
+
+def refusal(
+    customer: Customer, plan: Plan, entitled: bool, channel: str, who: str
+) -> Refusal | None:
+    """Rules 1 and 2: may `customer` (named `who` in the reason) ask for emergency support by
+    `channel` (email | sms | voice)? None when they may. A live call asks this very function
+    when the caller presses 1, so the caller hears what the SMS and the ticket say."""
+    if not (plan.emergency and entitled):
+        why = (
+            f"plan {plan.name} does not include emergency support"
+            if not plan.emergency
+            else f"plan {plan.name} does not include {channel}, so no emergency by {channel}"
+        )
+        return Refusal("plan", why, _PLAN_HELP)
+    if not customer.emergency_authorised:
+        return Refusal(
+            "not-authorised",
+            f"{who} is not among the authorised contacts of "
+            f"{customer.account_name or customer.account_id} who may ask for emergency support",
+            _AUTHORISED_HELP,
+        )
+    return None
+
+
 def evaluate(
     message: ParsedMessage,
     customer: Customer,
@@ -348,23 +381,14 @@ def evaluate(
         )
     channel = channel_kind(message.channel)
     who = message.sender or "an unknown sender"
-    if not (plan.emergency and entitled):
-        why = (
-            f"plan {plan.name} does not include emergency support"
-            if not plan.emergency
-            else f"plan {plan.name} does not include {channel}, so no emergency by {channel}"
-        )
-        return EmergencyStep(
-            "unavailable", "plan", why, signal=signal, help=_PLAN_HELP, classified=classified
-        )
-    if not customer.emergency_authorised:
+    refused = refusal(customer, plan, entitled, channel, who)
+    if refused is not None:
         return EmergencyStep(
             "unavailable",
-            "not-authorised",
-            f"{who} is not among the authorised contacts of "
-            f"{customer.account_name or customer.account_id} who may ask for emergency support",
+            refused.code,
+            refused.reason,
             signal=signal,
-            help=_AUTHORISED_HELP,
+            help=refused.help,
             classified=classified,
         )
     authenticated, authentication = _authentication(message)
@@ -372,13 +396,13 @@ def evaluate(
     evidence = Evidence(
         channel=channel,
         reference=_reference(message),
-        text=acknowledgement or _request_text(message),
+        text=_acknowledgement_evidence(message, acknowledgement) or _request_text(message),
         at=message.received_at,
         sender=message.sender,
         authentication=authentication,
         contact=_contact(customer),
     )
-    price = quote(plan, config, calendars, message.received_at)
+    price = quote(plan, config, calendars, quoted_at(message))
     review = review_flag(classified, levels, config)
     # A held ticket asked again gets no second confirmation request (exactly one per hold).
     held: Outcome = (
@@ -675,14 +699,14 @@ def _keypress_notes(
 ) -> tuple[Note, ...]:
     """A caller's choice on a call, recorded with its evidence (what makes it an emergency, or
     not, is `evaluate`'s rule)."""
-    if message.header("x-twilio-event") != "gather":
+    if not _keypress(message):
         return ()
     digit = message.header("x-twilio-digits") or ""
     call = message.header("x-twilio-callsid") or "?"
     at = message.received_at.isoformat().replace("+00:00", "Z")
     evidence = (
-        f"caller {message.sender} pressed {digit or 'nothing'} on call {call} at {at}, after "
-        "hearing that emergency support is billed per incident at the rate in the agreement"
+        f"caller {message.sender} pressed {digit or 'nothing'} on call {call} at {at}, "
+        f"{_heard(message)}"
     )
     if digit != "1":
         return (Note("policy", "normal-keypress", evidence + "; normal priority"),)
@@ -716,6 +740,49 @@ def _acknowledgement(message: ParsedMessage, channel: str, config: EmergencyFile
         digit = message.header("x-twilio-digits") or ""
         return digit if digit == "1" else None
     return None  # SMS: only YES to our prompt acknowledges
+
+
+def _keypress(message: ParsedMessage) -> bool:
+    """A call's keypress. The channel first: an email may carry any X-Twilio-* header it likes,
+    and must never choose its own price instant or evidence words."""
+    return (
+        channel_kind(message.channel) == "voice" and message.header("x-twilio-event") == "gather"
+    )
+
+
+def call_prompt(message: ParsedMessage) -> str | None:
+    """The exact words of the emergency prompt the caller heard before a keypress, as the call's
+    signed gather URL carries them (channels/twilio.py); None for a keypress without them."""
+    return (message.header("x-twilio-prompt") or None) if _keypress(message) else None
+
+
+def quoted_at(message: ParsedMessage) -> datetime:
+    """The instant the price was stated: a keypress answers the prompt spoken when the call was
+    answered (its after-hours surcharge was decided then), anything else is priced on arrival."""
+    spoken = message.header("x-twilio-prompted-at") if _keypress(message) else None
+    if spoken:
+        try:
+            at = datetime.fromisoformat(spoken.replace("Z", "+00:00"))
+        except ValueError:
+            return message.received_at
+        if at.tzinfo is not None:
+            return at
+    return message.received_at
+
+
+def _heard(message: ParsedMessage) -> str:
+    prompt = call_prompt(message)
+    if prompt is None:
+        return "after the emergency prompt (its words were not recorded with this keypress)"
+    return f'after hearing "{prompt}"'
+
+
+def _acknowledgement_evidence(message: ParsedMessage, acknowledgement: str | None) -> str | None:
+    """The evidence text of an acknowledgement: its exact text, or for a call the digit and the
+    exact words spoken before it (what the caller accepted, DESIGN promise 5)."""
+    if acknowledgement is None or not _keypress(message):
+        return acknowledgement
+    return f"pressed {acknowledgement} {_heard(message)}"
 
 
 def _reference(message: ParsedMessage) -> str:

@@ -23,7 +23,11 @@ from twilio.rest import Client
 
 from gateway import clock as business_clock
 from gateway.config.loader import Settings, secret, sms_outbound_missing
-from gateway.message import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE
+from gateway.message import (
+    TRANSCRIPTION_PENDING,
+    TRANSCRIPTION_UNAVAILABLE,
+    settle_transcription,
+)
 from gateway.outbound.mail_sender import _finish, _reschedule, claim
 from gateway.storage.models import Message, OutboxRow, TicketEvent
 from gateway.storage.queries import opted_out
@@ -144,10 +148,9 @@ def expire_transcriptions(sessions: sessionmaker[Session], settings: Settings) -
         )
         minutes = f"{wait.total_seconds() / 60:g}"
         for message in rows:
-            message.text = message.text.replace(
-                TRANSCRIPTION_PENDING + " (added to this ticket when Twilio sends it).",
-                f"{TRANSCRIPTION_UNAVAILABLE}: none arrived within {minutes} minutes.",
-            ).replace(TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE)
+            message.text = settle_transcription(
+                message.text, f"{TRANSCRIPTION_UNAVAILABLE}: none arrived within {minutes} minutes."
+            )
             if message.ticket_id is not None:
                 session.add(
                     TicketEvent(

@@ -3,10 +3,11 @@
 Owns start-up order (DESIGN promise 1 and "validated before any port opens"): config validated
 -> state directory locked (one daemon per spool) -> claimed spool entries recovered -> workers
 started -> listeners bound -> ready. Owns signals: SIGHUP reloads (here and in every worker; a
-bad config keeps the old one), SIGTERM/SIGINT stop gracefully within `STOP_BOUND_SECONDS` (below
-systemd's TimeoutStopSec=60): the SMTP socket closes first, transactions in progress finish and
-everything else gets 421; webhooks and /readyz answer 503; IMAP pollers log out; workers finish
-(or release) the batch in hand; exit 0. Never processes messages itself.
+bad config keeps the old one; changed `[[imap]]` mailboxes are restarted with their new table),
+SIGTERM/SIGINT stop gracefully within `STOP_BOUND_SECONDS` (below systemd's TimeoutStopSec=60):
+the SMTP socket closes first, transactions in progress finish and everything else gets 421;
+webhooks and /readyz answer 503; IMAP pollers log out; workers finish (or release) the batch in
+hand; exit 0. Never processes messages itself.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from typing import IO
 
 from starlette.applications import Starlette
 
-from channels.imap import PollerThread, start_pollers
+from channels.imap import MailboxChanges, PollerThread, mailbox_changes, start_poller
 from channels.smtp import Acceptance, IntakeHandler, ListenerConfig, start_listener
 from channels.twilio import TwilioChannel, build_app, start_webhooks
 from gateway import clock as business_clock
 from gateway.api.app import build_api_app
 from gateway.api.context import ApiContext
 from gateway.config.loader import Settings
+from gateway.config.schema import ImapMailbox
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
 from gateway.outbound.twilio_sender import auth_token as twilio_auth_token
@@ -42,6 +44,7 @@ from gateway.service.http_server import HttpServer, RefuseWhileStopping, serve_h
 from gateway.service.metrics import GatewayCollector
 from gateway.service.notify import Notifier, watchdog_interval
 from gateway.service.runtime import RuntimeBox
+from gateway.storage.channel_state import ChannelStateStore, open_store
 from gateway.storage.db import make_engine, session_factory
 
 log = logging.getLogger(__name__)
@@ -93,8 +96,11 @@ class Daemon:
         self.notifier = Notifier()
         self.worker_started: list[float] = []
         self._wedged_logged = False
-        self.imap_stop = threading.Event()  # IMAP: set in run()'s finally
+        # IMAP: one thread per mailbox, each with its own stop event (a reload may end one).
         self.imap_threads: list[PollerThread] = []
+        self.imap_store: ChannelStateStore | None = None
+        self._imap_reloads = asyncio.Lock()  # reloads' mailbox changes apply one after another
+        self._tasks: set[asyncio.Task[None]] = set()
         self.webhooks: HttpServer | None = None  # Twilio webhooks (channels/twilio.py)
         self.health: HttpServer | None = None  # /healthz /readyz /metrics on [api]
         self.twilio: TwilioChannel | None = None
@@ -168,10 +174,8 @@ class Daemon:
             self.listeners["lmtp" if g.smtp.lmtp else "smtp"] = f"{host}:{port}"
             log.info("%s listening on %s:%s", "LMTP" if g.smtp.lmtp else "SMTP", host, port)
         # --- IMAP mailboxes (channels/imap.py): one polling thread each -------------------------
-        self.imap_threads = start_pollers(settings, self.spool, self.imap_stop)
-        for thread in self.imap_threads:
-            box = thread.poller.box
-            self.listeners[f"imap:{box.name}"] = f"{box.host}:{box.port}/{box.folder}"
+        for mailbox in settings.gateway.imap:
+            self._start_mailbox(mailbox, settings)
         # --- end IMAP -----------------------------------------------------------------------------
         # --- Twilio webhooks (channels/twilio.py): uvicorn served in this loop --------------------
         if g.webhooks.enabled:
@@ -219,7 +223,8 @@ class Daemon:
         deadline = time.monotonic() + STOP_BOUND_SECONDS
         self.notifier.stopping()
         log.info("stopping: closing listeners, letting workers finish")
-        self.imap_stop.set()  # IMAP: pollers leave IDLE within a second and log out
+        for thread in self.imap_threads:  # IMAP: pollers leave IDLE within a second, log out
+            thread.stop.set()
         for proc in self.workers:  # workers finish (or release) the batch in hand, then exit
             if proc.poll() is None:
                 proc.terminate()
@@ -272,11 +277,58 @@ class Daemon:
         app.add_middleware(RefuseWhileStopping, stopping=self.stop_event.is_set, paths=("/readyz",))
         return app
 
+    def _start_mailbox(self, mailbox: ImapMailbox, settings: Settings) -> None:
+        assert self.spool is not None
+        if self.imap_store is None:
+            self.imap_store = open_store(settings.database_url)
+        thread = start_poller(mailbox, settings, self.spool, threading.Event(), self.imap_store)
+        self.imap_threads.append(thread)
+        self.listeners[f"imap:{mailbox.name}"] = (
+            f"{mailbox.host}:{mailbox.port}/{mailbox.folder}"
+        )
+
+    async def _apply_mailbox_changes(self, changes: MailboxChanges) -> None:
+        """A reload's `[[imap]]` changes, applied (issue 18 item 8: they were silently ignored).
+
+        A changed or removed mailbox's poller is stopped and awaited first: it finishes the
+        batch in hand (whatever it spooled is moved or flagged before it ends, DESIGN promise 1)
+        and logs out. Only then does the new table's poller start, so this instance never polls
+        one mailbox twice at once; its cursor is in channel_state, so it goes on where the old
+        one stopped. Counters in `gateway status` start again from zero."""
+        async with self._imap_reloads:
+            for name in changes.removed:
+                log.info("[[imap]] %s removed from gateway.toml: stopping its poller", name)
+            for mailbox, keys in changes.changed:
+                log.info(
+                    "[[imap]] %s: %s changed in gateway.toml: applied now (the mailbox reconnects)",
+                    mailbox.name,
+                    ", ".join(keys),
+                )
+            ending = {*changes.removed, *(mailbox.name for mailbox, _ in changes.changed)}
+            for thread in [t for t in self.imap_threads if t.poller.name in ending]:
+                thread.stop.set()
+                await asyncio.to_thread(thread.join)
+                self.imap_threads.remove(thread)
+                self.listeners.pop(thread.poller.channel, None)
+            if self.stop_event.is_set():
+                return
+            settings = self.box.current.settings
+            for mailbox in (*changes.added, *(mailbox for mailbox, _ in changes.changed)):
+                if mailbox in settings.gateway.imap:  # a later reload may have changed it again
+                    self._start_mailbox(mailbox, settings)
+                    log.info("[[imap]] %s: polling with the reloaded table", mailbox.name)
+
     def _reload(self) -> None:
         self.notifier.reloading()
+        mailboxes = self.box.current.settings.gateway.imap
         ok = self.box.reload()
         if ok:
             self._acceptance = acceptance(self.box)
+            changes = mailbox_changes(mailboxes, self.box.current.settings.gateway.imap)
+            if changes:
+                task = asyncio.get_running_loop().create_task(self._apply_mailbox_changes(changes))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         for proc in self.workers:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGHUP)

@@ -4,7 +4,7 @@ Owns reload semantics: `load_runtime` builds a complete new Runtime (config, cus
 classifier engine, policy) or raises ConfigError; the box swaps it in one assignment, so a
 message is processed entirely under the old or entirely under the new config, never a mix. A bad
 reload leaves the old Runtime in place. Never touches listeners or the database URL (those need
-a restart, and `reload` says so).
+a restart, and `reload` says so); the daemon applies `[[imap]]` changes itself, after the swap.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from gateway.intake.spool import Envelope
-from gateway.message import TRANSCRIPTION_PENDING, TRANSCRIPTION_UNAVAILABLE, ParsedMessage
+from gateway.message import TRANSCRIPTION_PENDING_LINE, TRANSCRIPTION_UNAVAILABLE, ParsedMessage
 from gateway.phone import normalise_phone
 
 VOICE_EVENTS: Final = ("call", "gather", "recording", "transcription")
@@ -71,6 +71,9 @@ def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage
             headers.append((f"x-twilio-{name.lower()}", params[name]))
     if event == "gather" and query.get("at"):
         headers.append(("x-twilio-prompted-at", query["at"]))
+    if event == "gather" and query.get("prompt"):
+        # The exact words the caller heard before pressing (the billing evidence quotes them).
+        headers.append(("x-twilio-prompt", query["prompt"]))
     message_id: str | None = None
     in_reply_to: tuple[str, ...] = ()
     if event == "sms":
@@ -82,7 +85,9 @@ def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage
             in_reply_to = tuple(call_message_id(k, call_sid) for k in VOICE_EVENTS if k != event)
         else:
             defects.append("TwilioNoCallSid")
-        subject, text = _voice(event, sender, params, envelope)
+        said = data.get("said")
+        said = said if isinstance(said, str) else ""
+        subject, text = _voice(event, sender, params, envelope, said)
     else:
         subject, text = "", json.dumps(params, sort_keys=True)
         defects.append("TwilioUnknownEvent")
@@ -124,15 +129,19 @@ def _sms(params: Mapping[str, str], headers: list[tuple[str, str]]) -> tuple[str
 
 
 def _voice(
-    event: str, caller: str, params: Mapping[str, str], envelope: Envelope
+    event: str, caller: str, params: Mapping[str, str], envelope: Envelope, said: str = ""
 ) -> tuple[str, str]:
     call_sid = params.get("CallSid", "?")
     at = envelope.received_at.isoformat().replace("+00:00", "Z")
     if event == "call":
+        heard = (
+            f'the caller heard "{said.replace(chr(0), "")}" and the call ended.'
+            if said
+            else "the caller was told which channels the plan includes and the call ended."
+        )
         return (
             f"Phone call from {caller}",
-            f"Call {call_sid} from {caller} at {at}; the plan does not include voice, so the "
-            "caller was told which channels it includes and the call ended.",
+            f"Call {call_sid} from {caller} at {at}; the plan does not include voice, so {heard}",
         )
     if event == "gather":
         digit = params.get("Digits", "")
@@ -152,7 +161,7 @@ def _voice(
             f"Recording: {url}",
         ]
         if TRANSCRIBE_MIN_SECONDS <= duration <= TRANSCRIBE_MAX_SECONDS and status == "completed":
-            lines.append(f"{TRANSCRIPTION_PENDING} (added to this ticket when Twilio sends it).")
+            lines.append(TRANSCRIPTION_PENDING_LINE)
         else:
             lines.append(
                 f"{TRANSCRIPTION_UNAVAILABLE}: a {duration} s recording is outside Twilio's "

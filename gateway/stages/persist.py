@@ -32,6 +32,8 @@ from gateway.message import (
     Customer,
     ParsedMessage,
     Thread,
+    settle_transcription,
+    transcription_received,
 )
 from gateway.outbound.outbox import Draft, gate, render
 from gateway.policy.sms import sms_gate
@@ -449,10 +451,10 @@ def _voicemail_update(
         ticket.subject = message.subject
         for sibling in siblings:
             if TRANSCRIPTION_PENDING in sibling.text:
-                sibling.text = sibling.text.replace(
-                    TRANSCRIPTION_PENDING, f"Transcription: received (message {stored.id})"
+                sibling.text = settle_transcription(
+                    sibling.text, transcription_received(stored.received_at)
                 )
     elif event == "recording" and transcribed and TRANSCRIPTION_PENDING in stored.text:
-        stored.text = stored.text.replace(
-            TRANSCRIPTION_PENDING, f"Transcription: received (message {transcribed[0].id})"
+        stored.text = settle_transcription(
+            stored.text, transcription_received(transcribed[0].received_at)
         )

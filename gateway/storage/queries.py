@@ -203,6 +203,25 @@ def opted_out(session: Session, phone: str) -> bool:
     return bool(row)
 
 
+INTAKE_OUTCOMES = ("ticket", "follow-up", "duplicate", "discard", "reject", "hold")
+
+
+def list_intakes(
+    session: Session, *, outcome: str | None = None, limit: int | None = 100, offset: int = 0
+) -> tuple[list[Intake], int]:
+    """Intakes newest first (by arrival), only those with `outcome` when given, and how many
+    there are in all; `limit=None` means every one. A rejected call or text exists only here
+    (no ticket): this is how an operator sees them (`gateway intakes --outcome reject`)."""
+    where = [Intake.outcome == outcome] if outcome else []
+    stmt = select(Intake).where(*where).order_by(Intake.received_at.desc(), Intake.id.desc())
+    if offset:
+        stmt = stmt.offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    total = session.execute(select(func.count()).select_from(Intake).where(*where)).scalar_one()
+    return list(session.execute(stmt).scalars()), int(total)
+
+
 def intake_counts(session: Session) -> dict[str, int]:
     rows = session.execute(select(Intake.outcome, func.count()).group_by(Intake.outcome)).all()
     return {outcome: int(n) for outcome, n in rows}

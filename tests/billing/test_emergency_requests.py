@@ -133,6 +133,29 @@ def test_an_authenticated_authorised_acknowledged_email_is_an_emergency_at_once_
     assert notify.kind == "notify" and notify.recipient == "oncall@example.com"
 
 
+def test_an_email_cannot_pick_its_price_instant_or_evidence_words_with_call_headers(
+    desk: Desk,
+) -> None:
+    saturday = TUESDAY_10 - timedelta(days=3)  # after hours: the surcharge applies
+    forged = email(
+        message_id="<forged@acme-clinic.example>",
+        X_Twilio_Event="gather",
+        X_Twilio_Prompted_At=TUESDAY_10.isoformat(),  # "the price was stated in hours"
+        X_Twilio_Prompt="Emergency support is free",
+    )
+    result = desk.mail(forged, saturday)
+    (incident,) = desk.incidents()
+    assert (incident.after_hours, incident.surcharge_minor) == (True, 10000)
+    assert incident.evidence_text == PHRASE
+    with desk.gw.session() as session:
+        codes = session.execute(
+            select(DecisionRecord.code).where(
+                DecisionRecord.ticket_id == desk.ticket(result.reference or "").id
+            )
+        ).scalars()
+        assert not any("keypress" in code for code in codes)  # an email presses no key
+
+
 def test_an_emergency_address_a_subject_marker_and_the_sms_keyword_are_the_signals(
     desk: Desk,
 ) -> None:

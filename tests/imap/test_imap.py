@@ -348,6 +348,33 @@ def test_the_poller_reconnects_after_the_server_drops_the_connection(
     wait_for(lambda: dovecot.folder(user, "INBOX") == {}, timeout=10)
 
 
+def test_the_last_error_carries_its_time_and_is_marked_past_once_a_fetch_succeeds(
+    user: str, spool: Spool, make_poller: Poller, run_poller: Run
+) -> None:
+    server = start_or_skip()  # our own: stopping it must not disturb the other tests
+    try:
+        poller = make_poller(server=server)
+        stats = poller.stats
+        run_poller(poller)
+        wait_for(lambda: stats.connected and stats.idle, timeout=15)
+        assert (stats.last_error, stats.past_error) == (None, None)
+
+        server.halt()  # the mailbox is down: the error is current, with the time it happened
+        wait_for(lambda: "ConnectionRefusedError" in (stats.last_error or ""), timeout=15)
+        assert stats.last_error_at is not None and stats.last_error_at.endswith("Z")
+
+        server.launch()  # back: the next whole fetch puts the error behind us
+        server.append(user, mail(1))
+        wait_for(lambda: len(spooled(spool)) == 1, timeout=30)
+        wait_for(lambda: stats.last_error is None, timeout=15)
+        assert stats.last_error_at is None
+        assert "ConnectionRefusedError" in (stats.past_error or "")
+        assert stats.past_error_at is not None and stats.recovered_at is not None
+        assert stats.past_error_at <= stats.recovered_at  # ISO 8601 UTC: order is time order
+    finally:
+        server.stop()
+
+
 def test_a_mailbox_with_a_wrong_password_does_not_stop_another(
     dovecot: Dovecot, user: str, make_poller: Poller, spool: Spool, run_poller: Run
 ) -> None:
@@ -639,6 +666,14 @@ def _channel(daemon: DaemonProcess, name: str) -> dict[str, Any]:
     return channel
 
 
+def _status_line(config: Path, listener: str) -> str:
+    """`gateway status`'s line for one listener."""
+    out = gateway_cli(config, "status")
+    assert out.returncode == 0, out.stderr.decode()
+    (line,) = [ln for ln in out.stdout.decode().splitlines() if f" {listener} " in ln]
+    return line
+
+
 def _settled(daemon: DaemonProcess, subjects: list[str]) -> None:
     """Wait until every subject has a ticket and the spool is empty (duplicates processed too),
     then check, with `gateway tickets --json`, that there is exactly one ticket per subject."""
@@ -691,7 +726,7 @@ def test_idle_brings_mail_in_within_seconds_even_with_a_300_second_poll_interval
         daemon.stop()
 
 
-def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
+def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again_and_status_says_so(
     user: str, make_config: Callable[..., Path]
 ) -> None:
     server = start_or_skip()  # our own: stopping it must not disturb the other tests
@@ -705,6 +740,12 @@ def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
 
         server.halt()  # the mail server goes away under the gateway
         wait_for(lambda: not _channel(daemon, "help-desk")["connected"], timeout=10)
+        wait_for(
+            lambda: "ConnectionRefusedError" in (_channel(daemon, "help-desk")["last_error"] or ""),
+            timeout=15,
+        )
+        down = _status_line(config, "imap:help-desk")
+        assert re.search(r"last_error=ConnectionRefusedError: .* \(since 20\d\d-.*Z\)$", down), down
         server.launch()  # and comes back on the same port with the same maildirs
         server.append(user, mail(3))
         server.append(user, mail(4), mail(5))
@@ -715,10 +756,49 @@ def test_the_daemon_reconnects_after_dovecot_is_stopped_and_started_again(
         # the reconnection instead of reading one that may predate it (a CI run read such a one).
         wait_for(lambda: _channel(daemon, "help-desk")["connected"], timeout=10)
         assert _channel(daemon, "help-desk")["reconnects"] >= 1
+        # Recovered: no current error; the past one is shown as past, with its times.
+        wait_for(lambda: _channel(daemon, "help-desk")["last_error"] is None, timeout=10)
+        up = _status_line(config, "imap:help-desk")
+        assert re.search(
+            r"last_error=None \(past: ConnectionRefusedError: .* at 20\d\d-.*Z; "
+            r"fetching again since 20\d\d-.*Z\)$",
+            up,
+        ), up
     finally:
         if daemon is not None:
             daemon.stop()
         server.stop()
+
+
+def test_reload_applies_a_changed_imap_table_without_a_restart(
+    dovecot: Dovecot, user: str, make_config: Callable[..., Path]
+) -> None:
+    config = _with_mailbox(
+        make_config(**NO_WEBHOOKS), dovecot, user, "help-desk", after_intake="move"
+    )
+    daemon = DaemonProcess(config, env=_password_env("help-desk")).start()
+    try:
+        dovecot.append(user, mail(1))
+        _settled(daemon, ["Printer 1 offline"])
+        wait_for(lambda: dovecot.count(user, "Processed") == 1, timeout=10)
+
+        toml = config / "gateway.toml"
+        toml.write_text(toml.read_text().replace('after_intake = "move"', 'after_intake = "flag"'))
+        daemon.sighup()
+        wait_for(lambda: "polling with the reloaded table" in daemon.log.read_text(), timeout=30)
+        log = daemon.log.read_text()
+        assert "[[imap]] help-desk: after_intake changed in gateway.toml: applied now" in log
+        assert "after a restart" not in log
+
+        dovecot.append(user, mail(2))  # taken by the reloaded table: flagged, left in place
+        _settled(daemon, ["Printer 1 offline", "Printer 2 offline"])
+        inbox = wait_for(lambda: dovecot.folder(user, "INBOX"), timeout=10)
+        ((raw, _flags),) = inbox.values()
+        assert b"Printer 2 offline" in raw
+        wait_for(lambda: b"\\Seen" in next(iter(dovecot.folder(user, "INBOX").values()))[1], 10)
+        assert dovecot.count(user, "Processed") == 1
+    finally:
+        daemon.stop()
 
 
 def test_a_wrong_password_is_reported_by_mailbox_and_retried_while_smtp_goes_on(

@@ -324,6 +324,30 @@ def test_voicemail_makes_one_ticket_whose_body_is_the_transcript_in_either_order
     ]
 
 
+@pytest.mark.parametrize(
+    "order", [("recording", "transcription"), ("transcription", "recording")], ids=["rt", "tr"]
+)
+def test_the_recordings_note_says_once_where_its_transcript_is_and_never_by_database_id(
+    app_and_gateway: App, order: tuple[str, ...]
+) -> None:
+    app, gw = app_and_gateway
+    transcript = "The card reader at the front desk rejects every card"
+    _voicemail(app, "CA11", order, transcript)
+    gw.drain()
+    (ticket,) = gw.tickets()
+    messages = show(gw, ticket.reference)["messages"]
+    (said,) = [m for m in messages if m["text"] == transcript]
+    (recording,) = [m for m in messages if "Recording: https://" in m["text"]]
+    note = recording["text"]
+    # Where the transcript is, as `gateway show` lists it: by the time it came in.
+    assert (
+        f"Transcription: received {said['received_at']}, as its own message on this ticket."
+        in note
+    )
+    assert "when Twilio sends it" not in note and "pending" not in note  # no contradiction
+    assert f"message {said['id']}" not in note  # a database id is no place in the ticket
+
+
 def test_keypress_1_is_recorded_as_evidence_on_the_ticket(app_and_gateway: App) -> None:
     app, gw = app_and_gateway
     _voicemail(app, "CA8", ("recording",), "", duration="30")
