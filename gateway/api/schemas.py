@@ -70,6 +70,11 @@ class TicketSummary(BaseModel):
     explanation: dict[str, Any]
     emergency: bool
     emergency_acknowledged: bool
+    emergency_pending: bool = Field(
+        default=False,
+        description="An emergency request awaits the contact's confirmation of the charge; "
+        "the ticket keeps its queue place and SLA clock meanwhile.",
+    )
     routing_rule: str | None
     tags: list[str]
     assignee_hint: str | None

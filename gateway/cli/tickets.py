@@ -59,8 +59,11 @@ def cmd_tickets(args: argparse.Namespace) -> int:
 
 
 def ticket_flags(ticket: Any) -> str:
-    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged)."""
+    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged; P: an
+    emergency request awaits the contact's confirmation)."""
     emergency = ("E" if ticket.emergency_acknowledged else "e") if ticket.emergency else "-"
+    if emergency == "-" and ticket.emergency_pending:
+        emergency = "P"
     return ("H" if ticket.held else "-") + ("J" if ticket.jump_queue else "-") + emergency
 
 
@@ -123,6 +126,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"classifier: {classifier.get('explanation')}")
     if data["held"]:
         print(f"HELD: {data['hold_reason']}")
+    if data["emergency_pending"]:
+        print(
+            "EMERGENCY PENDING: awaiting the contact's confirmation of the charge; the ticket "
+            f"keeps its place, first response due {data['first_response_due'] or 'none'}"
+        )
     if data["tags"]:
         print(f"tags: {', '.join(data['tags'])}")
     if data["emergency_review"]:

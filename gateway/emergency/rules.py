@@ -41,7 +41,8 @@ from gateway.message import Customer, ParsedMessage, Thread
 from gateway.policy.calendars import Calendar
 from gateway.policy.plans import Sla, channel_kind
 
-# The hold reason of a ticket awaiting the customer's acknowledgement (queue and `show`).
+# What an emergency request awaiting the customer's acknowledgement is (the intake's reason;
+# the hold reason of tickets held before issue 17, when a pending request still held its ticket).
 HOLD_REASON = "awaiting acknowledgement"
 # Tag of an accepted emergency the classifier rated far below the top: an agent looks at it.
 REVIEW_TAG = "emergency-review"
@@ -405,9 +406,10 @@ def evaluate(
         return dataclasses.replace(
             step,
             code="unauthenticated",
-            reason=f"asked by {signal.text}; the sender is {authentication}{ack}: held until a "
-            f"reply from the contact's own mailbox ({customer.contact_email or who}) confirms "
-            "the charge",
+            reason=f"asked by {signal.text}; the sender is {authentication}{ack}: the request "
+            f"is pending until a reply from the contact's own mailbox "
+            f"({customer.contact_email or who}) confirms the charge; the ticket keeps its place "
+            "meanwhile",
         )
     if acknowledgement is None:
         how = {
@@ -418,7 +420,8 @@ def evaluate(
             step,
             code="no-acknowledgement",
             reason=f"asked by {signal.text} ({authentication}) without acknowledging the charge: "
-            f"held until the contact confirms with {how}",
+            f"the request is pending until the contact confirms with {how}; the ticket keeps "
+            "its place meanwhile",
         )
     return dataclasses.replace(
         step,
@@ -444,7 +447,7 @@ def confirmation(
     if not ticket.awaiting_acknowledgement:
         return None
     channel = channel_kind(message.channel)
-    on = f"{ticket.reference} stays held ({HOLD_REASON})"
+    on = f"the emergency request of {ticket.reference} stays pending"
     if channel == "sms":
         if not any(p.channel == "sms" and p.recipient == message.sender for p in ticket.prompts):
             return None

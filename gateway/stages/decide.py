@@ -1,17 +1,18 @@
 """Stage 6: the policy decision — what happens to this message, at which severity, in which queue.
 
-Owns the plug-in interface `decide(message, customer, verdict, thread, automated, now, policy)
--> Decision`. Outcomes are typed verbs (DESIGN "The one path"): `Accept` (ticket or follow-up),
-`Reject` (reply, no ticket), `Hold` (ticket held for review/acknowledgement), `Discard` (recorded,
-unanswered). `Defer` is not decided here: it is what the worker does when storage is down.
-Pure: never touches storage or the network. `decide` reads as its steps: the earlier stages'
-findings; machines are discarded (`_automated`); emergency support is asked once, for the whole
-of its answer (`gateway/emergency/rules.py: emergency_step`) — a reply confirming a held request
-is released first of all (`_released`, so an SMS YES answering our prompt is not START); SMS
+Owns the plug-in interface `decide(message, customer, verdict, thread, automated, now, policy) ->
+Decision`. Outcomes are typed verbs (DESIGN "The one path"): `Accept` (ticket or follow-up),
+`Reject` (reply, no ticket), `Hold` (the message's emergency request awaits the contact's
+acknowledgement: the ticket goes on at its own place, marked "emergency pending"), `Discard`
+(recorded, unanswered). `Defer` is not decided here: it is what the worker does when storage is
+down. Pure: never touches storage or the network. `decide` reads as its steps: the earlier stages'
+findings; machines are discarded (`_automated`); emergency support is asked once, for the whole of
+its answer (`gateway/emergency/rules.py: emergency_step`) — a reply confirming a held request is
+released first of all (`_released`, so an SMS YES answering our prompt is not START); SMS
 keywords; the plan's channel entitlement, reject (`_unentitled`) or downgrade, and its queue-jump
 right (`_entitlement`); what emergency support said, an acknowledged emergency at the top level
 (`_emergency_level`); routing, its severity floor capped at the plan's ceiling (`_routing`); the
-SLA targets and due times of the final severity, none while held (`_sla`); the acknowledgement
+SLA targets and due times of the final severity (`_sla`); the acknowledgement
 with the level's action text, or instead emergency support's one message, and the staff
 notifications (`_replies`).
 """
@@ -331,13 +332,9 @@ def _sla(
     reasons: list[Reason],
 ) -> tuple[Sla, DueTimes]:
     """The SLA targets and due times of the final severity on the plan."""
+    # An emergency request awaiting confirmation stops no clock: the pending confirmation is
+    # a state of the request, and the ticket runs on its own severity meanwhile (issue 17).
     sla = emergency.sla(sla_for(policy.severity, policy.plans, severity, customer.plan))
-    if emergency.held:
-        # The SLA clock does not run while the customer has not acknowledged the charge: due
-        # times are set when the hold is released (confirmation or timeout).
-        due = DueTimes(None, None)
-        reasons.append(Reason("sla", severity, _sla_text(sla, due) + " until the hold ends"))
-        return sla, due
     due = due_times(sla, policy.calendars, now)
     reasons.append(Reason("sla", severity, _sla_text(sla, due)))
     return sla, due

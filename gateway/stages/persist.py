@@ -126,8 +126,7 @@ def record(
     if isinstance(outcome, Accept | Hold):
         ticket, kind = _ticket_for(session, message, customer, thread, verdict, decision, ctx, now)
         if isinstance(outcome, Hold):
-            ticket.held = True
-            ticket.hold_reason = outcome.reason
+            # The request is held, not the ticket: the emergency wing marks it (holds.apply).
             kind = "hold"
     elif isinstance(outcome, Discard):
         kind = "discard"
