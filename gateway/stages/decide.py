@@ -123,6 +123,9 @@ class Decision:
     emergency_step: EmergencyStep | None = None
     # When a held request is released at its classified severity if nobody confirms it.
     hold_deadline: datetime | None = None
+    # Routing, SLA and notifications apply to the ticket: a new one, or a follow-up that raises
+    # its severity (persist applies them; `_applies`, issue 18 item 1).
+    applies_routing: bool = True
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ def decide(
     now: datetime,
     policy: Policy,
 ) -> Decision:
-    reasons = _identified(customer, thread, verdict)
+    reasons = _identified(message, customer, thread, verdict)
     if automated.is_automated:
         return _automated(automated, verdict, policy, reasons)
     plan = policy.plans.get(customer.plan)
@@ -176,6 +179,7 @@ def decide(
     level = _emergency_level(level, emergency, plan, policy.severity.levels, reasons)
     route, level = _routing(message, customer, verdict, now, policy, level, emergency, reasons)
     sla, due = _sla(customer, policy, level.severity, emergency, now, reasons)
+    applies = _applies(thread, level.severity, emergency, route, policy.severity.levels, reasons)
     return Decision(
         outcome=Hold(emergency.hold_reason) if emergency.held else Accept(thread.reason),
         severity=level.severity,
@@ -183,7 +187,7 @@ def decide(
         queue=route.queue,
         holds=("awaiting-acknowledgement",) if emergency.held else (),
         billing_intents=("incident",) if emergency.billed else (),
-        replies=_replies(emergency, sla, thread, route),
+        replies=_replies(emergency, sla, thread, route, applies),
         reasons=tuple(reasons),
         sla=sla,
         first_response_due=due.first_response,
@@ -192,6 +196,7 @@ def decide(
         emergency=emergency.top_level,
         emergency_step=emergency.step,
         hold_deadline=emergency.hold_deadline,
+        applies_routing=applies,
     )
 
 
@@ -204,13 +209,61 @@ class _Level:
     ceiling: str
 
 
-def _identified(customer: Customer, thread: Thread, verdict: Verdict) -> list[Reason]:
+def _identified(
+    message: ParsedMessage, customer: Customer, thread: Thread, verdict: Verdict
+) -> list[Reason]:
     """The earlier stages' findings, recorded first."""
+    classified = verdict.explain()
+    if message.gateway_text:
+        classified = (
+            f"not classified: {message.gateway_text}, not the sender's words; the default "
+            f"level {verdict.severity}"
+        )
     return [
         Reason("identify", customer.matched_by, _who(customer)),
         Reason("thread", thread.kind, thread.reason),
-        Reason("classify", verdict.severity, verdict.explain()),
+        Reason("classify", verdict.severity, classified),
     ]
+
+
+def _applies(
+    thread: Thread,
+    severity: str,
+    emergency: EmergencyDecision,
+    route: Route,
+    levels: tuple[str, ...],
+    reasons: list[Reason],
+) -> bool:
+    """Do this message's routing, SLA and notifications apply to its ticket? To a new ticket,
+    always. To a follow-up, when it raises the ticket's severity (or makes it an acknowledged
+    emergency): they are decided again and applied, never silently lost (issue 18 item 1). A
+    follow-up that does not raise it changes none of them, and the trail says so: only an agent
+    lowers a ticket, with a reason."""
+    ticket = thread.ticket
+    if thread.kind in ("new", "new-linked") or ticket is None:
+        return True
+    if emergency.billed or _rank(levels, severity) < _rank(levels, ticket.severity):
+        reasons.append(
+            Reason(
+                "route",
+                "raised",
+                f"this message raises {ticket.reference} from {ticket.severity} to {severity}: "
+                f"routing {route.rule or 'default'} (queue {route.queue}), the SLA above and "
+                "its notifications apply to the ticket; a due time only ever moves earlier",
+            )
+        )
+        return True
+    reasons.append(
+        Reason(
+            "route",
+            "kept",
+            f"{ticket.reference} keeps its severity {ticket.severity}, queue "
+            f"{ticket.queue or '?'} (routing {ticket.routing_rule or 'default'}) and its SLA: "
+            f"this message ({severity}) does not raise it, so the route and SLA above are not "
+            "applied",
+        )
+    )
+    return False
 
 
 def _automated(
@@ -341,23 +394,23 @@ def _sla(
 
 
 def _replies(
-    emergency: EmergencyDecision, sla: Sla, thread: Thread, route: Route
+    emergency: EmergencyDecision, sla: Sla, thread: Thread, route: Route, applies: bool
 ) -> tuple[Reply, ...]:
     """Emergency support's one message, else a new ticket's acknowledgement; staff
-    notifications of the routing rule for a new ticket."""
+    notifications of the routing rule for a new ticket, or for a follow-up that raised it."""
     replies: list[Reply] = []
     answer = _reply(emergency.reply, sla)
     if answer is not None:
         replies.append(answer)  # instead of the acknowledgement: one message, with the reference
-    if thread.kind in ("new", "new-linked"):
-        if answer is None:
-            replies.append(
-                Reply(
-                    "acknowledgement",
-                    "a new ticket is acknowledged once",
-                    values=(("action", sla.action),),
-                )
+    if thread.kind in ("new", "new-linked") and answer is None:
+        replies.append(
+            Reply(
+                "acknowledgement",
+                "a new ticket is acknowledged once",
+                values=(("action", sla.action),),
             )
+        )
+    if applies:
         replies.extend(_notify(route))
     return tuple(replies)
 

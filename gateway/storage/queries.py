@@ -43,6 +43,8 @@ def _ref(ticket: Ticket, session: Session | None = None) -> TicketRef:
         emergency_acknowledged=ticket.emergency_acknowledged,
         awaiting_acknowledgement=awaiting,
         prompts=prompts,
+        queue=ticket.queue,
+        routing_rule=ticket.routing_rule,
     )
 
 

@@ -86,8 +86,10 @@ def test_an_emergency_request_on_an_open_ticket_keeps_its_place_and_clock_until_
     assert json.loads(capsys.readouterr().out)["emergency_pending"] is True
     assert gateway_main(["--config", config, "show", ref]) == 0
     text = capsys.readouterr().out
-    assert f"EMERGENCY PENDING: awaiting the contact's confirmation of the charge; the ticket " \
+    assert (
+        f"EMERGENCY PENDING: awaiting the contact's confirmation of the charge; the ticket "
         f"keeps its place, first response due {due_text}" in text
+    )
     assert "HELD" not in text
     listed = server.get("/api/v1/tickets").json()["tickets"]
     assert [t["reference"] for t in listed][:2] == [ref, question]
