@@ -241,6 +241,24 @@ class ReplyRequest(BaseModel):
     )
 
 
+class IncidentLinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    emergency: str = Field(
+        min_length=1,
+        max_length=32,
+        description="The emergency ticket whose incident this ticket is part of.",
+        examples=["T-000001"],
+    )
+    reason: str = Field(min_length=1, max_length=REASON_MAX, description="Why: audited.")
+
+
+class IncidentUnlinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=REASON_MAX, description="Why: audited.")
+
+
 class ChangeResult(BaseModel):
     changed: bool = Field(description="False: the ticket already was so; nothing recorded.")
     ticket: TicketSummary

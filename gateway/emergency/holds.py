@@ -85,10 +85,8 @@ def apply(
         _open_request(session, ticket, step, decision, now)
         return ()
     if step.outcome == "linked" and thread.ticket is not None:
+        # Part of the incident, shown and never billed; not raised (issue 18 item 3).
         link_ticket(session, ticket, thread.ticket.id, now, step.reason)
-        if thread.ticket.emergency_acknowledged:
-            ticket.emergency = True
-            ticket.emergency_acknowledged = True
         return ()
     if not step.acknowledged:
         return ()  # unavailable, still-held, already: the recorded reasons say it all

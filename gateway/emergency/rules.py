@@ -332,7 +332,8 @@ def evaluate(
             "linked",
             "incident-link",
             f"linked to {state} emergency {target.reference} of account {customer.account_id} "
-            "opened within the incident window: the same incident, never billed again",
+            "opened within the incident window: the same incident, never billed again; the "
+            "link alone does not raise this ticket",
             classified=classified,
         )
     signal = find_signal(message, config)
@@ -628,18 +629,14 @@ def emergency_step(
     accepted = step.outcome == "accepted"
     if step.review and accepted:
         notes.append(Note("emergency", "review", step.review))
-    # An acknowledged emergency, or part of one: the top level, and the queue jump the plan
-    # allows; the queue puts acknowledged emergencies first of all.
-    linked = (
-        step.outcome == "linked"
-        and thread.ticket is not None
-        and thread.ticket.emergency_acknowledged
-    )
+    # An acknowledged emergency: the top level, and the queue jump the plan allows; the queue
+    # puts acknowledged emergencies first of all. Linking alone never raises a ticket (issue 18
+    # item 3): a linked ticket stays at the severity its own words get.
     held = step.outcome == "held"
     return EmergencyDecision(
         step,
         tuple(notes),
-        top_level=accepted or linked,
+        top_level=accepted,
         held=held,
         hold_reason=f"{HOLD_REASON}: {step.reason}" if held else "",
         hold_deadline=now + timedelta(minutes=config.hold_timeout_minutes) if held else None,
