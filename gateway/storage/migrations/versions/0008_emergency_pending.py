@@ -24,10 +24,12 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("tickets") as batch:
-        batch.add_column(
-            sa.Column("emergency_pending", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    # A plain ADD COLUMN on both databases: SQLite's batch mode would copy and drop `tickets`,
+    # which the rows of other tables referencing it forbid.
+    op.add_column(
+        "tickets",
+        sa.Column("emergency_pending", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.execute(
         "UPDATE tickets SET emergency_pending = held, held = false, hold_reason = '' "
         "WHERE held AND EXISTS (SELECT 1 FROM emergency_requests r "
@@ -37,5 +39,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("UPDATE tickets SET held = true WHERE emergency_pending")
-    with op.batch_alter_table("tickets") as batch:
-        batch.drop_column("emergency_pending")
+    # SQLite 3.35+ and PostgreSQL both drop a column in place.
+    op.execute("ALTER TABLE tickets DROP COLUMN emergency_pending")
