@@ -155,6 +155,10 @@ class ParsedMessage:
     # only for mail asking for emergency support (gateway/emergency/rules.py: authenticate); None
     # when not computed.
     sender_auth: SenderAuth | None = None
+    # What the gateway wrote itself (a keypress note, a recording's receipt, "transcription
+    # pending/unavailable"), not the sender's words: never classified (issue 18 item 2). Set by
+    # parse; read by the classify stage.
+    gateway_text: str = ""
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -220,6 +224,9 @@ class TicketRef:
     # Held until the customer acknowledges the emergency charge (an open emergency request).
     awaiting_acknowledgement: bool = False
     prompts: tuple[Prompt, ...] = ()
+    # -- routing as applied to the ticket (decide compares a follow-up with it, issue 18) ------
+    queue: str = ""
+    routing_rule: str = ""
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ def ticket_json(session: Session, ticket: Ticket, *, detail: bool = False) -> di
         "explanation": ticket.explanation,
         "emergency": ticket.emergency,
         "emergency_acknowledged": ticket.emergency_acknowledged,
+        # An emergency request awaits the contact's confirmation; the ticket is not held by it.
+        "emergency_pending": ticket.emergency_pending,
         "routing_rule": ticket.routing_rule or None,
         "tags": list(ticket.tags or []),
         "assignee_hint": ticket.assignee_hint or None,

@@ -194,6 +194,15 @@ def badges(ticket: Ticket) -> tuple[Badge, ...]:
             out.append(
                 Badge("ack", "AWAITING ACK", "the billing acknowledgement is not recorded yet")
             )
+    if ticket.emergency_pending:
+        out.append(
+            Badge(
+                "pending",
+                "EMERGENCY PENDING",
+                "an emergency request awaits the contact's confirmation of the charge; the "
+                "ticket keeps its place and clock meanwhile",
+            )
+        )
     if ticket.jump_queue:
         out.append(Badge("jump", "JUMP", ticket.jump_reason or "jumps the queue"))
     if ticket.held:

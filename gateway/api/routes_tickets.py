@@ -27,6 +27,8 @@ from gateway.api.schemas import (
     ChangeResult,
     DuplicateRequest,
     FirstResponse,
+    IncidentLinkRequest,
+    IncidentUnlinkRequest,
     MergeRequest,
     ReplyRequest,
     ReplyResult,
@@ -51,6 +53,7 @@ from gateway.api.views import (
     ticket_or_404,
 )
 from gateway.config.loader import Settings
+from gateway.emergency.links import link_to_incident, unlink_from_incident
 from gateway.outbound.twilio_sender import auth_token as twilio_auth_token
 from gateway.privacy.audit import Actor
 from gateway.storage.admin import AdminError, change_status, correct_severity, mark_first_response
@@ -399,3 +402,56 @@ def post_reply(ref: Ref, body: ReplyRequest, principal: Writer, ctx: Ctx) -> Rep
             outbox_status=queued.outbox.status,
             ticket=summary(session, ticket, at),
         )
+
+
+@router.post(
+    "/tickets/{ref}/incident-link",
+    response_model=ChangeResult,
+    summary="Make this ticket part of an emergency's incident (never billed, never raised)",
+    description="The gateway links automatically only by the rule in docs/emergency.md (the "
+    "same contact, or the emergency's ticket named in the message); an agent links anything "
+    "else here. Audited. `changed` is false when it already was linked to that emergency.",
+    responses=documented_errors(401, 403, 404, 409, 422),
+)
+def post_incident_link(
+    ref: Ref, body: IncidentLinkRequest, principal: Writer, ctx: Ctx
+) -> ChangeResult:
+    with ctx.write_sessions.begin() as session:
+        ticket = ticket_or_404(session, ref, for_update=True)
+        try:
+            emergency = ticket_or_404(session, body.emergency)
+        except ApiError:
+            raise ApiError(422, "invalid_request", f"no ticket {body.emergency!r}") from None
+        try:
+            changed = link_to_incident(
+                session,
+                ticket,
+                emergency,
+                actor=actor(principal),
+                at=ctx.clock(),
+                reason=body.reason,
+            )
+        except AdminError as exc:
+            raise answer(exc) from None
+        return _changed(ctx, session, changed, ticket)
+
+
+@router.post(
+    "/tickets/{ref}/incident-unlink",
+    response_model=ChangeResult,
+    summary="Take this ticket out of the emergency incident it is linked to",
+    description="Audited. `changed` is false when it was linked to none.",
+    responses=documented_errors(401, 403, 404, 409, 422),
+)
+def post_incident_unlink(
+    ref: Ref, body: IncidentUnlinkRequest, principal: Writer, ctx: Ctx
+) -> ChangeResult:
+    with ctx.write_sessions.begin() as session:
+        ticket = ticket_or_404(session, ref, for_update=True)
+        try:
+            changed = unlink_from_incident(
+                session, ticket, actor=actor(principal), at=ctx.clock(), reason=body.reason
+            )
+        except AdminError as exc:
+            raise answer(exc) from None
+        return _changed(ctx, session, changed, ticket)

@@ -70,6 +70,11 @@ class TicketSummary(BaseModel):
     explanation: dict[str, Any]
     emergency: bool
     emergency_acknowledged: bool
+    emergency_pending: bool = Field(
+        default=False,
+        description="An emergency request awaits the contact's confirmation of the charge; "
+        "the ticket keeps its queue place and SLA clock meanwhile.",
+    )
     routing_rule: str | None
     tags: list[str]
     assignee_hint: str | None
@@ -245,6 +250,24 @@ class ReplyRequest(BaseModel):
     status: Literal["open", "waiting"] | None = Field(
         default=None, description="Also set the status, e.g. waiting (on the customer)."
     )
+
+
+class IncidentLinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    emergency: str = Field(
+        min_length=1,
+        max_length=32,
+        description="The emergency ticket whose incident this ticket is part of.",
+        examples=["T-000001"],
+    )
+    reason: str = Field(min_length=1, max_length=REASON_MAX, description="Why: audited.")
+
+
+class IncidentUnlinkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(min_length=1, max_length=REASON_MAX, description="Why: audited.")
 
 
 class ChangeResult(BaseModel):

@@ -381,8 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.tickets import (
         DEFAULT_PAGE,
         cmd_show,
+        cmd_ticket_link_incident,
         cmd_ticket_set_severity,
         cmd_ticket_set_status,
+        cmd_ticket_unlink_incident,
         cmd_tickets,
     )
 
@@ -444,6 +446,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", required=True)
     s.add_argument("--actor", default=os.environ.get("USER", "cli"))
     s.set_defaults(func=cmd_ticket_set_severity)
+    s = t.add_parser("link-incident", help="make a ticket part of an emergency's incident")
+    s.add_argument("ref")
+    s.add_argument("emergency", help="the emergency ticket (its incident)")
+    s.add_argument("--reason", required=True)
+    s.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    s.set_defaults(func=cmd_ticket_link_incident)
+    s = t.add_parser("unlink-incident", help="take a ticket out of the incident it is part of")
+    s.add_argument("ref")
+    s.add_argument("--reason", required=True)
+    s.add_argument("--actor", default=os.environ.get("USER", "cli"))
+    s.set_defaults(func=cmd_ticket_unlink_incident)
 
     sp = sub.add_parser("spool", help="inspect the spool").add_subparsers(
         dest="spool_cmd", required=True

@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Any
 
+from gateway import clock
 from gateway.cli.common import (
     STATUSES,
     load_settings,
@@ -19,7 +20,6 @@ from gateway.cli.common import (
 # How many tickets `tickets` lists unless --all or --limit says otherwise.
 DEFAULT_PAGE = 100
 TICKET_COLUMNS = ("REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT")
-
 
 
 def cmd_tickets(args: argparse.Namespace) -> int:
@@ -59,8 +59,11 @@ def cmd_tickets(args: argparse.Namespace) -> int:
 
 
 def ticket_flags(ticket: Any) -> str:
-    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged)."""
+    """H held, J jumps the queue, E emergency (e: its billing not yet acknowledged; P: an
+    emergency request awaits the contact's confirmation)."""
     emergency = ("E" if ticket.emergency_acknowledged else "e") if ticket.emergency else "-"
+    if emergency == "-" and ticket.emergency_pending:
+        emergency = "P"
     return ("H" if ticket.held else "-") + ("J" if ticket.jump_queue else "-") + emergency
 
 
@@ -123,6 +126,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"classifier: {classifier.get('explanation')}")
     if data["held"]:
         print(f"HELD: {data['hold_reason']}")
+    if data["emergency_pending"]:
+        print(
+            "EMERGENCY PENDING: awaiting the contact's confirmation of the charge; the ticket "
+            f"keeps its place, first response due {data['first_response_due'] or 'none'}"
+        )
     if data["tags"]:
         print(f"tags: {', '.join(data['tags'])}")
     if data["emergency_review"]:
@@ -185,4 +193,59 @@ def cmd_ticket_set_severity(args: argparse.Namespace) -> int:
         print(error, file=sys.stderr)
         return 1
     print(f"{args.ref}: severity {args.level} (recorded as a classifier label)")
+    return 0
+
+
+def cmd_ticket_link_incident(args: argparse.Namespace) -> int:
+    """`gateway ticket link-incident REF EMERGENCY --reason`: part of that incident, audited."""
+    from gateway.emergency.links import link_to_incident
+    from gateway.privacy.audit import Actor
+    from gateway.storage.admin import AdminError
+    from gateway.storage.queries import find_ticket
+
+    settings = load_settings(args)
+    with open_db_session(settings, write=True) as session:
+        ticket, emergency = find_ticket(session, args.ref), find_ticket(session, args.emergency)
+        if ticket is None or emergency is None:
+            print(f"no ticket {args.ref if ticket is None else args.emergency}", file=sys.stderr)
+            return 1
+        try:
+            changed = link_to_incident(
+                session,
+                ticket,
+                emergency,
+                actor=Actor(args.actor, "cli"),
+                at=clock.now(),
+                reason=args.reason,
+            )
+        except AdminError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        said = f"{ticket.reference}: part of the incident of {emergency.reference}"
+    print(said + ("" if changed else " (already)"))
+    return 0
+
+
+def cmd_ticket_unlink_incident(args: argparse.Namespace) -> int:
+    """`gateway ticket unlink-incident REF --reason`: out of the incident it was linked to."""
+    from gateway.emergency.links import unlink_from_incident
+    from gateway.privacy.audit import Actor
+    from gateway.storage.admin import AdminError
+    from gateway.storage.queries import find_ticket
+
+    settings = load_settings(args)
+    with open_db_session(settings, write=True) as session:
+        ticket = find_ticket(session, args.ref)
+        if ticket is None:
+            print(f"no ticket {args.ref}", file=sys.stderr)
+            return 1
+        try:
+            changed = unlink_from_incident(
+                session, ticket, actor=Actor(args.actor, "cli"), at=clock.now(), reason=args.reason
+            )
+        except AdminError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        said = f"{ticket.reference}: " + ("unlinked" if changed else "linked to no incident")
+    print(said)
     return 0

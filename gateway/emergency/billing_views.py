@@ -458,9 +458,9 @@ def _request_text(r: EmergencyRequest) -> str:
     held = f"{asked}: held ({r.reason})"
     if r.status == "awaiting":
         return (
-            f"{held}. Awaiting acknowledgement: no SLA clock yet; released at its classified "
-            f"severity, unbilled, at {iso(r.deadline)} unless the contact confirms."
+            f"{held}. Emergency pending: the ticket keeps its place and SLA clock; the request "
+            f"expires unbilled at {iso(r.deadline)} unless the contact confirms."
         )
     if r.status == "confirmed":
         return f"{held}; confirmed {iso(r.resolved_at)}: {r.resolution}."
-    return f"{held}; released {iso(r.resolved_at)}, not billed: {r.resolution}."
+    return f"{held}; expired {iso(r.resolved_at)}, not billed: {r.resolution}."

@@ -2,11 +2,12 @@
 
 Owns what happens to a ticket once decide has judged an emergency request
 (`gateway/emergency/rules.py`): `apply` runs inside persist's transaction and opens the held request
-(the ticket is held "awaiting acknowledgement", its SLA clock stopped), or acknowledges the
-emergency (released if it was held: top of the queue, due times from now, the incident billed
-through `gateway/emergency/ledger.py`), or links a ticket to an account's open emergency.
-`release_expired` is worker 0's periodic job (like escalation): a held request nobody confirmed
-within `hold_timeout_minutes` is released at its classified severity, with a note on the ticket
+(a state of the request, not of the ticket: the ticket keeps its queue place and SLA clock and is
+marked `emergency_pending`, issue 17 item 1), or acknowledges the emergency (the mark goes: top of
+the queue, due times from now, the incident billed through `gateway/emergency/ledger.py`), or
+links a ticket to an account's open emergency. The one place that sets or clears the mark.
+`release_expired` is worker 0's periodic job (like escalation): a request nobody confirmed
+within `hold_timeout_minutes` expires, its mark goes, the ticket stays where it was, with a note
 and one message to the customer, never billed.
 
 Locks in one order everywhere — the ticket row, then its request — so the release job and a
@@ -42,6 +43,8 @@ from gateway.storage.queries import PROMPT_KINDS, as_utc, opted_out
 log = logging.getLogger(__name__)
 
 ACTOR = "emergency"
+# The mark of a ticket whose emergency request awaits confirmation, as events and views name it.
+PENDING = "emergency pending"
 
 
 class Decided(Protocol):
@@ -82,10 +85,8 @@ def apply(
         _open_request(session, ticket, step, decision, now)
         return ()
     if step.outcome == "linked" and thread.ticket is not None:
+        # Part of the incident, shown and never billed; not raised (issue 18 item 3).
         link_ticket(session, ticket, thread.ticket.id, now, step.reason)
-        if thread.ticket.emergency_acknowledged:
-            ticket.emergency = True
-            ticket.emergency_acknowledged = True
         return ()
     if not step.acknowledged:
         return ()  # unavailable, still-held, already: the recorded reasons say it all
@@ -130,10 +131,11 @@ def _open_request(
 ) -> None:
     if _awaiting_request(session, ticket.id) is not None:
         return  # exactly one open request (and one confirmation request) per hold
-    # No SLA clock yet: decide gave a new held ticket no due times (a follow-up that asks
-    # keeps the clock it had); they are set when the hold ends.
+    # The ticket is not held: it keeps its place and its clock (a new ticket runs on the clock
+    # of its classified severity), and carries the mark until the request ends.
     _request(session, ticket, step, "awaiting", now, decision.hold_deadline)
-    _event(session, ticket, "hold", "", HOLD_REASON, step.reason, now)
+    ticket.emergency_pending = True
+    _event(session, ticket, "emergency", "", PENDING, step.reason, now)
 
 
 def _request(
@@ -217,8 +219,9 @@ def _acknowledge(
 ) -> None:
     """The ticket becomes an acknowledged emergency: out of any hold, first in the queue, at the
     top level (persist raised the severity), routed and timed as one from `now`."""
-    was = HOLD_REASON if ticket.held else ""
-    ticket.held = False
+    was = PENDING if ticket.emergency_pending else HOLD_REASON if ticket.held else ""
+    ticket.emergency_pending = False
+    ticket.held = False  # a ticket held before issue 17 (migration 0008 moved open ones)
     ticket.hold_reason = ""
     ticket.emergency = True
     ticket.emergency_acknowledged = True
@@ -315,15 +318,18 @@ def _release(
 ) -> None:
     minutes = settings.emergency.hold_timeout_minutes
     why = (
-        f"no confirmation of the emergency charge within {hold_time(minutes)}: released at its "
-        f"classified severity ({ticket.severity}), not an emergency, not billed"
+        f"no confirmation of the emergency charge within {hold_time(minutes)}: the request "
+        f"expired; the ticket stays where it was ({ticket.severity}, queue {ticket.queue}), not "
+        "an emergency, not billed"
     )
     request.status = "expired"
     request.resolved_at = now
     request.resolution = why
+    ticket.emergency_pending = False
     ticket.held = False
     ticket.hold_reason = ""
     ticket.updated_at = now
+    # Only a ticket held before issue 17 has no clock yet: it starts now.
     if ticket.first_response_due is None and ticket.resolution_due is None:
         sla = Sla(
             ticket.severity,
@@ -335,7 +341,7 @@ def _release(
         due = due_times(sla, calendars, now)
         ticket.first_response_due = due.first_response
         ticket.resolution_due = due.resolution
-    _event(session, ticket, "hold", HOLD_REASON, "released", why, now)
+    _event(session, ticket, "emergency", PENDING, "expired", why, now)
     _notify_released(session, ticket, settings, now, company, minutes)
 
 

@@ -41,7 +41,8 @@ from gateway.message import Customer, ParsedMessage, Thread
 from gateway.policy.calendars import Calendar
 from gateway.policy.plans import Sla, channel_kind
 
-# The hold reason of a ticket awaiting the customer's acknowledgement (queue and `show`).
+# What an emergency request awaiting the customer's acknowledgement is (the intake's reason;
+# the hold reason of tickets held before issue 17, when a pending request still held its ticket).
 HOLD_REASON = "awaiting acknowledgement"
 # Tag of an accepted emergency the classifier rated far below the top: an agent looks at it.
 REVIEW_TAG = "emergency-review"
@@ -364,7 +365,8 @@ def evaluate(
             "linked",
             "incident-link",
             f"linked to {state} emergency {target.reference} of account {customer.account_id} "
-            "opened within the incident window: the same incident, never billed again",
+            "opened within the incident window: the same incident, never billed again; the "
+            "link alone does not raise this ticket",
             classified=classified,
         )
     signal = find_signal(message, config)
@@ -429,9 +431,10 @@ def evaluate(
         return dataclasses.replace(
             step,
             code="unauthenticated",
-            reason=f"asked by {signal.text}; the sender is {authentication}{ack}: held until a "
-            f"reply from the contact's own mailbox ({customer.contact_email or who}) confirms "
-            "the charge",
+            reason=f"asked by {signal.text}; the sender is {authentication}{ack}: the request "
+            f"is pending until a reply from the contact's own mailbox "
+            f"({customer.contact_email or who}) confirms the charge; the ticket keeps its place "
+            "meanwhile",
         )
     if acknowledgement is None:
         how = {
@@ -442,7 +445,8 @@ def evaluate(
             step,
             code="no-acknowledgement",
             reason=f"asked by {signal.text} ({authentication}) without acknowledging the charge: "
-            f"held until the contact confirms with {how}",
+            f"the request is pending until the contact confirms with {how}; the ticket keeps "
+            "its place meanwhile",
         )
     return dataclasses.replace(
         step,
@@ -468,7 +472,7 @@ def confirmation(
     if not ticket.awaiting_acknowledgement:
         return None
     channel = channel_kind(message.channel)
-    on = f"{ticket.reference} stays held ({HOLD_REASON})"
+    on = f"the emergency request of {ticket.reference} stays pending"
     if channel == "sms":
         if not any(p.channel == "sms" and p.recipient == message.sender for p in ticket.prompts):
             return None
@@ -649,18 +653,14 @@ def emergency_step(
     accepted = step.outcome == "accepted"
     if step.review and accepted:
         notes.append(Note("emergency", "review", step.review))
-    # An acknowledged emergency, or part of one: the top level, and the queue jump the plan
-    # allows; the queue puts acknowledged emergencies first of all.
-    linked = (
-        step.outcome == "linked"
-        and thread.ticket is not None
-        and thread.ticket.emergency_acknowledged
-    )
+    # An acknowledged emergency: the top level, and the queue jump the plan allows; the queue
+    # puts acknowledged emergencies first of all. Linking alone never raises a ticket (issue 18
+    # item 3): a linked ticket stays at the severity its own words get.
     held = step.outcome == "held"
     return EmergencyDecision(
         step,
         tuple(notes),
-        top_level=accepted or linked,
+        top_level=accepted,
         held=held,
         hold_reason=f"{HOLD_REASON}: {step.reason}" if held else "",
         hold_deadline=now + timedelta(minutes=config.hold_timeout_minutes) if held else None,

@@ -2,7 +2,9 @@
 
 Owns the plug-in interface `classify(message, channel, customer) -> Verdict`. The classifier
 package knows nothing of messages or storage; this adapter gives it plain text, headers and
-the channel. Without an engine (no rules, no model) it returns the configured default level.
+the channel. Without an engine (no rules, no model), or for text the gateway wrote itself
+(`ParsedMessage.gateway_text`: notes, receipts, prompts, issue 18 item 2), it returns the
+configured default level: only the sender's own words are ever classified.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def classify(
     message: ParsedMessage, customer: Customer, engine: Classifier | None, default_level: str
 ) -> Verdict:
     del customer  # part of the interface: plan-aware classification may use it later
-    if engine is None:
+    if engine is None or message.gateway_text:
+        # Text we wrote ourselves says nothing of how urgent the sender's problem is.
         return default_verdict(default_level)
     return engine.classify(to_input(message))

@@ -1,17 +1,18 @@
 """Stage 6: the policy decision — what happens to this message, at which severity, in which queue.
 
-Owns the plug-in interface `decide(message, customer, verdict, thread, automated, now, policy)
--> Decision`. Outcomes are typed verbs (DESIGN "The one path"): `Accept` (ticket or follow-up),
-`Reject` (reply, no ticket), `Hold` (ticket held for review/acknowledgement), `Discard` (recorded,
-unanswered). `Defer` is not decided here: it is what the worker does when storage is down.
-Pure: never touches storage or the network. `decide` reads as its steps: the earlier stages'
-findings; machines are discarded (`_automated`); emergency support is asked once, for the whole
-of its answer (`gateway/emergency/rules.py: emergency_step`) — a reply confirming a held request
-is released first of all (`_released`, so an SMS YES answering our prompt is not START); SMS
+Owns the plug-in interface `decide(message, customer, verdict, thread, automated, now, policy) ->
+Decision`. Outcomes are typed verbs (DESIGN "The one path"): `Accept` (ticket or follow-up),
+`Reject` (reply, no ticket), `Hold` (the message's emergency request awaits the contact's
+acknowledgement: the ticket goes on at its own place, marked "emergency pending"), `Discard`
+(recorded, unanswered). `Defer` is not decided here: it is what the worker does when storage is
+down. Pure: never touches storage or the network. `decide` reads as its steps: the earlier stages'
+findings; machines are discarded (`_automated`); emergency support is asked once, for the whole of
+its answer (`gateway/emergency/rules.py: emergency_step`) — a reply confirming a held request is
+released first of all (`_released`, so an SMS YES answering our prompt is not START); SMS
 keywords; the plan's channel entitlement, reject (`_unentitled`) or downgrade, and its queue-jump
 right (`_entitlement`); what emergency support said, an acknowledged emergency at the top level
 (`_emergency_level`); routing, its severity floor capped at the plan's ceiling (`_routing`); the
-SLA targets and due times of the final severity, none while held (`_sla`); the acknowledgement
+SLA targets and due times of the final severity (`_sla`); the acknowledgement
 with the level's action text, or instead emergency support's one message, and the staff
 notifications (`_replies`).
 """
@@ -122,6 +123,9 @@ class Decision:
     emergency_step: EmergencyStep | None = None
     # When a held request is released at its classified severity if nobody confirms it.
     hold_deadline: datetime | None = None
+    # Routing, SLA and notifications apply to the ticket: a new one, or a follow-up that raises
+    # its severity (persist applies them; `_applies`, issue 18 item 1).
+    applies_routing: bool = True
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def decide(
     now: datetime,
     policy: Policy,
 ) -> Decision:
-    reasons = _identified(customer, thread, verdict)
+    reasons = _identified(message, customer, thread, verdict)
     if automated.is_automated:
         return _automated(automated, verdict, policy, reasons)
     plan = policy.plans.get(customer.plan)
@@ -175,6 +179,7 @@ def decide(
     level = _emergency_level(level, emergency, plan, policy.severity.levels, reasons)
     route, level = _routing(message, customer, verdict, now, policy, level, emergency, reasons)
     sla, due = _sla(customer, policy, level.severity, emergency, now, reasons)
+    applies = _applies(thread, level.severity, emergency, route, policy.severity.levels, reasons)
     return Decision(
         outcome=Hold(emergency.hold_reason) if emergency.held else Accept(thread.reason),
         severity=level.severity,
@@ -182,7 +187,7 @@ def decide(
         queue=route.queue,
         holds=("awaiting-acknowledgement",) if emergency.held else (),
         billing_intents=("incident",) if emergency.billed else (),
-        replies=_replies(emergency, sla, thread, route),
+        replies=_replies(emergency, sla, thread, route, applies),
         reasons=tuple(reasons),
         sla=sla,
         first_response_due=due.first_response,
@@ -191,6 +196,7 @@ def decide(
         emergency=emergency.top_level,
         emergency_step=emergency.step,
         hold_deadline=emergency.hold_deadline,
+        applies_routing=applies,
     )
 
 
@@ -203,13 +209,61 @@ class _Level:
     ceiling: str
 
 
-def _identified(customer: Customer, thread: Thread, verdict: Verdict) -> list[Reason]:
+def _identified(
+    message: ParsedMessage, customer: Customer, thread: Thread, verdict: Verdict
+) -> list[Reason]:
     """The earlier stages' findings, recorded first."""
+    classified = verdict.explain()
+    if message.gateway_text:
+        classified = (
+            f"not classified: {message.gateway_text}, not the sender's words; the default "
+            f"level {verdict.severity}"
+        )
     return [
         Reason("identify", customer.matched_by, _who(customer)),
         Reason("thread", thread.kind, thread.reason),
-        Reason("classify", verdict.severity, verdict.explain()),
+        Reason("classify", verdict.severity, classified),
     ]
+
+
+def _applies(
+    thread: Thread,
+    severity: str,
+    emergency: EmergencyDecision,
+    route: Route,
+    levels: tuple[str, ...],
+    reasons: list[Reason],
+) -> bool:
+    """Do this message's routing, SLA and notifications apply to its ticket? To a new ticket,
+    always. To a follow-up, when it raises the ticket's severity (or makes it an acknowledged
+    emergency): they are decided again and applied, never silently lost (issue 18 item 1). A
+    follow-up that does not raise it changes none of them, and the trail says so: only an agent
+    lowers a ticket, with a reason."""
+    ticket = thread.ticket
+    if thread.kind in ("new", "new-linked") or ticket is None:
+        return True
+    if emergency.billed or _rank(levels, severity) < _rank(levels, ticket.severity):
+        reasons.append(
+            Reason(
+                "route",
+                "raised",
+                f"this message raises {ticket.reference} from {ticket.severity} to {severity}: "
+                f"routing {route.rule or 'default'} (queue {route.queue}), the SLA above and "
+                "its notifications apply to the ticket; a due time only ever moves earlier",
+            )
+        )
+        return True
+    reasons.append(
+        Reason(
+            "route",
+            "kept",
+            f"{ticket.reference} keeps its severity {ticket.severity}, queue "
+            f"{ticket.queue or '?'} (routing {ticket.routing_rule or 'default'}) and its SLA: "
+            f"this message ({severity}) does not raise it, so the route and SLA above are not "
+            "applied",
+        )
+    )
+    return False
 
 
 def _automated(
@@ -331,36 +385,32 @@ def _sla(
     reasons: list[Reason],
 ) -> tuple[Sla, DueTimes]:
     """The SLA targets and due times of the final severity on the plan."""
+    # An emergency request awaiting confirmation stops no clock: the pending confirmation is
+    # a state of the request, and the ticket runs on its own severity meanwhile (issue 17).
     sla = emergency.sla(sla_for(policy.severity, policy.plans, severity, customer.plan))
-    if emergency.held:
-        # The SLA clock does not run while the customer has not acknowledged the charge: due
-        # times are set when the hold is released (confirmation or timeout).
-        due = DueTimes(None, None)
-        reasons.append(Reason("sla", severity, _sla_text(sla, due) + " until the hold ends"))
-        return sla, due
     due = due_times(sla, policy.calendars, now)
     reasons.append(Reason("sla", severity, _sla_text(sla, due)))
     return sla, due
 
 
 def _replies(
-    emergency: EmergencyDecision, sla: Sla, thread: Thread, route: Route
+    emergency: EmergencyDecision, sla: Sla, thread: Thread, route: Route, applies: bool
 ) -> tuple[Reply, ...]:
     """Emergency support's one message, else a new ticket's acknowledgement; staff
-    notifications of the routing rule for a new ticket."""
+    notifications of the routing rule for a new ticket, or for a follow-up that raised it."""
     replies: list[Reply] = []
     answer = _reply(emergency.reply, sla)
     if answer is not None:
         replies.append(answer)  # instead of the acknowledgement: one message, with the reference
-    if thread.kind in ("new", "new-linked"):
-        if answer is None:
-            replies.append(
-                Reply(
-                    "acknowledgement",
-                    "a new ticket is acknowledged once",
-                    values=(("action", sla.action),),
-                )
+    if thread.kind in ("new", "new-linked") and answer is None:
+        replies.append(
+            Reply(
+                "acknowledgement",
+                "a new ticket is acknowledged once",
+                values=(("action", sla.action),),
             )
+        )
+    if applies:
         replies.extend(_notify(route))
     return tuple(replies)
 

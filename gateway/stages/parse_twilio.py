@@ -5,7 +5,9 @@ sender is the caller's E.164 number, MMS media stay *references* (URLs in the te
 headers, never fetched here: parse makes no network calls), and every event of one call carries
 the same thread identity (`<kind>.<CallSid>@twilio.invalid` as its Message-ID, its siblings'
 ids as In-Reply-To) so the thread stage joins them into one ticket whatever their order.
-The spool payload is written by `channels/twilio.py: spool_payload`.
+The spool payload is written by `channels/twilio.py: spool_payload`. Every voice event but a
+transcription with text is the gateway's own note (`ParsedMessage.gateway_text`): only the
+caller's transcribed words are classified.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage
         headers.append(("x-twilio-prompt", query["prompt"]))
     message_id: str | None = None
     in_reply_to: tuple[str, ...] = ()
+    gateway_text = ""
     if event == "sms":
         subject, text = _sms(params, headers)
     elif event in VOICE_EVENTS:
@@ -88,6 +91,9 @@ def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage
         said = data.get("said")
         said = said if isinstance(said, str) else ""
         subject, text = _voice(event, sender, params, envelope, said)
+        if event != "transcription" or text.startswith(TRANSCRIPTION_UNAVAILABLE):
+            # Our own note about the call, not the caller's words (issue 18 item 2).
+            gateway_text = f"the gateway's note on a call's {event} event"
     else:
         subject, text = "", json.dumps(params, sort_keys=True)
         defects.append("TwilioUnknownEvent")
@@ -111,6 +117,7 @@ def parse_twilio(raw: bytes, envelope: Envelope, spool_id: str) -> ParsedMessage
         raw_size=len(raw),
         dedup_key=envelope.channel_key or f"twilio:{event}:{hashlib.sha256(raw).hexdigest()[:40]}",
         defects=tuple(defects),
+        gateway_text=gateway_text,
     )
 
 

@@ -49,7 +49,7 @@ from gateway.storage.models import (
     TicketEvent,
     TicketPause,
 )
-from gateway.storage.queries import opted_out
+from gateway.storage.queries import as_utc, opted_out
 
 
 @dataclass(frozen=True)
@@ -133,8 +133,7 @@ def record(
             # parsing (issue 19); `show` and the API list what, the raw message has it all.
             ticket.tags = [*(ticket.tags or []), PARSE_DEFECT_TAG]
         if isinstance(outcome, Hold):
-            ticket.held = True
-            ticket.hold_reason = outcome.reason
+            # The request is held, not the ticket: the emergency wing marks it (holds.apply).
             kind = "hold"
     elif isinstance(outcome, Discard):
         kind = "discard"
@@ -278,6 +277,8 @@ def _ticket_for(
             if decision.jump_queue and not ticket.jump_queue:
                 ticket.jump_queue = True
                 ticket.jump_reason = verdict.explain()
+            if decision.applies_routing:
+                _reroute(session, ticket, decision, now)
             return ticket, "follow-up"
     ticket = Ticket(
         status="new",
@@ -319,6 +320,49 @@ def _ticket_for(
     session.flush()
     ticket.reference = f"T-{ticket.id:06d}"
     return ticket, "ticket"
+
+
+def _reroute(session: Session, ticket: Ticket, decision: Decision, now: datetime) -> None:
+    """A follow-up that raised its ticket (decide's `applies_routing`): the routing and SLA
+    decided again are applied, so a voicemail's transcript reaches the queue, clock and on-call
+    its words call for (issue 18 item 1). Due times only ever move earlier; tags are added,
+    never removed. The change is recorded as a `routing` event."""
+    route, sla = decision.route, decision.sla
+    if route is None:
+        return
+    before = f"{ticket.queue} ({ticket.routing_rule or 'default'})"
+    ticket.queue = decision.queue
+    ticket.routing_rule = route.rule
+    tags = list(ticket.tags or [])
+    ticket.tags = tags + [t for t in dict.fromkeys(route.tags) if t not in tags]
+    if route.assignee:
+        ticket.assignee_hint = route.assignee
+    if sla is not None:
+        ticket.calendar = sla.calendar
+        ticket.first_response_minutes = sla.first_response_minutes
+        ticket.resolution_minutes = sla.resolution_minutes
+    ticket.first_response_due = _earlier(ticket.first_response_due, decision.first_response_due)
+    ticket.resolution_due = _earlier(ticket.resolution_due, decision.resolution_due)
+    due = as_utc(ticket.first_response_due)
+    session.add(
+        TicketEvent(
+            ticket_id=ticket.id,
+            kind="routing",
+            old=before[:64],
+            new=f"{ticket.queue} ({route.rule or 'default'})"[:64],
+            reason=f"raised to {decision.severity}: {route.reason}; first response due "
+            f"{due.isoformat().replace('+00:00', 'Z') if due else 'none'}",
+            actor="gateway",
+            at=now,
+        )
+    )
+
+
+def _earlier(kept: datetime | None, decided: datetime | None) -> datetime | None:
+    kept = as_utc(kept)
+    if kept is None or decided is None:
+        return decided if kept is None else kept
+    return min(kept, decided)
 
 
 def _rank(levels: tuple[str, ...], level: str) -> int:

@@ -4,10 +4,10 @@ Owns the threading rule (DESIGN "Lessons", Zammad #5064): headers first — In-R
 References against messages we stored and mail we sent — then a subject token `[#T-000123]`,
 but only from a sender bound to that ticket's account (or, for the unknown account, the very
 address that opened it). A reply to a closed ticket reopens it within the window, else opens a
-new ticket linked to it. An SMS or voicemail that matches nothing, from a contact of an account
-with an open emergency requested within the incident window, is a new ticket linked to that
-emergency (`Thread.incident`: one incident, billed once). Reads through the narrow
-`ThreadLookup`; never writes.
+new ticket linked to it. An SMS or voicemail that matches nothing, from the contact who asked for
+an account's open emergency (requested within the incident window) or naming its ticket, is a new
+ticket linked to that emergency (`Thread.incident`: one incident, billed once). Reads through the
+narrow `ThreadLookup`; never writes.
 """
 
 from __future__ import annotations
@@ -108,20 +108,30 @@ def _incident_link(
     now: datetime,
     window: timedelta,
 ) -> Thread | None:
-    """An SMS or voicemail from a contact of an account with an open emergency requested
-    within `window` belongs to that emergency's incident (issue 7: "one incident"): a new
-    ticket linked to it, never billed again. Only a known contact's number links."""
+    """An SMS or voicemail that threads nowhere belongs to an account's open emergency
+    (requested within `window`) only when it is the same issue (issue 18 item 3, the rule in
+    docs/emergency.md "One incident"): from the very contact who asked for it, or naming that
+    emergency's ticket reference in its words. Then it is a new ticket linked to it, never
+    billed again. Another contact of the same account with something else to say is its own
+    ticket: an incident is one issue, not one account. Only a known contact links."""
     if customer.account_id == UNKNOWN_ACCOUNT or not customer.known:
         return None
     emergency = lookup.open_emergency_for_account(customer.account_id, now - window)
     if emergency is None:
         return None
     hours = f"{window.total_seconds() / 3600:g}"
+    contact = (customer.contact_email or "").lower()
+    if contact and contact == (emergency.contact_email or "").lower():
+        why = f"{message.sender} is the contact ({contact}) who asked for"
+    elif emergency.reference and emergency.reference in message.text.upper():
+        why = f"{message.sender} names {emergency.reference} in its words, so it is about"
+    else:
+        return None
     return Thread(
         "new-linked",
         emergency,
-        f"{message.sender} is a contact of {customer.account_id}, whose emergency "
-        f"{emergency.reference} is open and was requested within {hours} h: linked to it",
+        f"{why} the emergency {emergency.reference} of {customer.account_id}, open and "
+        f"requested within {hours} h: linked to it",
         incident=True,
     )
 

@@ -61,6 +61,10 @@ class Ticket(Base):
     emergency: Mapped[bool] = mapped_column(Boolean, default=False)
     # An emergency whose billing acknowledgement is recorded: first in the queue.
     emergency_acknowledged: Mapped[bool] = mapped_column(Boolean, default=False)
+    # An emergency request on this ticket awaits the contact's confirmation of the charge. A
+    # state of the request, not a hold: the ticket keeps its queue place and its SLA clock
+    # (issue 17 item 1). Set and cleared only by gateway/emergency/holds.py.
+    emergency_pending: Mapped[bool] = mapped_column(Boolean, default=False)
     routing_rule: Mapped[str] = mapped_column(String(128), default="")
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     assignee_hint: Mapped[str] = mapped_column(String(200), default="")

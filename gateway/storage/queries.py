@@ -26,8 +26,9 @@ OPEN_STATUSES = ("new", "open", "waiting", "reopened")
 
 
 def _ref(ticket: Ticket, session: Session | None = None) -> TicketRef:
+    pending = ticket.emergency_pending or ticket.held  # held: a ticket from before migration 0008
     awaiting, prompts = (
-        _awaiting(session, ticket.id) if ticket.held and session is not None else (False, ())
+        _awaiting(session, ticket.id) if pending and session is not None else (False, ())
     )
     return TicketRef(
         id=ticket.id,
@@ -42,6 +43,8 @@ def _ref(ticket: Ticket, session: Session | None = None) -> TicketRef:
         emergency_acknowledged=ticket.emergency_acknowledged,
         awaiting_acknowledgement=awaiting,
         prompts=prompts,
+        queue=ticket.queue,
+        routing_rule=ticket.routing_rule,
     )
 
 

@@ -179,8 +179,8 @@ def test_an_emergency_address_a_subject_marker_and_the_sms_keyword_are_the_signa
         by_sms.reference: False,  # asked, and held for its YES (test_holds.py)
         urgent_words.reference: False,
     }
-    assert desk.ticket(by_sms.reference or "").held
-    assert not desk.ticket(urgent_words.reference or "").held
+    assert desk.ticket(by_sms.reference or "").emergency_pending
+    assert not desk.ticket(urgent_words.reference or "").emergency_pending
 
 
 def test_a_follow_up_asking_again_on_an_acknowledged_emergency_is_not_billed_again(
@@ -246,9 +246,9 @@ def test_our_own_dkim_check_authenticates_a_signed_mail_and_a_forgery_is_held(de
     )
     assert forged.outcome == "hold"
     held = desk.show(forged.reference or "")
-    assert held["held"] and held["hold_reason"].startswith("awaiting acknowledgement")
-    assert "not authenticated: " in held["hold_reason"]
-    assert "no DKIM signature" in held["hold_reason"]
+    assert held["emergency_pending"] and not held["held"]
+    (pending,) = [d["text"] for d in held["decisions"] if d["code"] == "unauthenticated"]
+    assert "not authenticated: " in pending and "no DKIM signature" in pending
     assert len(desk.incidents()) == 1
 
 

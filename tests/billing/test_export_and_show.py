@@ -124,8 +124,8 @@ def test_gateway_show_explains_every_hold_rejection_and_charge_in_plain_words(
             "Emergency requested 2026-11-17T15:00:00Z by email (the subject marker [EMERGENCY]): "
             "held (asked by the subject marker [EMERGENCY]",
             "without acknowledging the charge",
-            "Awaiting acknowledgement: no SLA clock yet; released at its classified severity, "
-            "unbilled, at 2026-11-17T19:00:00Z unless the contact confirms.",
+            "Emergency pending: the ticket keeps its place and SLA clock; the request expires "
+            "unbilled at 2026-11-17T19:00:00Z unless the contact confirms.",
         ],
         charged.reference: [
             "accepted at once",
@@ -154,7 +154,7 @@ def test_gateway_show_explains_every_hold_rejection_and_charge_in_plain_words(
         TUESDAY_10 + timedelta(hours=5),
     )
     assert (
-        "released 2026-11-17T20:00:00Z, not billed: no confirmation of the emergency charge "
+        "expired 2026-11-17T20:00:00Z, not billed: no confirmation of the emergency charge "
         "within 4 hours"
     ) in show(expired.reference)
     _credit(desk, charged.reference, TUESDAY_10 + timedelta(days=1))

@@ -1,7 +1,8 @@
-"""Held emergencies: without an authenticated sender or an acknowledgement the ticket is held
-"awaiting acknowledgement" (no SLA clock, one "confirm the charge" message); only a reply to
-that message from the contact's own mailbox, or YES from the contact's phone, releases it as an
-emergency; nobody answering releases it at its classified severity, unbilled."""
+"""Held emergency requests: without an authenticated sender or an acknowledgement the request
+waits for the contact's confirmation (one "confirm the charge" message). The request is held,
+not the ticket: it keeps its queue place and SLA clock, marked "emergency pending" (issue 17
+item 1). Only a reply to that message from the contact's own mailbox, or YES from the contact's
+phone, makes it an emergency; nobody answering leaves the ticket where it was, unbilled."""
 
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ def test_a_forged_from_is_held_and_only_a_reply_from_the_real_mailbox_releases_i
         gw.ingest(email(message_id="<forged@evil.example>", authenticated=False))
         gw.drain()
         (ticket,) = gw.tickets()
-        assert ticket.held and not ticket.emergency and ticket.first_response_due is None
-        assert ticket.hold_reason.startswith("awaiting acknowledgement: ")
-        assert "alone is not enough" in ticket.hold_reason
+        assert ticket.emergency_pending and not ticket.emergency and not ticket.held
+        assert ticket.first_response_due is not None  # its own clock runs
+        (intake,) = gw.intakes()
+        assert intake.reason.startswith("awaiting acknowledgement: ")
+        assert "alone is not enough" in intake.reason
         # The one confirmation request goes to Dana's own mailbox, through the real relay.
         outbound = replace(gw.settings.gateway.outbound, enabled=True, relay_port=relay.port)
         assert outbox_sender.send_due(gw.worker.sessions, outbound, "test") == 1
@@ -89,7 +92,7 @@ def test_a_forged_from_is_held_and_only_a_reply_from_the_real_mailbox_releases_i
             gw.ingest(raw)
         gw.drain()
         (still,) = gw.tickets()
-        assert still.held and not still.emergency and still.message_count == 4
+        assert still.emergency_pending and not still.emergency and still.message_count == 4
         with gw.session() as session:
             refused = session.execute(
                 select(DecisionRecord.text).where(DecisionRecord.code == "not-confirmed")
@@ -113,11 +116,11 @@ def test_a_forged_from_is_held_and_only_a_reply_from_the_real_mailbox_releases_i
         )
         gw.drain()
         released = gw.tickets()[0]
-        assert (released.held, released.emergency, released.emergency_acknowledged) == (
-            False,
-            True,
-            True,
-        )
+        assert (
+            released.emergency_pending,
+            released.emergency,
+            released.emergency_acknowledged,
+        ) == (False, True, True)
         assert released.severity == "urgent" and released.first_response_due is not None
         with gw.session() as session:
             from gateway.storage.billing_tables import Incident
@@ -138,12 +141,13 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
     ref = asked.reference or ""
     assert asked.outcome == "hold"
     held = desk.show(ref)
-    assert held["held"] and held["first_response_due"] is None and held["resolution_due"] is None
-    with desk.gw.session() as session:  # visible in the queue, after everything not held
+    assert held["emergency_pending"] and not held["held"]
+    assert held["first_response_due"] is not None and held["resolution_due"] is not None
+    with desk.gw.session() as session:  # in the queue at its own severity, not after the rest
         desk.mail(
             email("Question", "How do I print?", acknowledged=False, message_id="<q@a>"), TUESDAY_10
         )
-        assert [t.reference for t in list_queue(session)] == ["T-000002", ref]
+        assert [t.reference for t in list_queue(session)] == [ref, "T-000002"]
     (prompt,) = desk.outbox(ref)
     assert (prompt.kind, prompt.recipient) == ("confirm-charge", DANA)
     for words in (
@@ -178,7 +182,7 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
         TUESDAY_10 + timedelta(minutes=10),
     )
     assert [r.kind for r in desk.outbox(ref)] == ["confirm-charge"]
-    assert desk.ticket(ref).held and desk.incidents() == []
+    assert desk.ticket(ref).emergency_pending and desk.incidents() == []
 
     release = TUESDAY_10 + timedelta(minutes=30)
     confirmed = desk.mail(
@@ -193,7 +197,11 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
     )
     assert confirmed.outcome == "follow-up"
     ticket = desk.ticket(ref)
-    assert (ticket.held, ticket.emergency_acknowledged, ticket.severity) == (False, True, "urgent")
+    assert (ticket.emergency_pending, ticket.emergency_acknowledged, ticket.severity) == (
+        False,
+        True,
+        "urgent",
+    )
     # The SLA clock starts at the release, on emergency.toml's response calendar and target.
     policy = desk.runtime.policy
     due = due_times(
@@ -214,7 +222,7 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
     assert [r.kind for r in desk.outbox(ref)] == ["confirm-charge", "emergency-accepted", "notify"]
 
 
-def test_a_held_request_nobody_confirms_is_released_at_its_classified_severity_unbilled(
+def test_a_held_request_nobody_confirms_expires_and_leaves_the_ticket_where_it_was_unbilled(
     desk: Desk, capsys: pytest.CaptureFixture[str]
 ) -> None:
     asked = desk.mail(
@@ -222,7 +230,8 @@ def test_a_held_request_nobody_confirms_is_released_at_its_classified_severity_u
         TUESDAY_10,
     )
     ref = asked.reference or ""
-    classified = desk.ticket(ref).severity
+    before = desk.ticket(ref)
+    classified = before.severity
     config = str(desk.gw.settings.directory)
 
     def release_holds(at: datetime) -> str:
@@ -234,21 +243,27 @@ def test_a_held_request_nobody_confirms_is_released_at_its_classified_severity_u
 
     deadline = TUESDAY_10 + timedelta(minutes=240)
     assert "no held emergency is due" in release_holds(deadline - timedelta(seconds=1))
-    assert desk.ticket(ref).held
+    assert desk.ticket(ref).emergency_pending
     assert release_holds(deadline) == f"released {ref}: no confirmation in time, not billed\n"
     ticket = desk.ticket(ref)
-    assert (ticket.held, ticket.emergency, ticket.severity) == (False, False, classified)
+    assert (ticket.emergency_pending, ticket.emergency, ticket.severity) == (
+        False,
+        False,
+        classified,
+    )
+    # Where it was: its queue and the clock it has had since it arrived.
     policy = desk.runtime.policy
     due = due_times(
-        sla_for(policy.severity, policy.plans, classified, "growth"), policy.calendars, deadline
+        sla_for(policy.severity, policy.plans, classified, "growth"), policy.calendars, TUESDAY_10
     )
+    assert (ticket.queue, ticket.first_response_due) == (before.queue, before.first_response_due)
     assert as_utc(ticket.first_response_due) == due.first_response
     assert desk.incidents() == [] and desk.ledger() == []
     (request,) = desk.requests()
     assert request.status == "expired"
     with desk.gw.session() as session:
         note = session.execute(
-            select(TicketEvent).where(TicketEvent.kind == "hold", TicketEvent.new == "released")
+            select(TicketEvent).where(TicketEvent.kind == "emergency", TicketEvent.new == "expired")
         ).scalar_one()
     assert "not billed" in note.reason and "4 hours" in note.reason
     prompt, notice = desk.outbox(ref)
@@ -314,16 +329,16 @@ def test_an_sms_emergency_is_held_and_yes_from_the_contacts_phone_releases_it(
 
     text("EMERGENCY our server is down", "SM1")
     (ticket,) = gw.tickets()
-    assert ticket.held and ticket.hold_reason.startswith("awaiting acknowledgement")
+    assert ticket.emergency_pending and not ticket.held
     (prompt,) = send()
     assert "Reply YES to confirm the charge" in prompt and "USD 250.00" in prompt
     # YES from a number we never asked is Twilio's opt-in keyword, as it always was.
     text("YES", "SM2", BASIC_PHONE)
-    assert gw.tickets()[0].held
+    assert gw.tickets()[0].emergency_pending
 
     text("yes", "SM3")
     (released,) = gw.tickets()
-    assert (released.held, released.emergency_acknowledged, released.severity) == (
+    assert (released.emergency_pending, released.emergency_acknowledged, released.severity) == (
         False,
         True,
         "urgent",
@@ -354,6 +369,6 @@ def test_worker_zero_releases_held_requests_whose_time_is_up_on_its_own(desk: De
         email(acknowledged=False, message_id="<recent@a>"), clock.now() - timedelta(hours=1)
     )
     desk.gw.worker.release_holds_once()
-    assert not desk.ticket(asked.reference or "").held
-    assert desk.ticket(recent.reference or "").held
+    assert not desk.ticket(asked.reference or "").emergency_pending
+    assert desk.ticket(recent.reference or "").emergency_pending
     assert [r.status for r in desk.requests()] == ["expired", "awaiting"]
