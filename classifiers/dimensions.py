@@ -45,7 +45,8 @@ _EVERYONE = re.compile(
     r"company|clinic|practice|staff|building|school|site|store|shop|warehouse|department|"
     r"hospital|system|network|platform|website|site|app|service|fleet|floor|ward|hotel|"
     r"branch|organi[sz]ation|business|firm|restaurant|kitchen|call cent(?:er|re))|"
-    r"every (?:single )?\w+|all (?:(?:of )?(?:our|the|my) )?(?:\d+ |\w+ )?\w+s\b|for all\b|"
+    r"every (?:single )?\w+|all (?!your\b)(?:(?:of )?(?:our|the|my) )?(?:\d+ |\w+ )?\w+s\b|"
+    r"for all\b|"
     r"across (?:all|the (?:board|company|site))|company-?wide|site-?wide|system-?wide|"
     r"at (?:all|both|every) (?:\w+ )?(?:sites|locations|stores|branches|clinics|offices)|"
     r"any (?:of (?:the|our) )?\w+s\b[^.\n]{0,20}\b(?:can'?t|cannot|won'?t))",
@@ -69,8 +70,17 @@ _FIRST_PERSON = re.compile(
 _DOWN = re.compile(
     r"\b(?:(?:is|are|was|went|gone|been|go(?:es)?|still|completely|totally|all|whole|"
     r"system|site|server|app|portal|platform|everything|network|internet|phones?|service|it's|"
-    r"its|back|everything's) down\b|down (?:again|for|since|completely|hard)|\bdown\W*$|"
-    r"outage|offline|unreachable|not reachable|inaccessible|unavailable|dead\b|blank\b|"
+    r"its|back|everything's) down\b|down (?:again|for|since|completely|hard)|"
+    # "... down" closing a line (an SMS, a subject), but not "turned down", "shut down"...
+    r"^[^\n]{0,60}?(?<!turned )(?<!turn )(?<!shut )(?<!calm )(?<!slow )(?<!write )(?<!step )"
+    r"(?<!scroll )(?<!let )(?<!track )(?<!narrow )(?<!cut )(?<!upside )(?<!money )"
+    r"(?<!payment )\bdown\W*$|"
+    r"outage|(?<!\bor )(?<!online and )(?<!/)offline|unreachable|not reachable|"
+    r"inaccessible|unavailable|dead\b|blank\b|gr[ae]y screen|spinner|lost (?:connection|"
+    r"registration)|connection error|never finish(?:es)? loading|"
+    r"(?:nobody|no one|none of (?:us|our|the|my|them)\b[\w ]{0,25}?) (?:can|could|is able to|"
+    r"are able to|ha(?:s|ve) been able to) (?:access|open|log|sign|get in|reach|use|connect|see|"
+    r"load)|"
     r"won'?t let (?:anyone|us|anybody)|(?:fail\w*|errors? out|rejected|broken) (?:\w+ )?for "
     r"(?:all|every|the whole|everyone)|not (?:responding|loading|"
     r"working|opening|starting|coming (?:up|back)|connecting|processing|taking|going through)|"
@@ -80,7 +90,8 @@ _DOWN = re.compile(
     r"(?:\w+ )?(?:access|open|log ?in|login|sign ?in|get in|reach|connect|see|use|work|"
     r"take (?:payments|cards|orders)|process|dispense|check (?:in|out)|print|ship|load|"
     r"submit|make calls|call)|locked out|blank (?:page|screen)|white screen|black screen|"
-    r"(?:error|http|status)\W{0,3}50[0234]|\b50[0234]\b|bad gateway|connection refused|"
+    r"(?:error|http|status)\W{0,3}50[0234]|\b50[0234] (?:error|bad gateway|service unavailable|"
+    r"internal)|bad gateway|connection refused|"
     r"crash(?:ed|es|ing)?|stopped (?:working|responding)|has stopped|froze|frozen|"
     r"back (?:on|to) paper|cash only|unusable|nothing (?:works|is working|loads|goes through)|"
     r"no (?:dial tone|signal|orders|payments|calls|internet|connection)\b|halted|"
@@ -90,7 +101,8 @@ _DOWN = re.compile(
 # A security incident (intrusion, ransomware, fraud in progress) stops the business like an
 # outage does: it is read as state=down.
 _SECURITY = re.compile(
-    r"\b(?:ransomware|hack(?:ed|er|ers)|breach\w*|compromised|phishing|malware|virus|fraud\w*|"
+    r"\b(?:ransomware|hack(?:ed|er|ers)|breach\w*|compromised|phishing|malware|(?:a|the) virus|"
+    r"virus (?:on|has|is|infected|took|alert)|infected|fraud\w*|"
     r"unauthori[sz]ed (?:access|logins?|transactions?|changes?)|someone (?:\w+ )?(?:is |has |"
     r"had )?(?:deleting|deleted|draining|changed|changing|gotten into|got into|accessing|"
     r"logged into|stealing)|data (?:loss|lost|leak\w*)|(?:records|data|clients|profiles|"
@@ -152,11 +164,6 @@ _PLANNED = re.compile(
     r"(?:before|during|after) the (?:maintenance|upgrade|migration)|in advance|ahead of)\b",
     re.IGNORECASE,
 )
-_STILL_NOW = re.compile(
-    r"\b(?:still|again|right now|currently|at the moment|as we speak|since|this morning|"
-    r"today|rn|now)\b",
-    re.IGNORECASE,
-)
 
 _CRITICAL = re.compile(
     r"\b(?:log ?ins?|logging in|sign(?:ing)? ?in|sign-?on|sso|password|locked out|payments?|"
@@ -170,6 +177,17 @@ _CRITICAL = re.compile(
 )
 
 LEVELS = ("urgent", "high", "normal", "low")
+SCOPES = ("everyone", "some", "one", "unknown")
+STATES = ("down", "slow", "wrong", "question", "unknown")
+TIMES = ("now", "past", "planned")
+# The names a meta rule may use for the dimensions (config/rules.d): DIM_SCOPE_EVERYONE,
+# DIM_STATE_DOWN, DIM_TIME_NOW, DIM_CRITICAL... The shipped rules build on them instead of
+# repeating this module's vocabulary, so "what counts as down" is written in one place.
+FACT_PREFIX = "DIM_"
+FACTS: frozenset[str] = frozenset(
+    [f"DIM_SCOPE_{v.upper()}" for v in SCOPES] + [f"DIM_STATE_{v.upper()}" for v in STATES]
+    + [f"DIM_TIME_{v.upper()}" for v in TIMES] + ["DIM_CRITICAL"]
+)
 
 
 @dataclass(frozen=True)
@@ -182,6 +200,14 @@ class Dimensions:
     def explain(self) -> str:
         return (f"scope={self.scope} state={self.state} time={self.time} "
                 f"critical={'yes' if self.critical else 'no'}")
+
+    def facts(self) -> frozenset[str]:
+        """The dimensions as the names meta rules read (`DIM_STATE_DOWN`, `DIM_CRITICAL`)."""
+        names = {f"DIM_SCOPE_{self.scope.upper()}", f"DIM_STATE_{self.state.upper()}",
+                 f"DIM_TIME_{self.time.upper()}"}
+        if self.critical:
+            names.add("DIM_CRITICAL")
+        return frozenset(names)
 
     def tokens(self) -> str:
         """The dimensions as words the model reads (one token each). Crossed tokens
