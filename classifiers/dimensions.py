@@ -28,7 +28,7 @@ _OTHERS_FINE = re.compile(
     r"work\w*|fine|ok|okay|unaffected|normal)|other (?:\w+ )?(?:users|staff|people|computers|"
     r"machines|tills|stations|sites|branches|offices|stores|hotels|regions|locations|clinics)"
     r"\b[^.\n]{0,20}?\b(?:are|work|seem|fine|ok)\w*|\w+ (?:is|are) fine\b|\w+ ok\b)",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _ONE_ONLY = re.compile(
     r"\b(?:only (?:me|mine|my|one|this)"
@@ -37,7 +37,7 @@ _ONE_ONLY = re.compile(
     r"student|teacher|nurse|doctor|driver|agent|hire|starter|account|login|laptop|computer|"
     r"machine|workstation|device|printer|phone|till|terminal|tablet|scanner)s?\b(?! (?:and|or))"
     r"|(?:his|her|my) (?:own )?(?:account|login|password|laptop|computer|phone|mailbox|profile))",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _EVERYONE = re.compile(
     r"\b(?:every(?:one|body|thing)|(?:no ?one|nobody|noone|nothing)\b|none of|not a single|"
@@ -50,7 +50,7 @@ _EVERYONE = re.compile(
     r"across (?:all|the (?:board|company|site))|company-?wide|site-?wide|system-?wide|"
     r"at (?:all|both|every) (?:\w+ )?(?:sites|locations|stores|branches|clinics|offices)|"
     r"any (?:of (?:the|our) )?\w+s\b[^.\n]{0,20}\b(?:can'?t|cannot|won'?t))",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _SOME = re.compile(
     r"\b(?:some|several|a few|a couple|a handful|many|multiple|certain|half|most|a number of|"
@@ -59,12 +59,12 @@ _SOME = re.compile(
     r"locations|computers|machines|tills|terminals|devices|accounts)|one (?:site|branch|"
     r"location|store|clinic|office|ward|floor|warehouse|department)|(?:our|the) (?:\w+ )?"
     r"(?:team|department|ward|branch|site|office)\b)",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _FIRST_PERSON = re.compile(
     r"\b(?:i (?:can'?t|cannot|am unable|am not able|keep|get|got|see|have)|i'm (?:unable|"
     r"not able|locked|getting)|my (?:account|login|password|screen|laptop|email))\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 
 _DOWN = re.compile(
@@ -96,7 +96,7 @@ _DOWN = re.compile(
     r"back (?:on|to) paper|cash only|unusable|nothing (?:works|is working|loads|goes through)|"
     r"no (?:dial tone|signal|orders|payments|calls|internet|connection)\b|halted|"
     r"(?:all|every) \w+ (?:fail|are failing|is failing|rejected|declined))",
-    re.IGNORECASE | re.MULTILINE,
+    re.MULTILINE,
 )
 # A security incident (intrusion, ransomware, fraud in progress) stops the business like an
 # outage does: it is read as state=down.
@@ -107,7 +107,7 @@ _SECURITY = re.compile(
     r"had )?(?:deleting|deleted|draining|changed|changing|gotten into|got into|accessing|"
     r"logged into|stealing)|data (?:loss|lost|leak\w*)|(?:records|data|clients|profiles|"
     r"everything)\b[^.\n]{0,30}\b(?:disappeared|vanished|gone|deleted|wiped|lost))\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _INTERMITTENT = re.compile(
     r"\b(?:intermittent\w*|sporadic\w*|on and off|off and on|now and (?:then|again)|"
@@ -115,14 +115,14 @@ _INTERMITTENT = re.compile(
     r"unstable|unreliable|keeps? (?:dropping|freezing|crashing|timing out|disconnecting|"
     r"logging)|(?:one|1) in (?:\d+|two|three|four|five|ten)|\d+ ?%|a few times|from time to "
     r"time|occasional\w*|partially|partial)\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _SLOW = re.compile(
     r"\b(?:slow\w*|sluggish|lag\w*|takes? (?:ages|forever|minutes|\d+|over|several)|taking "
     r"(?:ages|forever|minutes|\d+|over)|degraded|delay\w*|time[sd]? ?out|timing out|timeouts?|"
     r"buffer\w*|hangs?|hanging|spinn\w*|crawl\w*|performance|dropp(?:ing|ed) (?:calls|"
     r"connections?|out))\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _WRONG = re.compile(
     r"\b(?:error\w*|wrong|incorrect\w*|missing|bug\w*|broken|glitch\w*|fail\w*|"
@@ -132,7 +132,7 @@ _WRONG = re.compile(
     r"update|send)|can'?t (?:find|see|change|update|save|export|add|edit|delete|remove|upload)|"
     r"problem|issue|odd|weird|strange|reverts?|reverting|mismatch\w*|double[- ]?charg\w*|"
     r"never (?:arrived|came|got))\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _QUESTION = re.compile(
     r"(?:\?|\b(?:how (?:do|can|to|would|does|should|much|many)|is there|is it possible|"
@@ -141,7 +141,7 @@ _QUESTION = re.compile(
     r"suggestion|would (?:be|like)|we'?d like|wish|request(?:ing)?|pric\w*|quote|invoice|"
     r"renew\w*|upgrade|subscription|plan\b|thank(?:s| you)|great job|well done|feedback|"
     r"training|webinar|newsletter|demo|wondering|curious|fyi|heads up)\b)",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 
 _PAST = re.compile(
@@ -154,7 +154,7 @@ _PAST = re.compile(
     r"caused)|(?:yesterday|last (?:night|week|month|friday|monday|tuesday|wednesday|thursday|"
     r"weekend)|earlier (?:today|this (?:week|morning))|the other day)'?s? (?:outage|downtime|"
     r"incident|issue|problem))\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 _PLANNED = re.compile(
     r"\b(?:(?:planned|scheduled|upcoming|announced) (?:maintenance|downtime|outage|upgrade|"
@@ -162,7 +162,7 @@ _PLANNED = re.compile(
     r"(?:will|going to|gonna) (?:be|go) (?:down|offline|unavailable)|(?:next|this coming) "
     r"(?:week|month|monday|tuesday|wednesday|thursday|friday|saturday|sunday|weekend)|"
     r"(?:before|during|after) the (?:maintenance|upgrade|migration)|in advance|ahead of)\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
 
 _CRITICAL = re.compile(
@@ -173,8 +173,10 @@ _CRITICAL = re.compile(
     r"(?:records?|charts?|files?|notes)|charts?|ehr|emr|medical records?|records system|"
     r"911|999|emergency (?:calls?|line)|ambulance|orders?|ordering|bookings?|reservations?|"
     r"check-?in|phone system|phone lines?|banking)\b",
-    re.IGNORECASE,
+    0,  # matched against lower-cased text (extract): faster than re.IGNORECASE
 )
+
+_AGAIN = re.compile(r"\b(?:again|still)\b")
 
 LEVELS = ("urgent", "high", "normal", "low")
 SCOPES = ("everyone", "some", "one", "unknown")
@@ -251,7 +253,7 @@ def _time(text: str) -> str:
     if past is not None:
         # "it came back but is down again" / "still failing": trouble now after all.
         rest = text[past.end():]
-        if re.search(r"\b(?:again|still)\b", rest, re.IGNORECASE) and _DOWN.search(rest):
+        if _AGAIN.search(rest) and _DOWN.search(rest):
             return "now"
         return "past"
     return "now"
@@ -259,6 +261,7 @@ def _time(text: str) -> str:
 
 def extract(text: str) -> Dimensions:
     """The four dimensions of a normalised message text (subject and body)."""
+    text = text.lower()  # every table is written in lower case and compiled case-sensitive
     return Dimensions(_scope(text), _state(text), _time(text), bool(_CRITICAL.search(text)))
 
 
