@@ -15,7 +15,8 @@ Owns the queue-jump decision and its guards:
   (`sender_urgency` rules: X-Priority, Importance, "URGENT" in the subject), so a claim alone
   never jumps the queue;
 - explicit evidence must corroborate it: content rules add at least `jump_min_rule_score` at
-  full score. The model alone, however confident, never jumps (it is
+  full score, or the severity matrix reads urgent and the model's p(urgent) is at least
+  `jump_min_model_probability`. The model alone, however confident, never jumps (it is
   overconfident on text unlike its training data, e.g. spam);
 - any `spam_guard` hit (upstream X-Spam-Flag, bulk/list headers, spam wording, HTML-only
   marketing) forbids jumping whatever the score.
@@ -70,23 +71,26 @@ class Engine:
     def model_version(self) -> str | None:
         return self._model.version if self._model is not None else None
 
-    def _votes(self, readings: Sequence[Reading]) -> list[ModelVote | None]:
+    def _votes(self, readings: Sequence[Reading]) -> list[tuple[ModelVote | None, float]]:
+        """The model's vote on each reading, with its probability of `urgent` (0.0 when
+        silent)."""
         model, settings = self._model, self._settings
         if model is None or model.trained_examples < settings.min_training_examples:
-            return [None] * len(readings)  # silent until trained on enough examples
+            return [(None, 0.0)] * len(readings)  # silent until trained on enough examples
         probabilities = model.probabilities([r.model_text for r in readings])
-        votes: list[ModelVote | None] = []
+        urgent = model.levels.index("urgent") if "urgent" in model.levels else None
+        votes: list[tuple[ModelVote | None, float]] = []
         for proba in probabilities:
             best = int(proba.argmax())
             level = model.levels[best]
             points = settings.model_weight * MODEL_ANCHORS[level]
-            votes.append(ModelVote(
+            votes.append((ModelVote(
                 level=level,
                 probability=float(proba[best]),
                 score=0.0 if settings.shadow else round(points, 3),
                 version=model.version,
                 shadow=settings.shadow,
-            ))
+            ), float(proba[urgent]) if urgent is not None else 0.0))
         return votes
 
     def classify(self, inp: TextInput) -> Verdict:
@@ -97,7 +101,7 @@ class Engine:
         settings = self._settings
         readings = [read(inp, settings.body_chars_for_model) for inp in inputs]
         votes = self._votes(readings)
-        return [self._verdict(r, v) for r, v in zip(readings, votes, strict=True)]
+        return [self._verdict(r, v, p) for r, (v, p) in zip(readings, votes, strict=True)]
 
     def _matrix_hit(self, reading: Reading, vote: ModelVote | None) -> RuleHit | None:
         level = matrix_level(reading.dimensions)
@@ -112,9 +116,10 @@ class Engine:
         return RuleHit(f"MATRIX_{level.upper()}", round(toward, 3),
                        f"severity matrix: {reading.dimensions.explain()}")
 
-    def _verdict(self, reading: Reading, vote: ModelVote | None) -> Verdict:
+    def _verdict(self, reading: Reading, vote: ModelVote | None, p_urgent: float) -> Verdict:
         settings = self._settings
-        fired = self._rules.match(reading.for_rules, settings.body_chars_for_rules)
+        fired = self._rules.match(reading.for_rules, settings.body_chars_for_rules,
+                                  reading.dimensions.facts())
         # The shipped rules count at `rule_weight` (the model and the matrix now carry most of
         # the signal); an admin's own rule, or an admin's new score for a shipped one, counts
         # exactly what its file says: a local rule is a command the admin can reason about.
@@ -129,9 +134,15 @@ class Engine:
         claimed = sum(weighted(rule) for rule in fired if rule.kind == "sender_urgency")
         content = sum(rule.score for rule in fired if rule.kind == "content")
         guards = tuple(rule.name for rule in fired if rule.kind == "spam_guard")
-        # Only content rules at full score corroborate: counting the matrix too let 16 of
-        # 1,896 SpamAssassin spams jump (their "all"/"everything" wording reads scope=everyone).
-        corroborated = content >= settings.jump_min_rule_score
+        # Explicit evidence must corroborate the score: content rules at full score (an
+        # admin's own keyword, work stopped by an outage, a critical function broken with a
+        # deadline), or the severity matrix reading the policy's definition of urgent (down,
+        # for everyone, now) *and* the model confident it is urgent. The matrix alone reads
+        # spam ("no one is turned down") and list mail as outages; the model alone is
+        # overconfident on text unlike its training data. Neither alone jumps.
+        corroborated = content >= settings.jump_min_rule_score or (
+            matrix_level(reading.dimensions) == "urgent"
+            and p_urgent >= settings.jump_min_model_probability)
         jump = (
             not guards
             and score >= settings.jump_queue_threshold

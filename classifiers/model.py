@@ -17,6 +17,7 @@ import datetime as dt
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from typing import Any
 
 import joblib
 import numpy as np
+from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
@@ -40,8 +42,11 @@ MANIFEST = "current.json"
 # ensure_model replaces a format-1 model that was built from the shipped corpus alone.
 # Format 3 (issue 16): the model reads normalised text with the severity dimensions as leading
 # tokens (classifiers/reading.py). A default model of an older format is rebuilt at start.
-FORMAT = 3
-READABLE_FORMATS = (1, 2, 3)
+# Format 4 (issue 16, one place for each rule): the dimension tables changed what they read
+# (no lone "down" at the end of a long line, no bare "500"...), so the leading tokens of a
+# format-3 default model were fitted on other readings; it is rebuilt.
+FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 DEFAULT_SOURCES = ("shipped train.jsonl", "shipped corpus")
 # From this many texts on, probabilities come from one vectorisation of the whole batch.
 BATCH_MIN = 16
@@ -129,12 +134,41 @@ class CompiledScorer:
             norm = float(np.sqrt(weights @ weights))
             if norm > 0.0:
                 decision += (weights / norm) @ coef_t[unique]
-        if decision.shape[0] == 1:  # binary: sklearn's coef_ has one row for classes_[1]
-            p1 = 1.0 / (1.0 + np.exp(-decision[0]))
-            return np.array([1.0 - p1, p1])
-        decision -= decision.max()
+        return np.asarray(self._softmax(decision[np.newaxis, :])[0])
+
+    def proba_many(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        """Rows of probabilities for a batch: one vectorisation of all the texts into one
+        sparse matrix per vectorizer, then one sparse product with the coefficients."""
+        decision = np.tile(self._intercept, (len(texts), 1))
+        for analyzer, vocabulary, idf, coef_t in self._parts:
+            get = vocabulary.get
+            ids: list[int] = []
+            lengths = []
+            for text in texts:
+                before = len(ids)
+                ids.extend(map(get, analyzer(text), itertools.repeat(-1)))  # -1: not a feature
+                lengths.append(len(ids) - before)
+            columns = np.asarray(ids, dtype=np.intp)
+            rows = np.repeat(np.arange(len(texts)), lengths)
+            known = columns >= 0
+            matrix = sparse.csr_matrix(  # duplicates are summed: data are the term counts
+                (np.ones(int(known.sum())), (rows[known], columns[known])),
+                shape=(len(texts), len(vocabulary)))
+            matrix.data = (1.0 + np.log(matrix.data)) * idf[matrix.indices]
+            norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+            norms[norms == 0.0] = 1.0
+            matrix = sparse.diags(1.0 / norms) @ matrix
+            decision += matrix @ coef_t
+        return self._softmax(decision)
+
+    @staticmethod
+    def _softmax(decision: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        if decision.shape[1] == 1:  # binary: sklearn's coef_ has one row for classes_[1]
+            p1 = 1.0 / (1.0 + np.exp(-decision[:, 0]))
+            return np.column_stack([1.0 - p1, p1])
+        decision = decision - decision.max(axis=1, keepdims=True)
         exp = np.exp(decision)
-        return np.asarray(exp / exp.sum())
+        return np.asarray(exp / exp.sum(axis=1, keepdims=True))
 
 
 _PROBES = ("__email__ The portal is down for everyone since 9am, nobody can log in.",
@@ -169,6 +203,8 @@ def compile_scorer(pipeline: Any) -> CompiledScorer | None:
         for text, row in zip(_PROBES, expected, strict=True):
             if not np.allclose(scorer.proba(text), row, rtol=1e-6, atol=1e-9):
                 return None
+        if not np.allclose(scorer.proba_many(list(_PROBES)), expected, rtol=1e-6, atol=1e-9):
+            return None
         return scorer
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
@@ -193,6 +229,9 @@ class LoadedModel:
             classes = self.scorer.classes
             proba = np.array([self.scorer.proba(t) for t in texts]).reshape(
                 len(texts), len(classes))
+        elif self.scorer is not None:
+            classes = self.scorer.classes
+            proba = self.scorer.proba_many(texts)
         else:
             proba = self.pipeline.predict_proba(list(texts))
             classes = [str(c) for c in self.pipeline.classes_]

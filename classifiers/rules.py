@@ -10,6 +10,10 @@ Rule kinds decide what a hit may do beyond adding its score:
 - `sender_urgency`: urgency the sender claims (X-Priority, Importance, "URGENT" in the subject). It
   adds to the score but is subtracted before the queue-jump test: a claim alone never jumps.
 - `spam_guard`: spam or bulk evidence. Any hit forbids jump_queue, whatever the score.
+
+Meta rules may also name the message's severity dimensions (classifiers/dimensions.py) as
+facts: `DIM_STATE_DOWN && DIM_TIME_NOW`, `DIM_SCOPE_EVERYONE`, `DIM_CRITICAL`. What counts as
+"down", "everyone" or "a question" is written once, there; the rules say what it is worth.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifiers.dimensions import FACT_PREFIX, FACTS
 from classifiers.meta import Expr, MetaSyntaxError, evaluate, names_in, parse_meta
 from classifiers.prefilter import plan
 from classifiers.types import Problem, TextInput
@@ -88,8 +93,11 @@ class RuleSet:
     def get(self, name: str) -> Rule | None:
         return next((r for r in self.rules if r.name == name), None)
 
-    def match(self, inp: TextInput, body_chars: int = 16384) -> tuple[Rule, ...]:
+    def match(self, inp: TextInput, body_chars: int = 16384,
+              facts: frozenset[str] = frozenset()) -> tuple[Rule, ...]:
         """Rules that fire on `inp`, pattern rules first, then metas, each at most once.
+        `facts` are the message's dimension names (`Dimensions.facts()`), which metas may read
+        but which are not hits themselves.
 
         Every field's text is cut to `body_chars` (body_chars_for_rules), headers and
         subject+body included, so no message costs more than that much text per rule."""
@@ -104,7 +112,7 @@ class RuleSet:
         }
         lowered: dict[str, str] = {}
         fired: list[Rule] = []
-        names: set[str] = set()
+        names: set[str] = set(facts)
         for rule in self.pattern_rules:
             assert rule.pattern is not None
             for fld in rule.fields:
@@ -158,6 +166,8 @@ def _parse_entry(
         bad("name", "rule names are UPPER_SNAKE (A-Z, 0-9, _)")
     if name.startswith("MODEL_"):
         bad("name", "MODEL_* names are reserved for the model's vote")
+    if name.startswith(FACT_PREFIX):
+        bad("name", f"{FACT_PREFIX}* names are reserved for the severity dimensions")
     for key, value in entry.items():
         expected = _KEY_TYPES.get(key)
         if expected is None:
@@ -296,7 +306,11 @@ def load_rules(rules_dir: Path) -> tuple[RuleSet | None, list[Problem]]:
         if rule.meta is None:
             continue
         for ref in sorted(set(names_in(rule.meta))):
-            if ref not in merged:
+            if ref.startswith(FACT_PREFIX) and ref not in FACTS:
+                problems.append(Problem(rule.file, "meta", rule.line,
+                                        f"names unknown dimension {ref} (known: "
+                                        f"{', '.join(sorted(FACTS))})", rule.name))
+            elif ref not in merged and ref not in FACTS:
                 problems.append(Problem(rule.file, "meta", rule.line,
                                         f"names unknown rule {ref}", rule.name))
             elif ref == rule.name:
@@ -317,8 +331,8 @@ def load_rules(rules_dir: Path) -> tuple[RuleSet | None, list[Problem]]:
         state[rule.name] = 1
         assert rule.meta is not None
         for ref in names_in(rule.meta):
-            dep = merged[ref]
-            if dep.meta is not None:
+            dep = merged.get(ref)  # None: a dimension fact
+            if dep is not None and dep.meta is not None:
                 visit(dep, (*chain, ref))
         state[rule.name] = 2
         if rule.enabled:

@@ -124,11 +124,51 @@ def test_model_is_silent_until_trained_on_enough_examples(default_model_dir: Pat
 
 
 def test_model_alone_never_jumps_the_queue(engine: Engine) -> None:
-    # Out-of-domain text the model may rate urgent; no content rule corroborates it.
+    # Out-of-domain text the model may rate urgent; neither a content rule nor the severity
+    # matrix corroborates it.
     verdict = engine.classify(TextInput("Patients waiting room", "Patients waiting room"))
-    content = sum(h.score for h in verdict.hits)
-    if content < engine.settings.jump_min_rule_score:
-        assert not verdict.jump_queue
+    assert "MATRIX_URGENT" not in {h.name for h in verdict.hits}
+    assert sum(h.score for h in verdict.hits) < engine.settings.jump_min_rule_score
+    assert not verdict.jump_queue
+
+
+OUTAGE = TextInput("Portal", "The portal is down for everyone since 9am, nobody can log in.")
+
+
+def test_the_matrix_corroborates_a_jump_only_with_a_confident_model(
+    engine: Engine, default_model_dir: Path
+) -> None:
+    assert engine.classify(OUTAGE).jump_queue
+    doubting, _ = build_engine(
+        SHIPPED_RULES,
+        dataclasses.replace(ClassifierSettings(), jump_min_model_probability=1.0),
+        default_model_dir,
+    )
+    assert doubting is not None
+    verdict = doubting.classify(OUTAGE)
+    assert verdict.severity == "urgent" and not verdict.jump_queue
+
+
+def test_an_outage_report_that_also_asks_a_question_stays_urgent(engine: Engine) -> None:
+    verdict = engine.classify(TextInput(
+        "Booking system", "Our booking system has been down for all staff since 8am. Is there "
+        "anything we can do in the meantime?"))
+    assert verdict.severity == "urgent", verdict.explain()
+    assert "state=down" in verdict.dimensions
+
+
+def test_thanks_for_fixing_a_past_outage_is_not_an_outage(engine: Engine) -> None:
+    verdict = engine.classify(TextInput(
+        "Thank you", "Thanks for fixing yesterday's outage so quickly, everything is back to "
+        "normal now."))
+    assert verdict.severity not in ("urgent", "high") and not verdict.jump_queue
+    assert "KW_DOWN" not in {h.name for h in verdict.hits}  # routing floors outages on it
+
+
+def test_html_only_mail_never_jumps_the_queue(engine: Engine) -> None:
+    html_only = dataclasses.replace(OUTAGE, headers=(("content-type", "text/html"),))
+    verdict = engine.classify(html_only)
+    assert not verdict.jump_queue and "HTML_ONLY" in verdict.guards
 
 
 def test_classifier_never_imports_gateway_or_channels() -> None:

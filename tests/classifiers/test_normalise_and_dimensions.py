@@ -121,3 +121,17 @@ def test_figures_count_urgent_recall_precision_and_exact_level() -> None:
     fig = figures(["urgent", "urgent", "high", "low"], ["urgent", "high", "urgent", "low"])
     assert (fig.exact, fig.urgent_recall, fig.urgent_precision) == (0.5, 0.5, 0.5)
     assert fig.confusion[0] == (1, 1, 0, 0)
+
+
+def test_dimension_tables_are_written_in_lower_case_as_extract_lowers_the_text() -> None:
+    # extract() lower-cases the text once and the tables are compiled case-sensitive (faster
+    # than re.IGNORECASE): an upper-case letter in a table would never match.
+    import re
+
+    import classifiers.dimensions as dims
+
+    tables = [v for v in vars(dims).values() if isinstance(v, re.Pattern)]
+    assert len(tables) >= 14
+    for table in tables:
+        assert not re.search(r"[A-Z]", re.sub(r"\\.", "", table.pattern)), table.pattern
+        assert not table.flags & re.IGNORECASE
