@@ -344,3 +344,52 @@ def test_bytes_with_no_header_block_are_still_not_a_message() -> None:
     assert not looks_like_message(b"")
     assert not looks_like_message(b"Just a note: call me back.\n\nThanks\n")
     assert not looks_like_message(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64) + b"From: x\n")
+
+
+# ---- outcome 2: what cannot be decoded is kept raw, with a defect ------------------------------
+
+
+def test_a_part_in_an_unknown_transfer_encoding_is_kept_as_sent_and_said_so() -> None:
+    raw = mixed(
+        b"x",
+        PLAIN,
+        b"Content-Type: application/pdf; name=a.pdf\nContent-Transfer-Encoding: x-gzip64\n\n"
+        b"H4sIAAAAAAAAA",
+    )
+    message = parsed(raw)
+    (attachment,) = message.attachments
+    assert attachment.content == b"H4sIAAAAAAAAA"
+    assert [d.encoded() for d in message.parse_defects] == [
+        "transfer-encoding-unknown(a.pdf: x-gzip64)"
+    ]
+
+
+def test_a_uuencoded_part_that_will_not_decode_is_kept_raw_and_said_so() -> None:
+    body = b"begin 644 a.bin\nzzzz this is no uuencode at all {}|~\nend\n"
+    raw = mixed(
+        b"x",
+        PLAIN,
+        b"Content-Type: application/octet-stream; name=a.bin\n"
+        b"Content-Transfer-Encoding: x-uuencode\n\n" + body,
+    )
+    message = parsed(raw)
+    assert message.attachments[0].content == body
+    assert "part-undecodable" in kinds(message)
+
+
+def test_an_attachment_over_the_cap_is_listed_without_content_and_said_so() -> None:
+    raw = mixed(
+        b"x", PLAIN, b"Content-Type: application/pdf; name=big.pdf\n\n" + b"x" * 2048
+    )
+    envelope = Envelope(
+        channel="smtp",
+        received_at=datetime(2026, 11, 23, 15, 0, tzinfo=UTC),
+        mail_from="dana@acme-clinic.example",
+        recipients=("support@example.com",),
+    )
+    message = parse(raw, envelope, "spool-1", 1024)
+    (attachment,) = message.attachments
+    assert (attachment.size, attachment.content) == (2048, None)
+    assert [d.encoded() for d in message.parse_defects] == [
+        "attachment-not-kept(big.pdf: 2048 bytes)"
+    ]
