@@ -54,7 +54,7 @@ from channels.call_script import (
 )
 from gateway import clock as business_clock
 from gateway.config.loader import Settings
-from gateway.config.schema import EmergencyFile
+from gateway.config.schema import INSECURE_WEBHOOKS_WARNING, EmergencyFile
 from gateway.emergency.rules import quote, refusal
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError
@@ -387,10 +387,7 @@ class BodyLimit:
 
 def build_app(channel: TwilioChannel) -> Starlette:
     if channel.runtime().settings.gateway.webhooks.insecure_skip_signature:
-        log.critical(
-            "INSECURE: [webhooks] insecure_skip_signature = true — Twilio webhooks accept "
-            "UNSIGNED requests from anyone. Only for local trials; never in production."
-        )
+        log.critical(INSECURE_WEBHOOKS_WARNING)
     routes = [
         Route("/twilio/sms", channel.sms, methods=["POST"]),
         Route("/twilio/voice", channel.voice, methods=["POST"]),

@@ -192,3 +192,42 @@ def test_reloading_new_api_tokens_says_they_apply_at_once_not_after_a_restart(
     text = caplog.text
     assert "[api] tokens changed in gateway.toml: in effect now" in text
     assert "after a restart" not in text
+
+
+def test_reloading_webhook_wording_says_it_applies_at_once_and_a_new_port_needs_a_restart(
+    make_config: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The webhooks read their greeting, receipt and signature settings per request: a reload
+    that changes them says "in effect now"; only the listener's own address needs a restart."""
+    config = make_config()
+    box = RuntimeBox(config, load_runtime(config))
+    path = config / "gateway.toml"
+    text = path.read_text()
+    text = text.replace(
+        'greeting = "Thank you for calling support."', 'greeting = "Hello from support."'
+    )
+    text = re.sub(r"(\[webhooks\][^\[]*?\nport = )\d+", r"\g<1>18090", text)
+    path.write_text(text)
+    with caplog.at_level(logging.INFO):
+        assert box.reload()
+    assert "[webhooks] greeting changed in gateway.toml: in effect now" in caplog.text
+    assert "[webhooks] port changed in gateway.toml: takes effect after a restart" in caplog.text
+    assert "INSECURE" not in caplog.text
+
+
+def test_a_reload_that_turns_off_webhook_signatures_is_as_loud_as_a_start(
+    make_config: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config()
+    box = RuntimeBox(config, load_runtime(config))
+    path = config / "gateway.toml"
+    path.write_text(
+        path.read_text().replace(
+            "insecure_skip_signature = false", "insecure_skip_signature = true"
+        )
+    )
+    with caplog.at_level(logging.INFO):
+        assert box.reload()
+    (record,) = [r for r in caplog.records if "INSECURE" in r.getMessage()]
+    assert record.levelno == logging.CRITICAL
+    assert box.current.settings.gateway.webhooks.insecure_skip_signature

@@ -192,6 +192,13 @@ def _digits_range(v: int) -> str | None:
     return None if 1 <= v <= 14400 else "must be from 1 to 14400 seconds (Twilio's limit)"
 
 
+#: Logged (critical) whenever the daemon starts or reloads into insecure_skip_signature = true.
+INSECURE_WEBHOOKS_WARNING = (
+    "INSECURE: [webhooks] insecure_skip_signature = true — Twilio webhooks accept "
+    "UNSIGNED requests from anyone. Only for local trials; never in production."
+)
+
+
 @dataclass(frozen=True)
 class WebhooksSection:
     # Serve the Twilio webhooks (POST /twilio/sms, /twilio/voice, ...) in the daemon.

@@ -21,7 +21,7 @@ from classifiers.engine import Engine, build_engine
 from classifiers.settings import parse_classifier_table
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.loader import Settings, load
-from gateway.config.schema import Account, CustomersFile
+from gateway.config.schema import INSECURE_WEBHOOKS_WARNING, Account, CustomersFile, WebhooksSection
 from gateway.emergency.sender_auth import DnsTxtResolver
 from gateway.policy.calendars import build_calendars
 from gateway.policy.directory import Directory
@@ -147,20 +147,30 @@ def load_runtime(
 
 
 RESTART_ONLY = ("smtp", "storage", "webhooks", "api", "gateway", "workers")
-# Keys of those sections that a reload applies at once: the API reads its tokens from the
-# current Runtime on every request (issue 17, item 10: the log must not say "restart" for them).
-APPLIED_AT_ONCE = {"api": frozenset({"tokens"})}
+# Keys of those sections that a reload applies at once, so the log must not say "restart" for
+# them (issue 17 item 10): the API reads its tokens, and the Twilio webhooks and the SMS sender
+# read every [webhooks] key but the listener's own, from the current Runtime on every request.
+APPLIED_AT_ONCE = {
+    "api": frozenset({"tokens"}),
+    "webhooks": frozenset(
+        f.name
+        for f in dataclasses.fields(WebhooksSection)
+        if f.name not in {"enabled", "host", "port"}
+    ),
+}
 
 
-def restart_only_changes(old: object, new: object, section: str) -> list[str]:
-    """The keys of `[section]` that differ between two gateway.toml values and need a restart."""
+def changed_keys(old: object, new: object, section: str) -> tuple[list[str], list[str]]:
+    """The keys of `[section]` that differ between two gateway.toml values: (in effect now,
+    after a restart)."""
     live = APPLIED_AT_ONCE.get(section, frozenset())
     old_section, new_section = getattr(old, section), getattr(new, section)
-    return [
+    changed = [
         f.name
         for f in dataclasses.fields(old_section)
-        if f.name not in live and getattr(old_section, f.name) != getattr(new_section, f.name)
+        if getattr(old_section, f.name) != getattr(new_section, f.name)
     ]
+    return [k for k in changed if k in live], [k for k in changed if k not in live]
 
 
 class RuntimeBox:
@@ -195,15 +205,23 @@ class RuntimeBox:
                 log.exception("reload failed, keeping the running config")
                 return False
             for section in RESTART_ONLY:
-                keys = restart_only_changes(old.settings.gateway, new.settings.gateway, section)
-                if keys:
+                now, later = changed_keys(old.settings.gateway, new.settings.gateway, section)
+                if now:
+                    log.info(
+                        "[%s] %s changed in gateway.toml: in effect now", section, ", ".join(now)
+                    )
+                if later:
                     log.warning(
                         "[%s] %s changed in gateway.toml: takes effect after a restart",
                         section,
-                        ", ".join(keys),
+                        ", ".join(later),
                     )
-            if old.settings.gateway.api.tokens != new.settings.gateway.api.tokens:
-                log.info("[api] tokens changed in gateway.toml: in effect now")
+            if (
+                new.settings.gateway.webhooks.insecure_skip_signature
+                and not old.settings.gateway.webhooks.insecure_skip_signature
+            ):
+                # As loud as at start: a reload must not open the webhooks quietly.
+                log.critical(INSECURE_WEBHOOKS_WARNING)
             self.current = new
             self.last_error = None
             log.info("config reloaded (generation %d)", new.generation)
