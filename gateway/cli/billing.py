@@ -65,7 +65,8 @@ def register(sub: Any) -> None:
     s.set_defaults(func=cmd_credit)
 
     s = cmds.add_parser(
-        "release-holds", help="release held emergencies nobody confirmed (the daemon does it too)"
+        "release-holds",
+        help="expire emergency requests nobody confirmed in time (the daemon does it too)",
     )
     s.add_argument("--at", help="as if it were this ISO time (with a zone) instead of now")
     s.set_defaults(func=cmd_release_holds)
@@ -241,7 +242,10 @@ def cmd_release_holds(args: argparse.Namespace) -> int:
     finally:
         engine.dispose()
     for reference in released:
-        print(f"released {reference}: no confirmation in time, not billed")
+        print(
+            f"{reference}: emergency request expired, no confirmation in time; not billed, "
+            "the ticket keeps its place"
+        )
     if not released:
-        print(f"no held emergency is due at {now.isoformat()}")
+        print(f"no emergency request is past its deadline at {now.isoformat()}")
     return 0

@@ -274,9 +274,10 @@ def release_expired(
     now: datetime,
     company: str = "Support",
 ) -> list[str]:
-    """Release every held request whose deadline has passed at `now` (aware): at its classified
-    severity, due times from now, a note on the ticket, one message to the customer, no
-    incident. Returns the references released (another instance may release some instead)."""
+    """Expire every awaiting emergency request whose deadline has passed at `now` (aware): the
+    ticket loses its "emergency pending" mark and keeps its severity, queue and due times, gets a
+    note, and the customer one message; no incident. Returns the references whose request
+    expired (another instance may expire some instead)."""
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     now = now.astimezone(UTC)  # compared and stored as UTC: SQLite keeps no offset
@@ -303,7 +304,7 @@ def release_expired(
             _release(session, ticket, request, settings, calendars, now, company)
             released.append(ticket.reference or f"#{ticket.id}")
     for reference in released:
-        log.info("released %s: no confirmation of the emergency charge in time", reference)
+        log.info("%s: emergency request expired, no confirmation of the charge in time", reference)
     return released
 
 

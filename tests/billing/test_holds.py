@@ -242,9 +242,14 @@ def test_a_held_request_nobody_confirms_expires_and_leaves_the_ticket_where_it_w
         return capsys.readouterr().out
 
     deadline = TUESDAY_10 + timedelta(minutes=240)
-    assert "no held emergency is due" in release_holds(deadline - timedelta(seconds=1))
+    assert "no emergency request is past its deadline" in release_holds(
+        deadline - timedelta(seconds=1)
+    )
     assert desk.ticket(ref).emergency_pending
-    assert release_holds(deadline) == f"released {ref}: no confirmation in time, not billed\n"
+    assert release_holds(deadline) == (
+        f"{ref}: emergency request expired, no confirmation in time; not billed, "
+        "the ticket keeps its place\n"
+    )
     ticket = desk.ticket(ref)
     assert (ticket.emergency_pending, ticket.emergency, ticket.severity) == (
         False,
@@ -281,7 +286,7 @@ def test_a_held_request_nobody_confirms_expires_and_leaves_the_ticket_where_it_w
         deadline + timedelta(minutes=5),
     )
     assert desk.incidents() == [] and not desk.ticket(ref).emergency
-    assert release_holds(deadline + timedelta(days=1)).startswith("no held emergency is due")
+    assert release_holds(deadline + timedelta(days=1)).startswith("no emergency request is past its deadline")
 
 
 # -- SMS: YES to our prompt, end to end through the signed webhooks and Twilio's REST API -------
