@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import time
 import tracemalloc
 from datetime import UTC, datetime
 from email.message import EmailMessage
@@ -220,25 +219,23 @@ def test_a_path_traversal_attachment_name_is_sanitised() -> None:
         assert not any(c in name for c in '<>:"|?*')
 
 
-def test_a_25_mib_attachment_parses_within_the_time_and_memory_budget() -> None:
+def test_a_25_mib_attachment_parses_whole_within_the_memory_budget() -> None:
+    """Memory, not time: speed lives in bench/ (bench/smtp_memory.py, bench/stage_budgets.py),
+    never in an assertion that a loaded machine can fail."""
     data = os.urandom(25 * MiB)
     raw = with_attachments((data, "application/zip", "backup.zip"))
     assert len(raw) > 33 * MiB  # base64 on the wire, as an MTA delivers it
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         message = parsed(raw)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.perf_counter() - started
     (att,) = message.attachments
     assert att.size == len(data)
     assert att.sha256 == hashlib.sha256(data).hexdigest()
     assert att.content is not None  # under the 30 MiB cap
-    # Generous bounds (tracemalloc slows parsing ~2x): a quadratic copy or a stray decode of every
-    # line would blow well past them; limits.per_message_seconds is 30.
-    assert elapsed < 20, f"parsing a 25 MiB attachment took {elapsed:.1f}s"
+    # A copy per line or a stray decode of the whole body would blow past this bound.
     assert peak < 12 * len(raw), f"peak {peak / MiB:.0f} MiB for a {len(raw) / MiB:.0f} MiB message"
 
 
