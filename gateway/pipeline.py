@@ -67,11 +67,22 @@ class MessageTimeoutError(Exception):
     pass
 
 
+# PostgreSQL error classes that are this message's fault, though psycopg raises some of them as
+# OperationalError (class 54, e.g. an index entry over btree's 2,704 bytes): retried as an
+# outage they would defer the batch forever; as a failure the message is quarantined instead.
+MESSAGE_FAULT_SQLSTATE_CLASSES = frozenset({"22", "54"})  # data exception, program limit exceeded
+
+
 def storage_unavailable(error: BaseException) -> bool:
     """Is this the database being down (Defer), rather than this message being bad?"""
-    if isinstance(error, OperationalError | PoolTimeoutError):
+    if isinstance(error, PoolTimeoutError):
         return True
-    return isinstance(error, DBAPIError) and bool(error.connection_invalidated)
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, OperationalError):
+        sqlstate = getattr(error.orig, "sqlstate", None)  # SQLite's errors carry none
+        return not (isinstance(sqlstate, str) and sqlstate[:2] in MESSAGE_FAULT_SQLSTATE_CLASSES)
+    return False
 
 
 @contextlib.contextmanager

@@ -72,6 +72,13 @@ class Persisted:
     reason: str
 
 
+def index_safe(value: str, limit: int = 998) -> str:
+    """At most `limit` UTF-8 bytes (RFC 5322's line length), cut on a character boundary: an
+    indexed column must fit PostgreSQL's btree entry limit (2,704 bytes), and 998 characters of
+    non-ASCII text can be three times that. The raw message keeps the whole header."""
+    return value.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
 def record(
     session: Session,
     message: ParsedMessage,
@@ -146,7 +153,7 @@ def record(
         ticket_id=ticket.id if ticket else None,
         direction="in",
         channel=message.channel,
-        header_message_id=message.message_id[:998] if message.message_id else None,
+        header_message_id=index_safe(message.message_id) if message.message_id else None,
         in_reply_to=" ".join(message.in_reply_to)[:2000],
         sender=message.sender[:320],
         sender_name=message.sender_name[:320],
@@ -455,7 +462,7 @@ def _queue_reply(
             recipient=recipient[:320] or "-",
             subject=draft.subject if draft else "",
             body=draft.body if draft else "",
-            in_reply_to=draft.in_reply_to[:998] if draft and draft.in_reply_to else None,
+            in_reply_to=index_safe(draft.in_reply_to) if draft and draft.in_reply_to else None,
             status="pending" if why_not is None else "suppressed",
             status_reason=why_not or "",
             attempts=0,

@@ -286,7 +286,9 @@ def test_a_held_request_nobody_confirms_expires_and_leaves_the_ticket_where_it_w
         deadline + timedelta(minutes=5),
     )
     assert desk.incidents() == [] and not desk.ticket(ref).emergency
-    assert release_holds(deadline + timedelta(days=1)).startswith("no emergency request is past its deadline")
+    assert release_holds(deadline + timedelta(days=1)).startswith(
+        "no emergency request is past its deadline"
+    )
 
 
 # -- SMS: YES to our prompt, end to end through the signed webhooks and Twilio's REST API -------
