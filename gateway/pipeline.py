@@ -8,9 +8,11 @@ messages) with one SAVEPOINT per message, so one bad message rolls back alone. T
 inside that transaction, so a reply later in the same batch finds the ticket an earlier message
 just opened; on PostgreSQL the transaction first takes an advisory lock per voice call and per
 texting phone, so two workers never open two tickets for what must thread into one. Blobs for
-the whole batch are made durable before the transaction starts. Storage errors (the database is
+the whole batch are made durable, and the whole batch is classified with one call to the
+classifier, before the transaction starts. Storage errors (the database is
 down) escape as `StorageUnavailableError` for the worker to defer the whole batch; anything else
-fails only its own message with the stage that raised.
+fails only its own message with the stage that raised. If the batch fails as a whole all the
+same, the worker runs its messages again one batch of one at a time (issue 20 item 7).
 """
 
 from __future__ import annotations
