@@ -287,3 +287,67 @@ def test_the_same_spool_entry_processed_twice_is_a_no_op(gateway: Gateway) -> No
     )
     assert (first.outcome, again.outcome) == ("ticket", "already-processed")
     assert len(gateway.tickets()) == 1
+
+
+def test_a_batch_that_fails_as_a_whole_runs_again_message_by_message(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 20 item 7: one poison message never fails its batch. Here the poison fails the
+    batch itself (its blob cannot be stored, before any transaction): the batch falls back to
+    one message at a time, the others become tickets, and only the poison one counts attempts
+    until it is quarantined."""
+    blobs = gateway.worker.blobs
+    original = blobs.put_many
+
+    def refuse_poison(items):  # type: ignore[no-untyped-def]
+        if any(b"POISON" in content for content, _ in items):
+            raise OSError("the blob disk refuses this one")
+        return original(items)
+
+    monkeypatch.setattr(blobs, "put_many", refuse_poison)
+    gateway.ingest(make_email(subject="POISON", message_id="<pb@x>"))
+    for i in range(3):
+        gateway.ingest(make_email(body=f"fine message {i}", message_id=f"<okb{i}@x>"))
+    gateway.drain()
+    assert len(gateway.tickets()) == 3
+    (record,) = gateway.spool.quarantined()
+    assert record.attempts == 3
+    assert record.stage == "batch"
+    assert "the blob disk refuses this one" in record.error
+    assert gateway.spool.depth() == 0
+
+
+def test_a_batch_is_classified_with_one_call_and_the_same_verdicts(gateway: Gateway) -> None:
+    """The pipeline asks the engine once per batch (issue 20 outcome 1); the verdicts are the
+    ones it gives message by message, and text the gateway wrote itself is never classified."""
+    from dataclasses import replace
+
+    from gateway.stages.parse import parse
+
+    engine = gateway.box.current.engine
+    assert engine is not None
+    messages = []
+    for i, body in enumerate(["the server is down, production outage", "a small question"]):
+        gateway.ingest(make_email(body=body, message_id=f"<cb{i}@x>"))
+    for entry in iter(gateway.spool.claim, None):
+        raw = gateway.spool.read_raw(entry)
+        messages.append(parse(raw, entry.envelope, entry.id, 10_000_000))
+    messages.append(replace(messages[0], gateway_text="voicemail transcription pending"))
+    calls: list[int] = []
+
+    class Counting:
+        def classify(self, inp):  # type: ignore[no-untyped-def]
+            raise AssertionError("one by one")
+
+        def classify_many(self, inputs):  # type: ignore[no-untyped-def]
+            calls.append(len(inputs))
+            return engine.classify_many(inputs)
+
+    verdicts = classify_stage.classify_batch(messages, Counting(), "normal")
+    assert calls == [2]
+    one_by_one = [
+        classify_stage.classify(m, None, engine, "normal")  # type: ignore[arg-type]
+        for m in messages
+    ]
+    assert verdicts == one_by_one
+    assert verdicts[2] == classify_stage.default_verdict("normal")

@@ -32,7 +32,7 @@ from gateway.intake.spool import Entry, Spool
 from gateway.outbound import escalation_scheduler, forwarding_sender
 from gateway.outbound import mail_sender as outbox_sender
 from gateway.outbound import twilio_sender as twilio_outbound
-from gateway.pipeline import Job, StorageUnavailableError, Timings, process_batch
+from gateway.pipeline import Job, JobResult, StorageUnavailableError, Timings, process_batch
 from gateway.pipeline import storage_unavailable as storage_unavailable
 from gateway.service.runtime import RuntimeBox
 from gateway.storage.db import make_engine, session_factory
@@ -114,12 +114,38 @@ class Worker:
         except StorageUnavailableError as exc:
             self._defer([by_id[j.spool_id] for j in jobs], str(exc))
             return True
-        except Exception as exc:  # the batch as a whole failed (e.g. blob disk): count it
+        except Exception as exc:
+            if len(jobs) == 1:  # the message alone failed (e.g. blob disk): count it
+                self._failed(by_id[jobs[0].spool_id], "batch", exc)
+                return True
+            # One poison message never fails its batch (issue 20 item 7): the batch rolled
+            # back as a whole, so each of its messages runs again in a batch of its own and
+            # only the one that fails there counts an attempt.
+            log.warning("batch of %d failed (%s); each message on its own", len(jobs), exc)
+            results = []
+            down = False
             for job in jobs:
-                self._failed(by_id[job.spool_id], "batch", exc)
-            return True
+                try:
+                    results += process_batch(
+                        [job], runtime, self.sessions, self.blobs, self.timings
+                    )
+                except StorageUnavailableError as unavailable:
+                    self._defer([by_id[job.spool_id]], str(unavailable))
+                    down = True
+                except Exception as alone:
+                    self._failed(by_id[job.spool_id], "batch", alone)
+            if down:  # keep the back-off the deferral set
+                self._finish(results, by_id)
+                return True
         self._backoff = 0.0
         self.stats.storage_down_since = None
+        self._finish(results, by_id)
+        per_message = (time.monotonic() - started) / max(1, len(jobs))
+        self.stats.max_seconds = max(self.stats.max_seconds, per_message)
+        return True
+
+    def _finish(self, results: list[JobResult], by_id: dict[str, Entry]) -> None:
+        """Complete the entries that were recorded; count an attempt for those that failed."""
         for result in results:
             entry = by_id[result.spool_id]
             if result.error is not None:
@@ -138,9 +164,6 @@ class Worker:
                 outcome.reference or "",
                 outcome.reason[:200],
             )
-        per_message = (time.monotonic() - started) / max(1, len(jobs))
-        self.stats.max_seconds = max(self.stats.max_seconds, per_message)
-        return True
 
     def _defer(self, entries: list[Entry], text: str) -> None:
         """Defer: the messages are fine, the database is not. Never counts as an attempt."""

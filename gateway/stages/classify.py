@@ -9,6 +9,7 @@ configured default level: only the sender's own words are ever classified.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from classifiers.types import TextInput, Verdict
@@ -19,6 +20,8 @@ CLASSIFIER_TEXT_BYTES = 8192  # the model and rules read the start: huge mail co
 
 class Classifier(Protocol):
     def classify(self, inp: TextInput) -> Verdict: ...
+
+    def classify_many(self, inputs: Sequence[TextInput]) -> list[Verdict]: ...
 
 
 def channel_kind(channel: str) -> str:
@@ -54,3 +57,20 @@ def classify(
         # Text we wrote ourselves says nothing of how urgent the sender's problem is.
         return default_verdict(default_level)
     return engine.classify(to_input(message))
+
+
+def classify_batch(
+    messages: Sequence[ParsedMessage], engine: Classifier | None, default_level: str
+) -> list[Verdict]:
+    """`classify` for a whole batch, in order: one call to the engine for every message whose
+    words are the sender's own, so the model vectorises and multiplies once per batch rather
+    than once per message (issue 20 outcome 1). The same verdicts as `classify` one by one."""
+    verdicts = [default_verdict(default_level) for _ in messages]
+    if engine is None:
+        return verdicts
+    own = [i for i, m in enumerate(messages) if not m.gateway_text]
+    for i, verdict in zip(
+        own, engine.classify_many([to_input(messages[i]) for i in own]), strict=True
+    ):
+        verdicts[i] = verdict
+    return verdicts

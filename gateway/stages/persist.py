@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
@@ -65,6 +66,28 @@ class PersistContext:
     instance: str
 
 
+# The tables written by Core statements (no ORM unit of work): rows nothing reads back in the
+# transaction that writes them.
+_DECISIONS = cast(Table, DecisionRecord.__table__)
+_OUTBOX = cast(Table, OutboxRow.__table__)
+
+# Statements built once (building one costs about as much as running it): the intakes that
+# already hold this spool entry or this dedup key, and automatic messages to one recipient
+# since a moment.
+_SEEN = select(Intake).where(
+    or_(Intake.spool_id == bindparam("spool_id"), Intake.first_key == bindparam("key"))
+)
+_RECENT = (
+    select(func.count())
+    .select_from(OutboxRow)
+    .where(
+        OutboxRow.recipient == bindparam("recipient"),
+        OutboxRow.created_at >= bindparam("since"),
+        OutboxRow.status.in_(("pending", "sending", "sent")),
+    )
+)
+
+
 @dataclass(frozen=True)
 class Persisted:
     outcome: str  # ticket | follow-up | duplicate | discard | reject | hold | already-processed
@@ -90,17 +113,20 @@ def record(
     ctx: PersistContext,
     now: datetime,
 ) -> Persisted:
-    done = session.execute(
-        select(Intake).where(Intake.spool_id == message.spool_id)
-    ).scalar_one_or_none()
+    # One query for both look-ups (this spool entry already recorded? this dedup key already
+    # claimed?): each round trip through the ORM costs more than the query itself.
+    seen = session.execute(_SEEN, {"spool_id": message.spool_id, "key": message.dedup_key})
+    done = first = None
+    for row in seen.scalars():
+        if row.spool_id == message.spool_id:
+            done = row
+        if row.first_key == message.dedup_key:
+            first = row
     if done is not None:
         # This very spool entry was committed before a crash kept it in the spool.
         return Persisted(
             "already-processed", None, f"spool entry already recorded as {done.outcome}"
         )
-    first = session.execute(
-        select(Intake).where(Intake.first_key == message.dedup_key)
-    ).scalar_one_or_none()
     intake = Intake(
         spool_id=message.spool_id,
         dedup_key=message.dedup_key,
@@ -186,15 +212,22 @@ def record(
     intake.reason = outcome.reason[:4000]
     intake.ticket_id = ticket.id if ticket else None
     intake.message_id = stored.id
-    for reason in decision.reasons:
-        session.add(
-            DecisionRecord(
-                intake_id=intake.id,
-                ticket_id=ticket.id if ticket else None,
-                stage=reason.stage,
-                code=reason.code[:64],
-                text=reason.text[:4000],
-            )
+    if decision.reasons:
+        # About six rows a message, written by one Core executemany: nothing reads them back in
+        # this transaction, so the ORM's unit of work would only add a flush's bookkeeping per
+        # row (issue 20 outcome 1). Same transaction, same savepoint as the rest.
+        session.execute(
+            insert(_DECISIONS),
+            [
+                {
+                    "intake_id": intake.id,
+                    "ticket_id": ticket.id if ticket else None,
+                    "stage": reason.stage,
+                    "code": reason.code[:64],
+                    "text": reason.text[:4000],
+                }
+                for reason in decision.reasons
+            ],
         )
     # -- Twilio: SMS opt-outs and the voicemail transcript (channels/twilio.py) ---------------
     if decision.sms_opt:
@@ -422,54 +455,63 @@ def _queue_reply(
         if draft is None:
             why_not = f"template {template!r} does not exist"
     if why_not is None:
-        recent = session.execute(
-            select(func.count())
-            .select_from(OutboxRow)
-            .where(
-                OutboxRow.recipient == recipient,
-                OutboxRow.created_at >= now - ctx.per_recipient_window,
-                OutboxRow.status.in_(("pending", "sending", "sent")),
-            )
-        ).scalar_one()
-        if sms and reply.template == "unentitled" and why_not is None:
-            # One polite "not on your plan" text per window, however often they write.
-            told = session.execute(
-                select(func.count())
-                .select_from(OutboxRow)
-                .where(
-                    OutboxRow.recipient == recipient,
-                    OutboxRow.kind == template,
-                    OutboxRow.created_at >= now - ctx.per_recipient_window,
-                    OutboxRow.status.in_(("pending", "sending", "sent")),
-                )
-            ).scalar_one()
-            if told:
-                why_not = f"{recipient} was already told this plan excludes SMS in this window"
+        # The count reads only outbox rows, which are written straight away below (Core, not
+        # the ORM), so nothing pending in the session could change it: no autoflush here.
+        with session.no_autoflush:
+            recent, told = _recent_to(session, recipient, template, sms, reply, ctx, now)
+        if told:
+            why_not = f"{recipient} was already told this plan excludes SMS in this window"
         if why_not is None and recent >= ctx.per_recipient_limit:
             why_not = (
                 f"per-recipient limit: {recent} automatic messages to {recipient} "
                 f"in the last {int(ctx.per_recipient_window.total_seconds() // 60)} minutes"
             )
-    session.add(
-        OutboxRow(
-            header_message_id=draft.header_message_id
+    # One Core insert: the row is in the database at once, so the next reply's count sees it,
+    # and no ORM object is left for a flush to walk (issue 20 outcome 1).
+    session.execute(
+        insert(_OUTBOX),
+        {
+            "header_message_id": draft.header_message_id
             if draft
             else f"suppressed-{intake.id}-{template}@{ctx.mail_domain}",
-            ticket_id=ticket.id if ticket else None,
-            intake_id=intake.id,
-            kind=template,
-            channel="sms" if sms else "email",
-            recipient=recipient[:320] or "-",
-            subject=draft.subject if draft else "",
-            body=draft.body if draft else "",
-            in_reply_to=index_safe(draft.in_reply_to) if draft and draft.in_reply_to else None,
-            status="pending" if why_not is None else "suppressed",
-            status_reason=why_not or "",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
+            "ticket_id": ticket.id if ticket else None,
+            "intake_id": intake.id,
+            "kind": template,
+            "channel": "sms" if sms else "email",
+            "recipient": recipient[:320] or "-",
+            "subject": draft.subject if draft else "",
+            "body": draft.body if draft else "",
+            "in_reply_to": index_safe(draft.in_reply_to) if draft and draft.in_reply_to else None,
+            "status": "pending" if why_not is None else "suppressed",
+            "status_reason": why_not or "",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        },
     )
+
+
+def _recent_to(
+    session: Session,
+    recipient: str,
+    template: str,
+    sms: bool,
+    reply: Reply,
+    ctx: PersistContext,
+    now: datetime,
+) -> tuple[int, int]:
+    """Automatic messages to `recipient` in the per-recipient window, and (SMS "unentitled"
+    only) how many of them already told this sender the plan excludes SMS."""
+    since = now - ctx.per_recipient_window
+    recent = session.execute(_RECENT, {"recipient": recipient, "since": since}).scalar_one()
+    told = 0
+    if sms and reply.template == "unentitled":
+        # One polite "not on your plan" text per window, however often they write.
+        told = session.execute(
+            _RECENT.where(OutboxRow.kind == template),
+            {"recipient": recipient, "since": since},
+        ).scalar_one()
+    return recent, told
 
 
 # -- Twilio SMS and voicemail helpers (channels/twilio.py, gateway/stages/parse_twilio.py) -----
