@@ -120,12 +120,24 @@ def _hashing(part: str) -> HashingVectorizer:
 HASHED_PARTS = ("word", "char")
 
 
-@functools.lru_cache(maxsize=1 << 18)
-def _column(token: str, n_features: int) -> int:
-    """The column HashingVectorizer(alternate_sign=False) gives `token` (its C loop takes
-    abs() of the signed 32-bit murmurhash). Cached: n-grams recur from message to message, and
-    one message's scoring then costs dictionary look-ups, as with a fitted vocabulary."""
-    return abs(int(murmurhash3_32(token, seed=0))) % n_features
+class _Columns(dict[str, int]):
+    """token -> the column HashingVectorizer(alternate_sign=False) gives it (its C loop takes
+    abs() of the signed 32-bit murmurhash). A dict that fills itself: n-grams recur from
+    message to message, so scoring costs C-level dictionary look-ups, as with a fitted
+    vocabulary; bounded, past MEMO_TOKENS a token is hashed each time."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.n_features = n_features
+
+    def __missing__(self, token: str) -> int:
+        column = abs(int(murmurhash3_32(token, seed=0))) % self.n_features
+        if len(self) < MEMO_TOKENS:
+            self[token] = column
+        return column
+
+
+MEMO_TOKENS = 1 << 19
 
 
 def _params(vectorizer: HashingVectorizer) -> dict[str, object]:
@@ -199,8 +211,7 @@ class HashedScorer:
         self.classes = [str(c) for c in arrays["classes"]]
         self._intercept = np.asarray(arrays["intercept"], dtype=np.float64)
         k = self._intercept.shape[0]
-        self._parts: list[tuple[HashingVectorizer, np.ndarray[Any, Any], Any]] = []
-        self._single: list[tuple[Any, int, np.ndarray[Any, Any], np.ndarray[Any, Any],
+        self._single: list[tuple[Any, _Columns, np.ndarray[Any, Any], np.ndarray[Any, Any],
                                  np.ndarray[Any, Any]]] = []
         for part in HASHED_PARTS:
             vectorizer = _hashing(part)
@@ -213,13 +224,9 @@ class HashedScorer:
             idf = np.full(size, float(arrays[f"{part}_idf_default"]))
             idf[idf_cols] = arrays[f"{part}_idf"]
             coef = np.asarray(arrays[f"{part}_coef"], dtype=np.float64).reshape(len(cols), k)
-            coef_t = sparse.csr_matrix(
-                (coef.ravel(), (np.repeat(cols, k), np.tile(np.arange(k), len(cols)))),
-                shape=(size, k))
             row_of = np.full(size, -1, dtype=np.int32)  # column -> row of `coef`, -1: none
             row_of[cols] = np.arange(len(cols), dtype=np.int32)
-            self._parts.append((vectorizer, idf, coef_t))
-            self._single.append((vectorizer.build_analyzer(), size, idf, row_of, coef))
+            self._single.append((vectorizer.build_analyzer(), _Columns(size), idf, row_of, coef))
 
     def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
         return self._arrays
@@ -263,8 +270,8 @@ class HashedScorer:
         """One message without scikit-learn's per-call overhead (the gateway classifies one
         message at a time): analyzer -> cached hash -> sublinear TF * IDF, L2 -> coefficients."""
         decision = self._intercept.copy()
-        for analyzer, size, idf, row_of, coef in self._single:
-            columns = [_column(t, size) for t in analyzer(text)]
+        for analyzer, column_of, idf, row_of, coef in self._single:
+            columns = list(map(column_of.__getitem__, analyzer(text)))
             if not columns:
                 continue
             unique, counts = np.unique(np.asarray(columns, dtype=np.intp), return_counts=True)
@@ -277,14 +284,32 @@ class HashedScorer:
         return np.asarray(CompiledScorer._softmax(decision[np.newaxis, :])[0])
 
     def proba_many(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        """A batch: one sparse matrix of counts per feature space (columns from the same
+        self-filling dict), TF-IDF and L2 on all columns, one product with the coefficients of
+        the columns seen in training."""
         decision = np.tile(self._intercept, (len(texts), 1))
-        for vectorizer, idf, coef_t in self._parts:
-            matrix = vectorizer.transform(texts)  # counts, duplicates summed, CSR
+        for analyzer, column_of, idf, row_of, coef in self._single:
+            ids: list[int] = []
+            lengths = []
+            get = column_of.__getitem__
+            for text in texts:
+                before = len(ids)
+                ids.extend(map(get, analyzer(text)))
+                lengths.append(len(ids) - before)
+            rows = np.repeat(np.arange(len(texts)), lengths)
+            matrix = sparse.csr_matrix(  # duplicates are summed: data are the term counts
+                (np.ones(len(ids)), (rows, np.asarray(ids, dtype=np.intp))),
+                shape=(len(texts), column_of.n_features))
             matrix.data = (1.0 + np.log(matrix.data)) * idf[matrix.indices]
             norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
             norms[norms == 0.0] = 1.0
-            matrix = sparse.diags(1.0 / norms) @ matrix
-            decision += (matrix @ coef_t).toarray()
+            coef_rows = row_of[matrix.indices]
+            known = coef_rows >= 0
+            row_ids = np.repeat(np.arange(len(texts)), np.diff(matrix.indptr))[known]
+            weights, known_rows = matrix.data[known], coef[coef_rows[known]]
+            for j in range(decision.shape[1]):
+                decision[:, j] += np.bincount(row_ids, weights=weights * known_rows[:, j],
+                                              minlength=len(texts)) / norms
         return CompiledScorer._softmax(decision)
 
 
