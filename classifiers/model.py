@@ -137,7 +137,7 @@ class _Columns(dict[str, int]):
         return column
 
 
-MEMO_TOKENS = 1 << 19
+MEMO_TOKENS = 1 << 17  # per feature space: about 15 MB of strings at most
 
 
 def _params(vectorizer: HashingVectorizer) -> dict[str, object]:
