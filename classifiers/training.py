@@ -39,7 +39,7 @@ from classifiers.types import CHANNELS, DEFAULT_LEVELS, LabelledExample
 DATA_DIR = Path(__file__).parent / "data"
 SHIPPED_TRAIN = DATA_DIR / "train.jsonl"
 SHIPPED_EVAL = DATA_DIR / "eval.jsonl"
-# Five independent writers' messages (issue 16): each row has industry, channel and source.
+# Independent writers' messages (issue 16): each row has industry, channel and source.
 SHIPPED_CORPUS = DATA_DIR / "corpus"
 HELD_OUT_ONE_IN = 6
 # A candidate within this much macro-F1 of the current model counts as "not worse": adding one

@@ -185,10 +185,22 @@ def test_an_old_format_1_model_trained_on_corrections_still_loads_and_scores(
     assert verdict.model_vote is not None and verdict.severity == "urgent"
 
 
-def test_compiled_scorer_gives_the_pipelines_own_probabilities(default_model_dir: Path) -> None:
-    model = load_model(default_model_dir)
-    assert model.scorer is not None
+def test_a_saved_model_file_scores_as_the_fitted_pipeline_did(tmp_path: Path) -> None:
+    # Format 5 stores arrays, not the pipeline: the loaded scorer must give the fitted
+    # pipeline's own probabilities.
+    from classifiers.model import model_dir_lock, new_pipeline, save_model
+    from classifiers.types import DEFAULT_LEVELS
+
+    examples = load_examples(SHIPPED_TRAIN)
+    pipeline = new_pipeline(0).fit([text_of(e.as_input()) for e in examples],
+                                   [e.level for e in examples])
+    with model_dir_lock(tmp_path):
+        save_model(tmp_path, pipeline, DEFAULT_LEVELS, len(examples), {"source": "test"})
+    assert next(tmp_path.glob("model-*.npz"))
+    model = load_model(tmp_path)
+    assert model.scorer is not None and model.pipeline is None
     texts = [text_of(e.as_input()) for e in load_examples(SHIPPED_EVAL)[:40]] + ["", "!!"]
-    expected = model.pipeline.predict_proba(texts)
+    expected = pipeline.predict_proba(texts)
     got = np.array([model.scorer.proba(t) for t in texts])
     assert np.allclose(got, expected, rtol=1e-6, atol=1e-9)
+    assert np.allclose(model.scorer.proba_many(texts), expected, rtol=1e-6, atol=1e-9)
