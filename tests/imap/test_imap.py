@@ -316,10 +316,9 @@ def test_idle_spools_a_message_appended_while_the_poller_idles(
     run_poller(poller)
     wait_for(lambda: poller.stats.connected and poller.stats.idle, timeout=10)
     time.sleep(0.3)  # let it enter IDLE
-    started = time.monotonic()
     dovecot.append(user, mail(1))
-    wait_for(lambda: len(spooled(spool)) == 1, timeout=10)
-    assert time.monotonic() - started < 10
+    # Only IDLE can bring it in before the 600-second poll: the bound is the poll, not a speed.
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=60)
     wait_for(lambda: poller.stats.acknowledged == 1, timeout=10)
 
 
@@ -716,10 +715,9 @@ def test_idle_brings_mail_in_within_seconds_even_with_a_300_second_poll_interval
     try:
         wait_for(lambda: _channel(daemon, "help-desk").get("idle"), timeout=15)
         time.sleep(0.5)  # the first (empty) drain is done: the poller sits in IDLE
-        appended = time.monotonic()
         dovecot.append(user, mail(1))
-        wait_for(lambda: _subjects(daemon), timeout=15, interval=0.1)
-        assert time.monotonic() - appended < 15
+        # Well inside the 300-second poll interval, so only IDLE can have brought it in.
+        wait_for(lambda: _subjects(daemon), timeout=60, interval=0.1)
         (ticket,) = _tickets(config)
         assert ticket["channel"] == "imap" and ticket["subject"] == "Printer 1 offline"
     finally:

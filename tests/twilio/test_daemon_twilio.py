@@ -23,10 +23,10 @@ def test_with_the_database_down_sms_still_gets_twiml_and_the_ticket_appears_afte
     daemon = DaemonProcess(config, env={"GATEWAY_TWILIO_AUTH_TOKEN": TOKEN}).start()
     try:
         port = int(daemon.status()["listeners"]["webhooks"].rsplit(":", 1)[1])
-        started = time.monotonic()
+        # Answered while the database is still down (it comes up only below): the webhook
+        # needs the spool, never the database. How fast it answers is bench/twilio_webhooks.py's.
         status, body = signed_post(port, "/twilio/sms", sms_params("Server room flooding", "SMD1"))
         assert status == 200 and twiml(body).findtext("Message")
-        assert time.monotonic() - started < 2.0
         status, body = signed_post(
             port, "/twilio/voice", {"CallSid": "CAD1", "From": "+16175550100", "To": "+1"}
         )
