@@ -58,8 +58,8 @@ from imapclient.exceptions import LoginError
 
 from channels.imap_state import Cursor, CursorKeeper, FailedFetches, MailboxStats
 from gateway import clock as business_clock
+from gateway.config.gateway_schema import ImapMailbox
 from gateway.config.loader import LOCAL_HOSTS, Settings, secret
-from gateway.config.schema import ImapMailbox
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolError
 from gateway.storage.channel_state import (

@@ -53,8 +53,9 @@ from channels.call_script import (
     keypress_answer,
 )
 from gateway import clock as business_clock
+from gateway.config.gateway_schema import INSECURE_WEBHOOKS_WARNING
 from gateway.config.loader import Settings
-from gateway.config.schema import INSECURE_WEBHOOKS_WARNING, EmergencyFile
+from gateway.config.schema import EmergencyFile
 from gateway.emergency.rules import quote, refusal
 from gateway.intake.faults import crash_point
 from gateway.intake.spool import Envelope, Spool, SpoolFullError

@@ -31,7 +31,7 @@ from typing import Any
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.config.schema import API_SCOPES, ApiToken
+from gateway.config.gateway_schema import API_SCOPES, ApiToken
 
 # The order of the scopes: each one includes every scope before it.
 SCOPE_ORDER: tuple[str, ...] = API_SCOPES  # ("read", "write", "admin")

@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
 from gateway.api.auth import TokenSource, TokenTable
+from gateway.config.gateway_schema import ApiToken
 from gateway.config.loader import Settings
-from gateway.config.schema import ApiToken
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
 

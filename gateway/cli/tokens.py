@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any
 
-from gateway.config.schema import API_SCOPES
+from gateway.config.gateway_schema import API_SCOPES
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config.errors import ConfigError, ConfigProblem
-from gateway.config.schema import GatewayConfig
+from gateway.config.gateway_schema import GatewayConfig
 from gateway.config.validate import build
 
 

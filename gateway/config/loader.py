@@ -15,12 +15,12 @@ from typing import TypeVar
 
 from gateway.config.errors import ConfigError, ConfigProblem, find_line
 from gateway.config.gateway_file import read_toml, spool_dir, state_dir
+from gateway.config.gateway_schema import GatewayConfig
 from gateway.config.schema import (
     CalendarsFile,
     CustomersFile,
     EmergencyFile,
     ForwardingFile,
-    GatewayConfig,
     PlansFile,
     RoutingFile,
     SeverityFile,

@@ -22,8 +22,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import clock as business_clock
+from gateway.config.gateway_schema import OutboundSection
 from gateway.config.loader import secret
-from gateway.config.schema import OutboundSection
 from gateway.intake.faults import crash_point
 from gateway.message import OWN_LOOP_HEADER
 from gateway.storage.models import OutboxRow

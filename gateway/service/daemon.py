@@ -34,8 +34,8 @@ from channels.twilio import TwilioChannel, build_app, start_webhooks
 from gateway import clock as business_clock
 from gateway.api.app import build_api_app
 from gateway.api.context import ApiContext
+from gateway.config.gateway_schema import ImapMailbox
 from gateway.config.loader import Settings
-from gateway.config.schema import ImapMailbox
 from gateway.intake.blobs import BlobStore
 from gateway.intake.spool import Spool
 from gateway.outbound.twilio_sender import auth_token as twilio_auth_token

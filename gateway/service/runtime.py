@@ -20,8 +20,9 @@ from pathlib import Path
 from classifiers.engine import Engine, build_engine
 from classifiers.settings import parse_classifier_table
 from gateway.config.errors import ConfigError, ConfigProblem
+from gateway.config.gateway_schema import INSECURE_WEBHOOKS_WARNING, WebhooksSection
 from gateway.config.loader import Settings, load
-from gateway.config.schema import INSECURE_WEBHOOKS_WARNING, Account, CustomersFile, WebhooksSection
+from gateway.config.schema import Account, CustomersFile
 from gateway.emergency.sender_auth import DnsTxtResolver
 from gateway.policy.calendars import build_calendars
 from gateway.policy.directory import Directory

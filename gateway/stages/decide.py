@@ -24,7 +24,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from classifiers.types import Verdict
-from gateway.config.schema import AutomatedSection, EmergencyFile, Plan, SeverityFile
+from gateway.config.gateway_schema import AutomatedSection
+from gateway.config.schema import EmergencyFile, Plan, SeverityFile
 from gateway.emergency.rules import (
     EmergencyDecision,
     EmergencyReply,

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway.api.auth import Principal, TokenTable, implied_scopes, token_digest
-from gateway.config.schema import ApiToken
+from gateway.config.gateway_schema import ApiToken
 from gateway.storage.agent_tables import AuditEntry
 from tests.api.conftest import (
     ADMIN_TOKEN,

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from gateway import clock
-from gateway.config.schema import OutboundSection
+from gateway.config.gateway_schema import OutboundSection
 from gateway.outbound.mail_sender import send_due
 from gateway.outbound.twilio_sender import send_due_sms
 from gateway.storage.models import Message, OutboxRow, SmsOptOut, Ticket

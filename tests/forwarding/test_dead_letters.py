@@ -18,7 +18,7 @@ from sqlalchemy import select
 from gateway.api import forwarding_routes
 from gateway.api.auth import TokenTable, token_digest
 from gateway.api.errors import install_error_handlers
-from gateway.config.schema import ApiToken
+from gateway.config.gateway_schema import ApiToken
 from gateway.service.metrics import GatewayCollector
 from gateway.storage.agent_tables import AuditEntry
 from tests.forwarding.support import WEBHOOK, Clock, Receiver, forward, webhook_toml

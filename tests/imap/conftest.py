@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from channels.imap import MailboxPoller, PollerThread
-from gateway.config.schema import ImapMailbox
+from gateway.config.gateway_schema import ImapMailbox
 from gateway.intake.spool import Spool
 from gateway.storage.channel_state import ChannelStateStore
 from tests.imap.dovecot import PASSWORD, Dovecot, DovecotUnavailableError, start_dovecot

@@ -21,7 +21,7 @@ from starlette.applications import Starlette
 
 from gateway.api.auth import TokenTable, token_digest
 from gateway.api.queue_page import LoginSessions, QueuePageSettings, queue_routes
-from gateway.config.schema import ApiToken
+from gateway.config.gateway_schema import ApiToken
 from gateway.storage.db import make_engine, session_factory, upgrade
 from gateway.storage.models import Ticket
 from tests.helpers import free_port, wait_for
