@@ -13,9 +13,14 @@ the peak's rise over idle as a multiple of the attachment. Modes, in the same ru
   held       aiosmtpd's own DATA (every line kept, joined, handed over whole), spooled by the
              same spool: the listener as it was before the change
 
+The worker is measured the same way (mode `worker`): `gateway worker` over the sample config,
+warmed by one small mail, then the same mails spooled by `gateway ingest` (one, then ten at
+once with their own Message-IDs); its peak while it turns them into tickets, and its RSS after.
+
 No assertions: the figures depend on the allocator, the kernel and the machine's load.
 
-    .venv/bin/python bench/smtp_memory.py [--mib 25] [--concurrent 10] [--modes streamed,held]
+    .venv/bin/python bench/smtp_memory.py [--mib 25] [--concurrent 10]
+        [--modes streamed,held,worker]
 """
 
 from __future__ import annotations
@@ -156,11 +161,70 @@ def run_mode(mode: str, raw: bytes, mib: int, concurrent: int) -> None:
             child.wait(10)
 
 
+def worker_mode(raw: bytes, mib: int, concurrent: int) -> None:
+    """The worker's peak for the same mails (see the module docstring)."""
+    from tests.helpers import configure
+
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        config = configure(root / "config", Path(tmp) / "config", Path(tmp) / "state")
+        spool = Path(tmp) / "state" / "spool"
+        gateway = [sys.executable, "-m", "gateway"]
+
+        def ingest(message: bytes) -> None:
+            subprocess.run(
+                [*gateway, "--config", str(config), "ingest"],
+                input=message,
+                check=True,
+                capture_output=True,
+            )
+
+        def drained() -> None:
+            while any(any((spool / d).glob("*.msg")) for d in ("incoming", "claimed")):
+                time.sleep(0.05)
+
+        log = open(Path(tmp) / "worker.log", "wb")  # noqa: SIM115 - closed with the process
+        child = subprocess.Popen([*gateway, "--config", str(config), "worker"], stderr=log)
+        try:
+            ingest(b"From: dana@acme-clinic.example\r\nSubject: warm up\r\n\r\nhello\r\n")
+            drained()
+            time.sleep(1.0)
+            idle = status(child.pid)["VmRSS"]
+            size = mib * 1024 * 1024
+            for label, count in (("one", 1), (f"{concurrent} at once", concurrent)):
+                reset_peak(child.pid)
+                started = time.perf_counter()
+                copies = [
+                    raw.replace(b"<dump@", f"<dump-{count}-{n}@".encode(), 1)
+                    for n in range(count)
+                ]
+                threads = [threading.Thread(target=ingest, args=(c,)) for c in copies]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                del copies
+                drained()
+                elapsed = time.perf_counter() - started
+                peak = status(child.pid)["VmHWM"]
+                time.sleep(3)
+                after = status(child.pid)["VmRSS"]
+                print(
+                    f"{'worker':9} {label:12} idle {idle / MB:7.1f}  peak {peak / MB:7.1f}  "
+                    f"after {after / MB:7.1f}  peak-idle {(peak - idle) / MB:7.1f} MB "
+                    f"= {(peak - idle) / size:5.2f}x the attachment  ({elapsed:.1f} s)"
+                )
+        finally:
+            child.terminate()
+            child.wait(30)
+            log.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--mib", type=int, default=25)
     ap.add_argument("--concurrent", type=int, default=10)
-    ap.add_argument("--modes", default="streamed,held")
+    ap.add_argument("--modes", default="streamed,held,worker")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--spool", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
@@ -175,7 +239,10 @@ def main() -> None:
         f"(1 MB = 10^6 bytes), fsync on; {os.cpu_count()} CPUs shared with other work"
     )
     for mode in args.modes.split(","):
-        run_mode(mode, raw, args.mib, args.concurrent)
+        if mode == "worker":
+            worker_mode(raw, args.mib, args.concurrent)
+        else:
+            run_mode(mode, raw, args.mib, args.concurrent)
 
 
 if __name__ == "__main__":

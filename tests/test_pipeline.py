@@ -351,3 +351,31 @@ def test_a_batch_is_classified_with_one_call_and_the_same_verdicts(gateway: Gate
     ]
     assert verdicts == one_by_one
     assert verdicts[2] == classify_stage.default_verdict("normal")
+
+
+def test_large_messages_are_not_held_in_memory_together(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch stops growing once its messages hold BATCH_BYTES (issue 20 item 5: ten 34 MB
+    mails arriving at once must not all be in the worker's memory at once), while small mail
+    still batches by `workers.batch_size`."""
+    from gateway.service import worker as worker_module
+    from gateway.stages import classify as classify_stage
+
+    monkeypatch.setattr(worker_module, "BATCH_BYTES", 64 * 1024)
+    big = "x" * 100 + "\n"
+    for i in range(3):
+        gateway.ingest(make_email(body=big * 700, message_id=f"<big{i}@x>"))  # ~70 KB each
+    for i in range(4):
+        gateway.ingest(make_email(body=f"small {i}", message_id=f"<small{i}@x>"))
+    batches: list[int] = []
+    real = classify_stage.classify_batch
+
+    def counting(inputs, engine, default):  # type: ignore[no-untyped-def]
+        batches.append(len(inputs))
+        return real(inputs, engine, default)
+
+    monkeypatch.setattr("gateway.pipeline.classify_batch", counting)
+    assert gateway.drain() == 7
+    assert batches == [1, 1, 1, 4]
+    assert len(gateway.tickets()) == 7

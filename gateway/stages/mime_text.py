@@ -78,7 +78,9 @@ _STYLE = re.compile(r"<(script|style)\b.*?</\1>", re.S | re.I)
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 
 
-def transfer_decode(payload: bytes, cte: str, where: str) -> tuple[bytes, list[ParseDefect]]:
+def transfer_decode(
+    payload: bytes | memoryview, cte: str, where: str
+) -> tuple[bytes, list[ParseDefect]]:
     """A part's body with its Content-Transfer-Encoding undone.
 
     The value is read as its first token, lower-cased: `quoted-printable  ` with trailing spaces
@@ -86,23 +88,25 @@ def transfer_decode(payload: bytes, cte: str, where: str) -> tuple[bytes, list[P
     padding instead of leaving the part undecoded (item 8); what cannot be decoded at all stays
     as the raw bytes, with a defect."""
     token = cte.strip().split(None, 1)[0].lower().strip("\"'") if cte.strip() else ""
+    if token == "base64":
+        return _base64(payload, where)  # a lifted body is decoded from its view, never copied
+    payload = bytes(payload)
     if token in ("", "7bit", "8bit", "binary"):
         return payload, []
     if token == "quoted-printable":
         return quopri.decodestring(payload), []
-    if token == "base64":
-        return _base64(payload, where)
     if token in ("x-uuencode", "uuencode", "x-uue", "uue"):
         return _uudecode(payload, where)
     return payload, [ParseDefect("transfer-encoding-unknown", f"{where}: {token}")]
 
 
-def _base64(payload: bytes, where: str) -> tuple[bytes, list[ParseDefect]]:
+def _base64(payload: bytes | memoryview, where: str) -> tuple[bytes, list[ParseDefect]]:
     if _B64_CLEAN.fullmatch(payload):  # the common case, at C speed (25 MiB attachments)
         try:
             return binascii.a2b_base64(payload), []
         except binascii.Error:
             pass  # bad padding: the careful path below
+    payload = bytes(payload)
     # The data ends at its padding, at a blank line after it, or at a line starting "--" (a
     # signature or a boundary: '-' is not in the alphabet); what follows is not base64.
     lines = payload.splitlines()

@@ -23,6 +23,7 @@ from email.generator import BytesGenerator
 from email.message import Message
 
 from gateway.message import Attachment, ParseDefect
+from gateway.stages.mime_lift import Lifted
 from gateway.stages.mime_text import (
     decode_header_bytes,
     decode_text,
@@ -63,6 +64,7 @@ class _Found:
 @dataclass
 class _Walk:
     max_attachment: int
+    lifted: Lifted  # the large bodies the parser never saw (gateway/stages/mime_lift.py)
     attachments: list[Attachment] = field(default_factory=list)
     defects: list[ParseDefect] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -89,8 +91,9 @@ def header_bytes(value: object) -> bytes:
         return text.encode("utf-8", "surrogateescape")
 
 
-def walk(msg: Message, max_attachment: int) -> Walked:
-    state = _Walk(max_attachment)
+def walk(msg: Message, max_attachment: int, lifted: Lifted | None = None) -> Walked:
+    """`msg` parsed from `lifted.skeleton` when large bodies were lifted out of it."""
+    state = _Walk(max_attachment, lifted or Lifted(b""))
     text = _message_text(msg, state, depth=0)
     if state.stopped:
         state.defects.append(ParseDefect("too-many-parts", f"after {MAX_PARTS} parts"))
@@ -184,13 +187,14 @@ def _part(
     if part.is_multipart():
         children = [c for c in part.get_payload() if isinstance(c, Message)]
         if ctype in _ATTACHED_MESSAGE and children:
-            _attached_message(children[0], filename, _eml(children[0]), found, state, depth)
+            eml = _eml(children[0], state)
+            _attached_message(children[0], filename, eml, found, state, depth)
             return
         if ctype.startswith("message/"):
             # delivery-status, disposition-notification, external-body: header blocks the
             # stdlib reads as parts. Kept as one attachment of their own type: the part as sent,
             # its own headers included (an external-body's access type is in them).
-            _attach(_eml(part), filename or ctype.split("/", 1)[1], ctype, state)
+            _attach(_eml(part, state), filename or ctype.split("/", 1)[1], ctype, state)
             return
         boundary = params.get_param("boundary")
         if isinstance(boundary, tuple):
@@ -202,7 +206,7 @@ def _part(
             _part(child, found, state, depth, inner)
         return
     cte = raw_header(part, "content-transfer-encoding") or ""
-    data, defects = transfer_decode(_payload_bytes(part), cte, where)
+    data, defects = transfer_decode(state.lifted.restore(_payload_bytes(part)), cte, where)
     state.defects.extend(defects)
     if ctype.startswith("multipart/"):
         _broken_multipart(data, part, found, state, depth, boundaries)
@@ -251,15 +255,16 @@ def _attach(data: bytes, filename: str, ctype: str, state: _Walk) -> None:
     )
 
 
-def _eml(msg: Message) -> bytes:
+def _eml(msg: Message, state: _Walk) -> bytes:
     """An attached message's bytes as received, as near as compat32 can give them back: the
-    generator neither refolds headers (maxheaderlen=0) nor mangles From lines."""
+    generator neither refolds headers (maxheaderlen=0) nor mangles From lines; lifted bodies
+    are put back."""
     out = io.BytesIO()
     try:
         BytesGenerator(out, mangle_from_=False, maxheaderlen=0).flatten(msg)
     except Exception:  # a tree the generator cannot write back: keep what it wrote
         pass
-    return out.getvalue()
+    return state.lifted.restore_all(out.getvalue(), newline=b"\n")
 
 
 def _attached_message(
