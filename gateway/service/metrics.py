@@ -12,6 +12,7 @@ shared-memory counters across worker processes and nothing to lose on restart. N
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ from gateway.pipeline import BUCKETS
 from gateway.storage.models import Intake, Message, OutboxRow, Ticket
 from gateway.storage.queries import OPEN_STATUSES
 
+# How far below the highest message id a commit may still land: a batch transaction holds ids
+# it took before others' later batches committed (several workers or instances).
+_LATE_COMMIT_IDS = 1000
+
 
 class GatewayCollector(Collector):
     def __init__(
@@ -47,6 +52,14 @@ class GatewayCollector(Collector):
         self.spool = spool
         self.status_dir = status_dir
         self.channel_stats = channel_stats  # live, from the daemon's own listeners
+        # Parse defects are counted from the stored messages, each once: a scrape reads only
+        # the ids above the highest seen less a margin (another worker's transaction may commit
+        # a lower id after a higher one), and a purge or an erasure never makes the counter go
+        # down.
+        self._defects_lock = threading.Lock()
+        self._defects_top_id = 0
+        self._defects_recent: set[int] = set()  # ids counted within the margin
+        self._defect_kinds: dict[str, int] = {}
 
     def collect(self) -> Iterator[Metric]:
         yield from self._spool()
@@ -168,13 +181,7 @@ class GatewayCollector(Collector):
                 "Parse defects that lost or altered content, by kind (the raw message is kept).",
                 labels=["kind"],
             )
-            kinds: dict[str, int] = {}
-            for (column,) in session.execute(
-                select(Message.defects).where(Message.direction == "in", Message.defects != "")
-            ):
-                for defect in decode_parse_defects(column):
-                    kinds[defect.kind] = kinds.get(defect.kind, 0) + 1
-            for kind, n in sorted(kinds.items()):
+            for kind, n in sorted(self._count_parse_defects(session).items()):
                 parse_defects.add_metric([kind], float(n))
             open_tickets = GaugeMetricFamily(
                 "gateway_open_tickets", "Open tickets by severity.", labels=["severity"]
@@ -234,6 +241,28 @@ class GatewayCollector(Collector):
         yield verdicts
         yield outbox
         yield breached
+
+    def _count_parse_defects(self, session: Session) -> dict[str, int]:
+        """Defect kinds of every inbound message stored since the last scrape, added to what
+        earlier scrapes counted (the first scrape of a process reads them all)."""
+        with self._defects_lock:
+            rows = session.execute(
+                select(Message.id, Message.defects).where(
+                    Message.id > self._defects_top_id - _LATE_COMMIT_IDS,
+                    Message.direction == "in",
+                    Message.defects != "",
+                )
+            )
+            for message_id, column in rows:
+                if message_id in self._defects_recent:
+                    continue
+                self._defects_recent.add(message_id)
+                self._defects_top_id = max(self._defects_top_id, message_id)
+                for defect in decode_parse_defects(column):
+                    self._defect_kinds[defect.kind] = self._defect_kinds.get(defect.kind, 0) + 1
+            floor = self._defects_top_id - _LATE_COMMIT_IDS
+            self._defects_recent = {i for i in self._defects_recent if i > floor}
+            return dict(self._defect_kinds)
 
     def _forwarding(self) -> Iterator[Metric]:
         """Webhook deliveries (gateway/outbound/forwarding_sender.py): backlog, delivered, dead

@@ -62,3 +62,30 @@ def test_a_clean_message_has_no_parse_defects_and_no_mark(sqlite_api: ApiServer)
     assert data["messages"][0]["parse_defects"] == []
     assert "parse-defects" not in data["tags"]
     assert badges(ticket) == ()
+
+
+def test_the_defect_counter_counts_each_message_once_and_never_goes_down(
+    sqlite_api: ApiServer,
+) -> None:
+    """Each scrape reads only what was stored since the last one; a purge or an erasure that
+    later deletes or blanks messages must not make a counter fall (Prometheus would read a
+    reset)."""
+    from sqlalchemy import update
+
+    from gateway.storage.models import Message
+
+    def counted() -> float:
+        text = sqlite_api.get("/metrics", token=None).body.decode()
+        return metric(text, "gateway_parse_defects_total", kind="charset-detected")
+
+    sqlite_api.gateway.ingest(MISLABELLED, mail_from="sam@bluebird.example")
+    sqlite_api.gateway.drain()
+    assert counted() == 1
+    assert counted() == 1  # scraped again: the same message is not counted twice
+    second = MISLABELLED.replace(b"cp1251@", b"second@")
+    sqlite_api.gateway.ingest(second, mail_from="sam@bluebird.example")
+    sqlite_api.gateway.drain()
+    assert counted() == 2
+    with sqlite_api.gateway.session() as s, s.begin():
+        s.execute(update(Message).values(defects=""))
+    assert counted() == 2
