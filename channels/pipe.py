@@ -4,6 +4,7 @@ Owns the exit-code contract of `gateway ingest` (sysexits.h, which MTAs understa
   0   the message is durable in the spool (the MTA may forget it)
   65  EX_DATAERR: the input is not a message at all (empty, binary, no header) — a permanent
       failure the MTA bounces
+  66  EX_NOINPUT: a file named on the command line cannot be read (missing, unreadable)
   75  EX_TEMPFAIL: we could not make it durable (spool full or unwritable, config unreadable) —
       the MTA keeps the message and retries
 Several files in one call (an admin importing saved mail, not an MTA) answer per file, one line
@@ -23,6 +24,7 @@ from gateway.intake.spool import Envelope, Spool, SpoolError
 
 EX_OK = 0
 EX_DATAERR = 65
+EX_NOINPUT = 66
 EX_TEMPFAIL = 75
 
 

@@ -182,6 +182,21 @@ def test_several_files_exit_0_when_each_is_spooled_or_refused_with_its_reason_pr
     assert pending(config) == 2
 
 
+def test_an_unreadable_file_is_refused_on_its_own_line_and_the_others_are_spooled(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    good = tmp_path / "good.eml"
+    good.write_bytes(make_email())
+    missing = tmp_path / "gone.eml"
+    config = make_config()
+    result = gateway_cli(config, "ingest", str(missing), str(good))
+    assert result.returncode == EX_OK
+    assert result.stderr.decode().strip() == f"{missing}: cannot read: No such file or directory"
+    assert pending(config) == 1
+    alone = gateway_cli(config, "ingest", str(missing))
+    assert alone.returncode == 66  # EX_NOINPUT: the MTA's and the shell's "cannot open input"
+
+
 def test_a_single_file_that_is_not_a_message_still_exits_65(
     make_config: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from channels.pipe import EX_TEMPFAIL, IngestResult, batch_exit_code, ingest
+    from channels.pipe import EX_NOINPUT, EX_TEMPFAIL, IngestResult, batch_exit_code, ingest
     from gateway.config.gateway_file import load_gateway_file, spool_dir
     from gateway.intake.spool import Spool, SpoolError
 
@@ -52,23 +52,28 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"spool unavailable, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     results: list[IngestResult] = []
-    sources: list[tuple[str, bytes]]
     try:
-        if args.files:
-            sources = []
-            for name in args.files:
-                sources.append((name, Path(name).read_bytes()))
-        else:
-            sources = [("stdin", sys.stdin.buffer.read(g.limits.max_message_bytes + 1))]
-        for source, raw in sources:
-            result = ingest(
-                spool,
-                raw,
-                recipient=args.recipient,
-                sender=args.sender,
-                max_bytes=g.limits.max_message_bytes,
-                source=source,
-            )
+        # Each file is read when its turn comes: one unreadable file is that file's refusal,
+        # never a traceback that spools none of the others, and never all of them in memory.
+        sources: list[str] = args.files or ["stdin"]
+        for source in sources:
+            try:
+                raw = (
+                    Path(source).read_bytes()
+                    if args.files
+                    else sys.stdin.buffer.read(g.limits.max_message_bytes + 1)
+                )
+            except OSError as exc:
+                result = IngestResult(EX_NOINPUT, f"{source}: cannot read: {exc.strerror}")
+            else:
+                result = ingest(
+                    spool,
+                    raw,
+                    recipient=args.recipient,
+                    sender=args.sender,
+                    max_bytes=g.limits.max_message_bytes,
+                    source=source,
+                )
             if result.code != 0 or not args.quiet:
                 print(result.detail, file=sys.stderr if result.code else sys.stdout)
             results.append(result)

@@ -262,8 +262,15 @@ def _eml(msg: Message, state: _Walk) -> bytes:
     out = io.BytesIO()
     try:
         BytesGenerator(out, mangle_from_=False, maxheaderlen=0).flatten(msg)
-    except Exception:  # a tree the generator cannot write back: keep what it wrote
-        pass
+    except Exception as exc:  # a tree the generator cannot write back: keep what it wrote
+        subject = " ".join((raw_header(msg, "subject") or "").split())[:60]
+        state.defects.append(
+            ParseDefect(
+                "part-undecodable",
+                f"attached message {subject or '(no subject)'} written back only in part: "
+                f"{type(exc).__name__}",
+            )
+        )
     return state.lifted.restore_all(out.getvalue(), newline=b"\n")
 
 
