@@ -109,6 +109,10 @@ async def smtp_data(protocol: Any, handler: StreamedDataHandler, arg: str) -> No
     body = Body(handler.spool, lambda: handler.envelope_of(session, envelope))
     try:
         state = await _read_lines(protocol, body)
+        if state is _State.NOMINAL:
+            # The last spill, still ours to discard: once handle_body hands the stream to the
+            # spool's writer (no await before that), the writer owns it.
+            await body.close()
     except BaseException:
         await asyncio.shield(body.discard())  # the connection went: nothing was acknowledged
         raise
@@ -120,7 +124,6 @@ async def smtp_data(protocol: Any, handler: StreamedDataHandler, arg: str) -> No
             await protocol.push("552 Error: Too much mail data")
         protocol._set_post_data_state()
         return
-    await body.close()
     status = await handler.handle_body(session, envelope, body)
     protocol._set_post_data_state()
     await protocol.push(status)

@@ -751,6 +751,8 @@ class Spool:
                         leftovers.append(job)
             dead = SpoolWriteError("spool writer stopped")
             for job in in_flight + leftovers:
+                if isinstance(job.raw, SpoolStream):
+                    job.raw.abort()  # its tmp file and reserved bytes, never acknowledged
                 job.settle(dead)
 
     def _write_group(self, jobs: list[_Job]) -> None:
