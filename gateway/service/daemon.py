@@ -223,7 +223,7 @@ class Daemon:
         deadline = time.monotonic() + STOP_BOUND_SECONDS
         self.notifier.stopping()
         log.info("stopping: closing listeners, letting workers finish")
-        for thread in self.imap_threads:  # IMAP: pollers leave IDLE within a second, log out
+        for thread in list(self.imap_threads):  # IMAP: pollers leave IDLE within a second
             thread.stop.set()
         for proc in self.workers:  # workers finish (or release) the batch in hand, then exit
             if proc.poll() is None:
@@ -236,7 +236,12 @@ class Daemon:
             await self.webhooks.stop()
         if self.health is not None:
             await self.health.stop()
-        for thread in self.imap_threads:
+        # A reload still applying [[imap]] changes sees stop_event and ends (it joins pollers
+        # that were told to stop above); waiting for it first means the list below is final and
+        # no poller it would have started is left running while the spool closes.
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=max(0.1, deadline - time.monotonic() - 10))
+        for thread in list(self.imap_threads):
             await asyncio.to_thread(thread.join, max(0.1, deadline - time.monotonic() - 10))
         for proc in self.workers:
             try:

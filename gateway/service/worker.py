@@ -80,14 +80,18 @@ class Worker:
     # -- one batch ------------------------------------------------------------------------
 
     def _claim_batch(self, size: int) -> list[Entry]:
-        """Up to `size` entries, and no more once they hold BATCH_BYTES: a batch's messages
-        and their decoded attachments are all in memory until its commit, so ten 34 MB mails
-        arriving at once are handled one by one, not together (issue 20 item 5)."""
+        """Up to `size` entries holding at most BATCH_BYTES between them (a larger message is a
+        batch of its own): a batch's messages and their decoded attachments are all in memory
+        until its commit, so ten 34 MB mails arriving at once are handled one by one, not
+        together (issue 20 item 5)."""
         entries: list[Entry] = []
         held = 0
-        while len(entries) < size and held < BATCH_BYTES:
+        while len(entries) < size:
             entry = self.spool.claim()
             if entry is None:
+                break
+            if entries and held + entry.size > BATCH_BYTES:
+                self.spool.release(entry)  # the next batch's first, as the oldest waiting
                 break
             entries.append(entry)
             held += entry.size
@@ -133,14 +137,16 @@ class Worker:
             log.warning("batch of %d failed (%s); each message on its own", len(jobs), exc)
             results = []
             down = False
-            for job in jobs:
+            for n, job in enumerate(jobs):
                 try:
                     results += process_batch(
                         [job], runtime, self.sessions, self.blobs, self.timings
                     )
                 except StorageUnavailableError as unavailable:
-                    self._defer([by_id[job.spool_id]], str(unavailable))
+                    # The database went: the rest would each wait out the pool's timeout.
+                    self._defer([by_id[j.spool_id] for j in jobs[n:]], str(unavailable))
                     down = True
+                    break
                 except Exception as alone:
                     self._failed(by_id[job.spool_id], "batch", alone)
             if down:  # keep the back-off the deferral set
