@@ -20,11 +20,13 @@ from sqlalchemy.orm import Session
 from gateway.emergency.ledger import link_ticket
 from gateway.privacy.audit import Actor, record_action
 from gateway.storage.admin import AdminError
-from gateway.storage.billing_tables import EmergencyRequest, Incident, IncidentLink
+from gateway.storage.billing_tables import (
+    JOINABLE_REQUEST_STATUSES,
+    EmergencyRequest,
+    Incident,
+    IncidentLink,
+)
 from gateway.storage.models import Ticket, TicketEvent
-
-# Requests that make a ticket an emergency another ticket may be part of.
-_EMERGENCY_STATUSES = ("awaiting", "accepted", "confirmed")
 
 
 def link_to_incident(
@@ -45,7 +47,7 @@ def link_to_incident(
     asked = session.execute(
         select(EmergencyRequest.id).where(
             EmergencyRequest.ticket_id == emergency.id,
-            EmergencyRequest.status.in_(_EMERGENCY_STATUSES),
+            EmergencyRequest.status.in_(JOINABLE_REQUEST_STATUSES),
         )
     ).first()
     if asked is None:

@@ -19,12 +19,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.storage.base import Base, UTCDateTime
 
+# Requests that make their ticket an emergency another ticket may join as part of its incident
+# (automatically for the same contact, or by an agent): pending, accepted or confirmed.
+JOINABLE_REQUEST_STATUSES = ("awaiting", "accepted", "confirmed")
+
 
 class EmergencyRequest(Base):
     """A request for emergency support on a ticket: the evidence of the ask and the price
-    quoted. `awaiting` while the ticket is held for the customer's acknowledgement (worker 0
-    releases it at `deadline`); then `confirmed` or `expired`; `accepted` when acknowledged at
-    once."""
+    quoted. `awaiting` while the customer's acknowledgement is pending (the ticket keeps its
+    place; worker 0 expires the request at `deadline`); then `confirmed` or `expired`;
+    `accepted` when acknowledged at once."""
 
     __tablename__ = "emergency_requests"
 

@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, func, nulls_last, select
 from sqlalchemy.orm import Session
 
 from gateway.message import Prompt, TicketRef
-from gateway.storage.billing_tables import EmergencyRequest
+from gateway.storage.billing_tables import JOINABLE_REQUEST_STATUSES, EmergencyRequest
 from gateway.storage.models import (
     Intake,
     Message,
@@ -131,7 +131,7 @@ class SessionThreadLookup:
             .where(
                 Ticket.account_id == account_id,
                 Ticket.status.in_(OPEN_STATUSES),
-                EmergencyRequest.status.in_(("awaiting", "accepted", "confirmed")),
+                EmergencyRequest.status.in_(JOINABLE_REQUEST_STATUSES),
                 EmergencyRequest.requested_at >= since.astimezone(UTC),
             )
             .order_by(EmergencyRequest.requested_at.desc(), Ticket.id.desc())
