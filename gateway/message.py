@@ -186,6 +186,12 @@ class Customer:
     matched_by: str  # "contact", "domain", "phone" or "unknown"
 
 
+def contact_of(customer: Customer, message: ParsedMessage) -> str:
+    """Who a ticket is with, as its `contact_email` records it: the directory's address for a
+    known contact, else the sender (an address, or the number of a phone-only contact)."""
+    return (customer.contact_email or message.sender or "").lower()
+
+
 @dataclass(frozen=True)
 class Automated:
     """Why a message is machine-made (never acknowledged), or that it is not."""

@@ -16,7 +16,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from gateway.message import Customer, ParsedMessage, Thread, TicketRef
+from gateway.message import Customer, ParsedMessage, Thread, TicketRef, contact_of
 from gateway.policy.directory import UNKNOWN_ACCOUNT
 
 TOKEN = re.compile(r"\[#(T-\d{6,})\]")
@@ -120,10 +120,10 @@ def _incident_link(
     if emergency is None:
         return None
     hours = f"{window.total_seconds() / 3600:g}"
-    contact = (customer.contact_email or "").lower()
+    contact = contact_of(customer, message)
     if contact and contact == (emergency.contact_email or "").lower():
         why = f"{message.sender} is the contact ({contact}) who asked for"
-    elif emergency.reference and emergency.reference in message.text.upper():
+    elif emergency.reference and _names(message.text, emergency.reference):
         why = f"{message.sender} names {emergency.reference} in its words, so it is about"
     else:
         return None
@@ -134,6 +134,11 @@ def _incident_link(
         f"requested within {hours} h: linked to it",
         incident=True,
     )
+
+
+def _names(text: str, reference: str) -> bool:
+    """Does `text` name this ticket reference as a word (T-1000 is not named by T-10000)?"""
+    return re.search(rf"(?<![\w-]){re.escape(reference)}(?!\d)", text, re.IGNORECASE) is not None
 
 
 def _may_append(ticket: TicketRef, customer: Customer, message: ParsedMessage) -> bool:
