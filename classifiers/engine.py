@@ -71,6 +71,17 @@ class Engine:
     def model_version(self) -> str | None:
         return self._model.version if self._model is not None else None
 
+    def hit_names(self, levels: Sequence[str]) -> frozenset[str]:
+        """Every name a verdict's hits can carry (routing.toml's `hits` may name these): the
+        enabled rules, the severity matrix per level, and the model's vote per level."""
+        model_levels = self._model.levels if self._model is not None else ()
+        votes = {*levels, *model_levels, *MATRIX_LEVELS}
+        return frozenset(
+            {r.name for r in self._rules.rules}
+            | {_matrix_name(level) for level in MATRIX_LEVELS}
+            | {ModelVote(level, 0.0, 0.0, "").rule_name for level in votes}
+        )
+
     def _votes(self, readings: Sequence[Reading]) -> list[tuple[ModelVote | None, float]]:
         """The model's vote on each reading, with its probability of `urgent` (0.0 when
         silent)."""
@@ -113,7 +124,7 @@ class Engine:
             # +weight when the matrix is more severe than the model, -weight when less.
             diff = MATRIX_LEVELS.index(vote.level) - MATRIX_LEVELS.index(level)
             toward = weight * max(-1, min(1, diff))
-        return RuleHit(f"MATRIX_{level.upper()}", round(toward, 3),
+        return RuleHit(_matrix_name(level), round(toward, 3),
                        f"severity matrix: {reading.dimensions.explain()}")
 
     def _verdict(self, reading: Reading, vote: ModelVote | None, p_urgent: float) -> Verdict:
@@ -161,6 +172,10 @@ class Engine:
             normalisation=reading.normalised.steps,
             dimensions=reading.dimensions.explain(),
         )
+
+
+def _matrix_name(level: str) -> str:
+    return f"MATRIX_{level.upper()}"
 
 
 def build_engine(rules_dir: Path, settings: ClassifierSettings,

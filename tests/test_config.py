@@ -231,3 +231,21 @@ def test_a_reload_that_turns_off_webhook_signatures_is_as_loud_as_a_start(
     (record,) = [r for r in caplog.records if "INSECURE" in r.getMessage()]
     assert record.levelno == logging.CRITICAL
     assert box.current.settings.gateway.webhooks.insecure_skip_signature
+
+
+def test_a_routing_rule_naming_a_classifier_rule_that_does_not_exist_is_named(
+    make_config: Callable[..., Path],
+) -> None:
+    """A `hits` condition on a rule renamed or removed from rules.d/ could never hold: routing
+    would quietly stop sending outages to their queue. check-config names the rule and line."""
+    config = make_config()
+    path = config / "routing.toml"
+    text = path.read_text()
+    assert 'hits = ["KW_DOWN", "OUTAGE_STOPS_WORK"]' in text
+    path.write_text(text.replace('"OUTAGE_STOPS_WORK"]', '"KW_OUTAGE", "MATRIX_URGENT"]'))
+    out = gateway_cli(config, "check-config")
+    assert out.returncode == 1
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "KW_OUTAGE" in t)
+    err = out.stderr.decode()
+    assert f"routing.toml:{line}:" in err and "hits: KW_OUTAGE: no classifier rule" in err
+    assert "MATRIX_URGENT" not in err.split("KW_OUTAGE", 1)[1].split("\n", 1)[0]

@@ -419,6 +419,29 @@ def check_routing(
     return problems
 
 
+def unknown_hits(
+    routing: RoutingFile, known: Collection[str], path: Path | None = None
+) -> list[ConfigProblem]:
+    """`hits` that name nothing the classifier can report (a rule renamed, removed or never
+    written): such a condition silently never holds. Checked once the rules are loaded, since
+    they live in rules.d/, not in routing.toml."""
+    lines = _read_lines(path)
+    problems: list[ConfigProblem] = []
+    for i, rule in enumerate(routing.rule):
+        missing = [name for name in rule.match.hits or () if name not in known]
+        if missing:
+            problems.append(
+                ConfigProblem(
+                    FILE,
+                    f"rule[{i}].match.hits",
+                    f"{_ls(missing)}: no classifier rule of that name (rules.d/, the severity "
+                    "matrix MATRIX_* and the model's MODEL_* votes), so this could never match",
+                    _rule_line(lines, i, "hits", True),
+                )
+            )
+    return problems
+
+
 ProblemFn = Callable[..., None]
 
 

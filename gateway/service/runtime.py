@@ -27,7 +27,7 @@ from gateway.emergency.sender_auth import DnsTxtResolver
 from gateway.policy.calendars import build_calendars
 from gateway.policy.directory import Directory
 from gateway.policy.plans import Plans
-from gateway.policy.routing import build_router
+from gateway.policy.routing import build_router, unknown_hits
 from gateway.stages.decide import Policy
 from gateway.stages.persist import PersistContext
 
@@ -79,6 +79,9 @@ def classifier_problems(settings: Settings) -> tuple[Engine | None, list[ConfigP
         return None, found
     engine, more = build_engine(settings.rules_dir, csettings, model_dir(settings))
     found.extend(convert_problem(p) for p in more)
+    if engine is not None:
+        known = engine.hit_names(settings.severity.levels)
+        found.extend(unknown_hits(settings.routing, known, settings.directory / "routing.toml"))
     return engine, found
 
 
