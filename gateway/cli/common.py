@@ -56,6 +56,22 @@ def open_db_session(settings: Settings, *, write: bool = False) -> Any:
     return open_session(settings.database_url, write=write)
 
 
+# How many rows a listing (`tickets`, `intakes`) shows unless --all or --limit says otherwise.
+DEFAULT_PAGE = 100
+
+
+def print_page_note(noun: str, offset: int, shown: int, total: int, limit: int | None) -> None:
+    """On stderr, for a listing cut to a page or started past the first: which rows these are
+    and how to ask for the next page (issue 17 item 11: a cut list always says so)."""
+    shown_to = offset + shown
+    if shown_to >= total and not offset:
+        return
+    note = f"{noun} {offset + 1 if shown else offset}-{shown_to} of {total}"
+    if shown_to < total:
+        note += f"; next page: --offset {shown_to} --limit {limit}, or --all for every one"
+    print(note, file=sys.stderr)
+
+
 def missing_database(settings: Settings) -> Path | None:
     """The SQLite file a read-only command found missing (it is not created), else None."""
     from gateway.storage.db import sqlite_file_missing

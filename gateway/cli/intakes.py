@@ -12,9 +12,14 @@ import json
 import sys
 from typing import Any
 
-from gateway.cli.common import load_settings, missing_database, open_db_session
+from gateway.cli.common import (
+    DEFAULT_PAGE,
+    load_settings,
+    missing_database,
+    open_db_session,
+    print_page_note,
+)
 
-DEFAULT_PAGE = 100
 COLUMNS = ("RECEIVED", "OUTCOME", "CHANNEL", "FROM", "REASON")
 
 
@@ -42,13 +47,7 @@ def cmd_intakes(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2))
     else:
         _print_table(records, args.outcome)
-    shown_to = args.offset + len(rows)
-    if shown_to < total:
-        print(
-            f"intakes {args.offset + 1}-{shown_to} of {total}; next page: --offset {shown_to} "
-            f"--limit {limit or DEFAULT_PAGE}, or --all for every one",
-            file=sys.stderr,
-        )
+    print_page_note("intakes", args.offset, len(rows), total, limit or DEFAULT_PAGE)
     return 0
 
 

@@ -377,9 +377,9 @@ def _command_of(argv: list[str]) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway.cli.classifier import cmd_classify, cmd_evaluate, cmd_explain, cmd_train
+    from gateway.cli.common import DEFAULT_PAGE
     from gateway.cli.spool import cmd_quarantine, cmd_spool
     from gateway.cli.tickets import (
-        DEFAULT_PAGE,
         cmd_show,
         cmd_ticket_link_incident,
         cmd_ticket_set_severity,

@@ -11,14 +11,14 @@ from typing import Any
 
 from gateway import clock
 from gateway.cli.common import (
+    DEFAULT_PAGE,
     STATUSES,
     load_settings,
     missing_database,
     open_db_session,
+    print_page_note,
 )
 
-# How many tickets `tickets` lists unless --all or --limit says otherwise.
-DEFAULT_PAGE = 100
 TICKET_COLUMNS = ("REF", "FLAGS", "SEVERITY", "STATUS", "ACCOUNT", "CHANNEL", "SUBJECT")
 
 
@@ -43,18 +43,7 @@ def cmd_tickets(args: argparse.Namespace) -> int:
             print(json.dumps([ticket_json(session, t) for t in tickets], indent=2))
         else:
             _print_ticket_table(tickets)
-    shown_to = args.offset + len(tickets)
-    if shown_to < total or args.offset:
-        print(
-            f"tickets {args.offset + 1 if tickets else args.offset}-{shown_to} of {total}"
-            + (
-                f"; next page: --offset {shown_to} --limit {limit or DEFAULT_PAGE}, "
-                "or --all for every ticket"
-                if shown_to < total
-                else ""
-            ),
-            file=sys.stderr,
-        )
+    print_page_note("tickets", args.offset, len(tickets), total, limit or DEFAULT_PAGE)
     return 0
 
 
