@@ -206,7 +206,7 @@ class Automated:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A "confirm the emergency charge" message we sent for a held ticket: only a reply to it
+    """A "confirm the emergency charge" message we sent for a pending emergency request: only a reply to it
     (email: In-Reply-To its Message-ID, from its recipient; SMS: from its number) confirms."""
 
     channel: str  # email | sms
@@ -227,7 +227,8 @@ class TicketRef:
     held: bool = False
     emergency: bool = False
     emergency_acknowledged: bool = False
-    # Held until the customer acknowledges the emergency charge (an open emergency request).
+    # An emergency request awaits the customer's acknowledgement of the charge (the ticket keeps
+    # its place meanwhile: issue 17 item 1).
     awaiting_acknowledgement: bool = False
     prompts: tuple[Prompt, ...] = ()
     # -- routing as applied to the ticket (decide compares a follow-up with it, issue 18) ------

@@ -455,7 +455,7 @@ def _request_text(r: EmergencyRequest) -> str:
     asked = f"Emergency requested {iso(r.requested_at)} by {r.channel} ({r.signal})"
     if r.status == "accepted":
         return f"{asked}: accepted at once — {r.reason}."
-    held = f"{asked}: held ({r.reason})"
+    held = f"{asked}: pending ({r.reason})"
     if r.status == "awaiting":
         return (
             f"{held}. Emergency pending: the ticket keeps its place and SLA clock; the request "

@@ -217,8 +217,8 @@ def _quote_of(request: EmergencyRequest) -> Quote:
 def _acknowledge(
     session: Session, ticket: Ticket, decision: Decided, review: str, now: datetime, why: str
 ) -> None:
-    """The ticket becomes an acknowledged emergency: out of any hold, first in the queue, at the
-    top level (persist raised the severity), routed and timed as one from `now`."""
+    """The ticket becomes an acknowledged emergency: its pending mark gone, first in the queue,
+    at the top level (persist raised the severity), routed and timed as one from `now`."""
     was = PENDING if ticket.emergency_pending else HOLD_REASON if ticket.held else ""
     ticket.emergency_pending = False
     ticket.held = False  # a ticket held before issue 17 (migration 0008 moved open ones)

@@ -10,7 +10,8 @@ or keypress 1 on a call), and then, in this order,
   4. the charge is acknowledged (email: a configured phrase; SMS: YES to our prompt, so never
      in the first text; a call: the keypress itself).
 Failing 1 or 2 makes the request "unavailable" (one polite reply, the ticket goes on at its
-classified severity); failing 3 or 4 makes it "held" until the contact confirms. Also owns
+classified severity); failing 3 or 4 holds the request (not the ticket, which keeps its place
+and SLA clock) until the contact confirms. Also owns
 whether a message confirms a held request (`confirmation`: only a reply to our prompt, from its
 recipient, with the word), the price quoted (`quote`, with the after-hours flag of
 `gateway.emergency.after_hours`), the agent-review flag when the classifier disagrees
@@ -543,7 +544,7 @@ def _confirmed(
         "confirmed",
         "confirmed",
         f"{message.sender} confirmed the emergency charge with {text[:200]!r} ({authentication}): "
-        f"{reference} is released as an acknowledged emergency",
+        f"{reference} becomes an acknowledged emergency",
         evidence=evidence,
         authenticated=True,
         authentication=authentication,

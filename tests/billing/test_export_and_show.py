@@ -122,7 +122,7 @@ def test_gateway_show_explains_every_hold_rejection_and_charge_in_plain_words(
     says = {
         held.reference: [
             "Emergency requested 2026-11-17T15:00:00Z by email (the subject marker [EMERGENCY]): "
-            "held (asked by the subject marker [EMERGENCY]",
+            "pending (asked by the subject marker [EMERGENCY]",
             "without acknowledging the charge",
             "Emergency pending: the ticket keeps its place and SLA clock; the request expires "
             "unbilled at 2026-11-17T19:00:00Z unless the contact confirms.",
