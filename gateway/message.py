@@ -206,8 +206,9 @@ class Automated:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A "confirm the emergency charge" message we sent for a pending emergency request: only a reply to it
-    (email: In-Reply-To its Message-ID, from its recipient; SMS: from its number) confirms."""
+    """A "confirm the emergency charge" message we sent for a pending emergency request: only a
+    reply to it (email: In-Reply-To its Message-ID, from its recipient; SMS: from its number)
+    confirms."""
 
     channel: str  # email | sms
     message_id: str  # our outbox Message-ID (without <>)
