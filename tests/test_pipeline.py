@@ -71,6 +71,26 @@ def test_a_reply_with_in_reply_to_lands_on_the_same_ticket(gateway: Gateway) -> 
     assert outcomes(gateway) == ["ticket", "follow-up"]
 
 
+def test_a_reply_to_a_message_with_an_overlong_message_id_still_threads(gateway: Gateway) -> None:
+    """An id over RFC 5322's 998 bytes (here non-ASCII, 1,200 bytes in UTF-8) is stored and
+    compared as one digest wherever it appears: storing it cut made every reply to it a new
+    ticket."""
+    long_id = ("ü" * 600 + "@acme-clinic.example").encode()
+    head = b"From: dana@acme-clinic.example\r\nTo: support@example.com\r\n"
+    gateway.ingest(
+        head + b"Subject: Printer offline\r\nMessage-ID: <" + long_id + b">\r\n\r\nDown\r\n"
+    )
+    gateway.drain()
+    gateway.ingest(
+        head + b"Subject: Re: Printer offline\r\nMessage-ID: <r@acme-clinic.example>\r\n"
+        b"In-Reply-To: <" + long_id + b">\r\n\r\nStill down\r\n"
+    )
+    gateway.drain()
+    (ticket,) = gateway.tickets()
+    assert ticket.message_count == 2
+    assert outcomes(gateway) == ["ticket", "follow-up"]
+
+
 def test_a_reply_to_our_acknowledgement_threads_by_its_message_id(gateway: Gateway) -> None:
     gateway.ingest(make_email())
     gateway.drain()

@@ -107,10 +107,24 @@ def _decode_words(value: str) -> str:
     return _decode(decode_header_bytes(value.encode("utf-8", "surrogateescape"))[0])
 
 
+# RFC 5322's line length: an id longer than this (in UTF-8) cannot have been written on one line
+# by a conforming mailer, and would not fit the database's index.
+MAX_MSGID_BYTES = 998
+
+
+def bounded_msgid(msgid: str) -> str:
+    """A Message-ID as stored and compared: itself, or for one over MAX_MSGID_BYTES a digest of
+    it, the same wherever it appears (Message-ID, In-Reply-To, References), so a reply to such a
+    message still threads to it."""
+    if len(msgid.encode("utf-8", "surrogateescape")) <= MAX_MSGID_BYTES:
+        return msgid
+    return "sha256:" + hashlib.sha256(msgid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 def _msgids(value: str | None) -> tuple[str, ...]:
     if not value:
         return ()
-    return tuple(m.lower() for m in _MSGID.findall(value.replace("\x00", "")))
+    return tuple(bounded_msgid(m.lower()) for m in _MSGID.findall(value.replace("\x00", "")))
 
 
 def _one_msgid(value: str | None) -> str | None:
@@ -120,7 +134,7 @@ def _one_msgid(value: str | None) -> str | None:
     value = (value or "").replace("\x00", "").strip().strip("<>").strip()
     # Any whitespace (a folded header keeps its CRLF) means this is no id: echoed into our
     # reply's In-Reply-To it would break the header (tests/hostile/test_injection.py).
-    return value.lower() if value and value.split() == [value] else None
+    return bounded_msgid(value.lower()) if value and value.split() == [value] else None
 
 
 def _sender(raw_from: str, decoded_from: str) -> tuple[str, str]:
