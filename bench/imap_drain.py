@@ -1,15 +1,20 @@
 """IMAP drain benchmark: how fast `gateway run` empties a mailbox with a backlog, and whether its
 memory stays flat as the backlog grows.
 
-APPENDs N messages (the SpamAssassin corpus, Message-IDs rewritten so it repeats as new mail) to
-a throwaway Dovecot (tests/imap/dovecot.py, the same server the tests use), then starts
+APPENDs N messages (--mail: help-desk tickets from the sample customers, every one a ticket, by
+default; or the SpamAssassin corpus, Message-IDs rewritten so it repeats as new mail) to a
+throwaway Dovecot (tests/imap/dovecot.py, the same server the tests use). First the baseline: a
+bare imapclient session fetches the whole mailbox (BODY.PEEK[] in batches of --batch-size, as
+the poller does, read-only) and does nothing with it. Then, on the same mailbox, it starts
 `gateway run` (the sample config, SQLite, one `[[imap]]` mailbox) and measures until the INBOX
 is empty and every message is an intake row (ticket, duplicate or discard). Prints messages/s
 (from the daemon's start and from its first intake row), and the peak RSS of all the gateway's
 processes (daemon and workers, summed from /proc) when 1,000 and when N messages are in.
+Prints the drain into tickets as a share of the bare fetch (issue 20 outcome 2 wants 50 %).
 Prints; never asserts.
 
     .venv/bin/python bench/imap_drain.py [--messages 10000] [--workers 1] [--batch-size 50]
+        [--mail support|spamassassin]
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.smtp_intake import load_messages  # noqa: E402
+from bench.smtp_intake import load_messages, load_support_mail  # noqa: E402
 from tests.helpers import configure  # noqa: E402
 from tests.imap.dovecot import PASSWORD, Dovecot, start_dovecot  # noqa: E402
 
@@ -86,7 +91,24 @@ def append_all(server: Dovecot, messages: list[bytes], chunk: int = 500) -> floa
     return time.perf_counter() - started
 
 
-def drain(server: Dovecot, workdir: Path, n: int, workers: int, batch_size: int) -> None:
+def bare_fetch(server: Dovecot, n: int, batch_size: int) -> float:
+    """Seconds for a bare imapclient session to fetch the whole INBOX, batch by batch."""
+    started = time.perf_counter()
+    with server.client(USER, timeout=300) as client:
+        client.select_folder("INBOX", readonly=True)
+        uids = client.search(["ALL"])
+        fetched = 0
+        for i in range(0, len(uids), batch_size):
+            fetched += len(client.fetch(uids[i : i + batch_size], ["BODY.PEEK[]"]))
+    took = time.perf_counter() - started
+    if fetched != n:
+        raise SystemExit(f"bare fetch got {fetched} of {n} messages")
+    return took
+
+
+def drain(
+    server: Dovecot, workdir: Path, n: int, workers: int, batch_size: int, bare_rate: float
+) -> None:
     state = workdir / "state"
     models = ROOT / ".state" / "models"
     if models.exists():
@@ -168,6 +190,9 @@ def drain(server: Dovecot, workdir: Path, n: int, workers: int, batch_size: int)
     print(f"all intake rows after:       {total:.1f} s from `gateway run` -> {n / total:.0f} msg/s")
     print(f"  from the first intake row: {done - first_row:.1f} s -> "
           f"{n / (done - first_row):.0f} msg/s")  # fmt: skip
+    print(f"bare imapclient fetch:       {bare_rate:.0f} msg/s; drain into tickets from the "
+          f"first message moved: {n / (done - first_taken):.0f} msg/s = "
+          f"{n / (done - first_taken) / bare_rate:.0%} of bare")  # fmt: skip
     cp_peak, cp_hwm, cp_at = at_checkpoint
     print(f"peak RSS, all processes:     {cp_peak / 1024:.0f} MiB at {min(CHECKPOINT, n)} "
           f"({cp_at:.1f} s), {peak / 1024:.0f} MiB at {n}")  # fmt: skip
@@ -181,8 +206,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--mail", choices=("support", "spamassassin"), default="support")
     args = ap.parse_args()
-    messages = load_messages(args.messages)
+    messages = (load_support_mail if args.mail == "support" else load_messages)(args.messages)
     size = sum(map(len, messages)) / len(messages)
     workdir = Path(tempfile.mkdtemp(prefix="gw-imap-bench-"))
     server = start_dovecot()
@@ -190,7 +216,10 @@ def main() -> None:
         took = append_all(server, messages)
         print(f"appended:                    {len(messages)} messages, mean {size / 1024:.1f} KiB, "
               f"in {took:.1f} s")  # fmt: skip
-        drain(server, workdir, len(messages), args.workers, args.batch_size)
+        bare = bare_fetch(server, len(messages), args.batch_size)
+        print(f"bare fetch:                  {len(messages)} in {bare:.1f} s")
+        drain(server, workdir, len(messages), args.workers, args.batch_size,
+              len(messages) / bare)  # fmt: skip
     finally:
         server.stop()
         if args.keep:
