@@ -135,3 +135,16 @@ def test_dimension_tables_are_written_in_lower_case_as_extract_lowers_the_text()
     for table in tables:
         assert not re.search(r"[A-Z]", re.sub(r"\\.", "", table.pattern)), table.pattern
         assert not table.flags & re.IGNORECASE
+
+
+def test_lowo_folds_hold_one_writer_each_and_train_only_writers_are_never_tested() -> None:
+    from classifiers.evaluation import lowo_folds
+
+    examples = shipped_examples()
+    folds = lowo_folds(examples, frozenset({"writer-g"}))
+    by_writer: dict[str, set[int]] = {}
+    for e, f in zip(examples, folds, strict=True):
+        by_writer.setdefault(e.source, set()).add(f)
+    assert by_writer.pop("writer-g") == {-1}
+    assert all(len(fs) == 1 for fs in by_writer.values())
+    assert len({f for fs in by_writer.values() for f in fs}) == len(by_writer) >= 7
