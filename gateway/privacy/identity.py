@@ -330,5 +330,3 @@ class Matcher:
         except Exception:  # a malformed blob is searched byte for byte only, never fatal
             return hits
         return hits
-
-
