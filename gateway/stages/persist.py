@@ -14,11 +14,12 @@ again, harmlessly.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
@@ -80,28 +81,46 @@ _OUTBOX = cast(Table, OutboxRow.__table__)
 # already hold this spool entry or this dedup key; the claim of an intake, the message, their
 # attachments and decisions; the intake's outcome once known; a ticket's reference; automatic
 # messages to one recipient since a moment.
-_SEEN = select(
+_SEEN_COLUMNS = (
     _INTAKES.c.id,
     _INTAKES.c.spool_id,
     _INTAKES.c.first_key,
     _INTAKES.c.outcome,
     _INTAKES.c.ticket_id,
-).where(or_(_INTAKES.c.spool_id == bindparam("spool_id"), _INTAKES.c.first_key == bindparam("key")))
+)
+# An intake as the look-ups read it: id, spool_id, first_key, outcome, ticket_id.
+_SeenRow = Row[Any, Any, Any, Any, Any]
+_SEEN = select(*_SEEN_COLUMNS).where(
+    or_(_INTAKES.c.spool_id == bindparam("spool_id"), _INTAKES.c.first_key == bindparam("key"))
+)
+_SEEN_BATCH = select(*_SEEN_COLUMNS).where(
+    or_(
+        _INTAKES.c.spool_id.in_(bindparam("spool_ids", expanding=True)),
+        _INTAKES.c.first_key.in_(bindparam("keys", expanding=True)),
+    )
+)
 _CLAIM = insert(_INTAKES).returning(_INTAKES.c.id)
 _STORE = insert(_MESSAGES).returning(_MESSAGES.c.id)
 _ATTACH = insert(_ATTACHMENTS)
-_DECIDE = insert(_DECISIONS)
+# A message's ~6 reasons: on PostgreSQL, RETURNING makes SQLAlchemy send them as one multi-row
+# INSERT ("insertmanyvalues"), one round trip where psycopg's executemany measured as several
+# (bench/stage_budgets.py: ~880 -> ~490 µs); on SQLite, in process, the plain executemany is
+# cheaper (~110 µs, ~240 with RETURNING: building the multi-row statement costs more there).
+_DECIDE = {"postgresql": insert(_DECISIONS).returning(_DECISIONS.c.id)}
+_DECIDE_ANYWHERE = insert(_DECISIONS)
 _QUEUE = insert(_OUTBOX)
 _SETTLE = update(_INTAKES).where(_INTAKES.c.id == bindparam("intake_id"))
 _REFERENCE = select(Ticket.reference).where(Ticket.id == bindparam("ticket_id"))
-_RECENT = (
-    select(func.count())
-    .select_from(OutboxRow)
-    .where(
-        OutboxRow.recipient == bindparam("recipient"),
-        OutboxRow.created_at >= bindparam("since"),
-        OutboxRow.status.in_(("pending", "sending", "sent")),
-    )
+# At most `cap` of them are counted: the limit only asks "as many as the limit yet?", and an
+# exact count of a busy address would read every row of its window for each message.
+_RECENT_ROWS = select(OutboxRow.id).where(
+    OutboxRow.recipient == bindparam("recipient"),
+    OutboxRow.created_at >= bindparam("since"),
+    OutboxRow.status.in_(("pending", "sending", "sent")),
+)
+_RECENT = select(func.count()).select_from(_RECENT_ROWS.limit(bindparam("cap")).subquery())
+_RECENT_OF_KIND = select(func.count()).select_from(
+    _RECENT_ROWS.where(OutboxRow.kind == bindparam("kind")).limit(bindparam("cap")).subquery()
 )
 
 
@@ -117,6 +136,39 @@ def index_safe(value: str, limit: int = 998) -> str:
     indexed column must fit PostgreSQL's btree entry limit (2,704 bytes), and 998 characters of
     non-ASCII text can be three times that. The raw message keeps the whole header."""
     return value.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Intakes already recorded for a batch's spool entries or dedup keys, from one query before
+    its first message (`look_up`), and which of its messages that answer cannot serve: those
+    sharing a dedup key or spool entry with another message of the batch (the earlier one may
+    claim it within the batch, or may not, if it fails)."""
+
+    by_spool_id: dict[str, _SeenRow]
+    by_key: dict[str, _SeenRow]
+    shared: frozenset[str]
+
+    def answers(self, message: ParsedMessage) -> bool:
+        return message.spool_id not in self.shared and message.dedup_key not in self.shared
+
+
+def look_up(session: Session, messages: list[ParsedMessage]) -> Seen:
+    """One query for the whole batch instead of one per message (issue 20 outcome 1). Read in the
+    batch's transaction: on SQLite after BEGIN IMMEDIATE, so no other writer can claim a key
+    before the batch commits; on PostgreSQL a twin racing us still meets the unique constraint
+    at the claim, and `_one` retries that message with its own query."""
+    spool_ids = [m.spool_id for m in messages]
+    keys = [m.dedup_key for m in messages]
+    counts = Counter([*spool_ids, *keys])
+    by_spool_id: dict[str, _SeenRow] = {}
+    by_key: dict[str, _SeenRow] = {}
+    for row in session.connection().execute(_SEEN_BATCH, {"spool_ids": spool_ids, "keys": keys}):
+        by_spool_id[row.spool_id] = row
+        if row.first_key is not None:
+            by_key[row.first_key] = row
+    shared = frozenset(value for value, count in counts.items() if count > 1)
+    return Seen(by_spool_id, by_key, shared)
 
 
 @dataclass(frozen=True)
@@ -147,19 +199,26 @@ def record(
     decision: Decision,
     ctx: PersistContext,
     now: datetime,
+    seen: Seen | None = None,
 ) -> Persisted:
+    """Write what became of `message`. `seen` is its batch's look-up of earlier intakes
+    (`look_up`); without it, or when another message of the batch shares its dedup key or
+    spool entry, this message's own query answers."""
     # Core statements on the session's connection, so in its transaction and this message's
     # savepoint: the common path (a new ticket, a plain follow-up) builds no ORM object for
     # the intake, the message or its attachments (issue 20 outcome 1).
     conn = session.connection()
-    # One query for both look-ups (this spool entry already recorded? this dedup key already
-    # claimed?).
-    done = first = None
-    for row in conn.execute(_SEEN, {"spool_id": message.spool_id, "key": message.dedup_key}):
-        if row.spool_id == message.spool_id:
-            done = row
-        if row.first_key == message.dedup_key:
-            first = row
+    # This spool entry already recorded? This dedup key already claimed?
+    if seen is not None and seen.answers(message):
+        done = seen.by_spool_id.get(message.spool_id)
+        first = seen.by_key.get(message.dedup_key)
+    else:  # one query for both
+        done = first = None
+        for row in conn.execute(_SEEN, {"spool_id": message.spool_id, "key": message.dedup_key}):
+            if row.spool_id == message.spool_id:
+                done = row
+            if row.first_key == message.dedup_key:
+                first = row
     if done is not None:
         # This very spool entry was committed before a crash kept it in the spool.
         return Persisted(
@@ -274,7 +333,7 @@ def record(
     if decision.reasons:
         # About six rows a message, written by one executemany.
         conn.execute(
-            _DECIDE,
+            _DECIDE.get(conn.dialect.name, _DECIDE_ANYWHERE),
             [
                 {
                     "intake_id": intake_id,
@@ -583,7 +642,7 @@ def _queue_reply(
             why_not = f"{recipient} was already told this plan excludes SMS in this window"
         if why_not is None and recent >= ctx.per_recipient_limit:
             why_not = (
-                f"per-recipient limit: {recent} automatic messages to {recipient} "
+                f"per-recipient limit: {recent} or more automatic messages to {recipient} "
                 f"in the last {int(ctx.per_recipient_window.total_seconds() // 60)} minutes"
             )
     # One Core insert: the row is in the database at once, so the next reply's count sees it,
@@ -620,17 +679,16 @@ def _recent_to(
     ctx: PersistContext,
     now: datetime,
 ) -> tuple[int, int]:
-    """Automatic messages to `recipient` in the per-recipient window, and (SMS "unentitled"
-    only) how many of them already told this sender the plan excludes SMS."""
+    """Automatic messages to `recipient` in the per-recipient window, counted up to the limit,
+    and (SMS "unentitled" only) whether one of them already told this sender the plan
+    excludes SMS."""
     since = now - ctx.per_recipient_window
-    recent = conn.execute(_RECENT, {"recipient": recipient, "since": since}).scalar_one()
+    window = {"recipient": recipient, "since": since}
+    recent: int = conn.execute(_RECENT, {**window, "cap": ctx.per_recipient_limit}).scalar_one()
     told = 0
     if sms and reply.template == "unentitled":
         # One polite "not on your plan" text per window, however often they write.
-        told = conn.execute(
-            _RECENT.where(OutboxRow.kind == template),
-            {"recipient": recipient, "since": since},
-        ).scalar_one()
+        told = conn.execute(_RECENT_OF_KIND, {**window, "kind": template, "cap": 1}).scalar_one()
     return recent, told
 
 
