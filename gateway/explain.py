@@ -120,6 +120,7 @@ class Explanation:
         out.extend(f"  {r.stage:11} {r.code:14} {r.text}" for r in d.reasons)
         return out
 
+
     def _outcome(self) -> str:
         d = self.decision
         if self.duplicate is not None:

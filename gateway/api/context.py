@@ -24,6 +24,7 @@ from gateway.intake.spool import Spool
 CONTEXT_KEY = "api_context"
 
 
+
 @dataclass(frozen=True)
 class ApiContext:
     # Reads (SQLite: plain BEGIN, never blocks the worker).

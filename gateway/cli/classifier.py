@@ -119,10 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.honest or not args.data:
         if args.model_only:
-            print(
-                "--model-only applies to --data; the honest evaluations score the whole engine",
-                file=sys.stderr,
-            )
+            print("--model-only applies to --data; the honest evaluations score the whole engine",
+                  file=sys.stderr)
         try:
             honest(
                 sys.stdout,

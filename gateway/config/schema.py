@@ -648,9 +648,7 @@ def _webhook_url(v: str) -> str | None:
     # No user:password@ part: a URL ends up in logs and API answers; the secret signs instead.
     if re.fullmatch(r"https?://[^\s/?#@]+(/[^\s#]*)?", v):
         return None
-    return (
-        "must be an http(s) URL without credentials or fragment, e.g. https://desk.example.com/in"
-    )
+    return "must be an http(s) URL without credentials or fragment, e.g. https://desk.example.com/in"
 
 
 def _attempts(v: int) -> str | None:

@@ -382,3 +382,4 @@ def entries_of(session: Session, incident_ids: Iterable[int]) -> list[LedgerEntr
             select(LedgerEntry).where(LedgerEntry.incident_id.in_(ids)).order_by(LedgerEntry.id)
         ).scalars()
     )
+

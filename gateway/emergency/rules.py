@@ -745,7 +745,9 @@ def _acknowledgement(message: ParsedMessage, channel: str, config: EmergencyFile
 def _keypress(message: ParsedMessage) -> bool:
     """A call's keypress. The channel first: an email may carry any X-Twilio-* header it likes,
     and must never choose its own price instant or evidence words."""
-    return channel_kind(message.channel) == "voice" and message.header("x-twilio-event") == "gather"
+    return (
+        channel_kind(message.channel) == "voice" and message.header("x-twilio-event") == "gather"
+    )
 
 
 def call_prompt(message: ParsedMessage) -> str | None:

@@ -50,6 +50,7 @@ LEASE_MARGIN = timedelta(seconds=60)
 Clock = Callable[[], datetime]
 
 
+
 @dataclass(frozen=True)
 class Attempt:
     """What one POST came to: delivered, or why not (status None: no HTTP answer at all)."""

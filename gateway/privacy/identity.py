@@ -330,3 +330,5 @@ class Matcher:
         except Exception:  # a malformed blob is searched byte for byte only, never fatal
             return hits
         return hits
+
+

@@ -283,7 +283,9 @@ class Daemon:
             self.imap_store = open_store(settings.database_url)
         thread = start_poller(mailbox, settings, self.spool, threading.Event(), self.imap_store)
         self.imap_threads.append(thread)
-        self.listeners[f"imap:{mailbox.name}"] = f"{mailbox.host}:{mailbox.port}/{mailbox.folder}"
+        self.listeners[f"imap:{mailbox.name}"] = (
+            f"{mailbox.host}:{mailbox.port}/{mailbox.folder}"
+        )
 
     async def _apply_mailbox_changes(self, changes: MailboxChanges) -> None:
         """A reload's `[[imap]]` changes, applied (issue 18 item 8: they were silently ignored).
