@@ -46,7 +46,7 @@ from gateway.stages.classify import classify, classify_batch
 from gateway.stages.decide import decide
 from gateway.stages.identify import identify
 from gateway.stages.parse import parse
-from gateway.stages.persist import Persisted, record
+from gateway.stages.persist import Persisted, Seen, look_up, record
 from gateway.stages.thread import thread
 from gateway.storage.queries import SessionThreadLookup
 
@@ -204,7 +204,12 @@ def process_batch(
         clock.share("classify", len(parsed))
         try:
             with sessions.begin() as session:
-                _lock_threads(session, [message for _, message in parsed])
+                messages = [message for _, message in parsed]
+                _lock_threads(session, messages)
+                # The intakes the batch's spool entries and dedup keys already have, in one
+                # query: persist's share of the batch, charged to it.
+                seen = look_up(session, messages)
+                clock.share("persist", len(parsed))
                 for job, message in parsed:
                     results[job.spool_id] = _one(
                         session,
@@ -215,6 +220,7 @@ def process_batch(
                         limit,
                         clock,
                         verdicts.get(job.spool_id),
+                        seen,
                     )
                 crash_point("before-commit")
             clock.lap("commit")
@@ -301,6 +307,7 @@ def _one(
     limit: float,
     clock: _Clock,
     verdict: Verdict | None,
+    seen: Seen,
 ) -> JobResult:
     settings = runtime.settings
     for attempt in range(2):
@@ -353,6 +360,8 @@ def _one(
                     decision,
                     runtime.persist,
                     now,
+                    # A retry after a twin's claim looks again, for its intake.
+                    seen if attempt == 0 else None,
                 )
             # After the savepoint's release: SQLAlchemy flushes there what persist left
             # pending, and that is persist's cost.

@@ -113,6 +113,24 @@ def test_a_plan_override_runs_urgent_tickets_on_a_24_7_clock(settings: Settings)
     assert due.first_response == datetime(2026, 11, 28, 0, 30, tzinfo=UTC)
 
 
+def test_remembered_due_times_follow_a_reloaded_calendar(settings: Settings) -> None:
+    """due_times remembers its answers (issue 20 outcome 1), keyed on the calendar's value: a
+    calendar of the same name with other hours, as a reload builds it, gets its own answer."""
+    from dataclasses import replace
+
+    plans = Plans.build(settings.plans)
+    sla = sla_for(settings.severity, plans, "high", "growth")
+    calendars = build_calendars(settings.calendars)
+    start = datetime(2026, 11, 23, 8, 0, tzinfo=NY)
+    before = due_times(sla, calendars, start)
+    assert due_times(sla, calendars, start) == before
+    later = {
+        name: replace(cal, weekly=tuple(((600, 1080),) if day else () for day in cal.weekly))
+        for name, cal in calendars.items()
+    }
+    assert due_times(sla, later, start).first_response != before.first_response
+
+
 LEVELS = ("urgent", "high", "normal", "low")
 
 

@@ -14,11 +14,12 @@ again, harmlessly.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, or_, select
+from sqlalchemy import Connection, Row, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
@@ -39,6 +40,7 @@ from gateway.message import (
 from gateway.outbound.outbox import Draft, gate, render
 from gateway.policy.sms import sms_gate
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
+from gateway.storage import forwarding_tables
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -66,25 +68,59 @@ class PersistContext:
     instance: str
 
 
-# The tables written by Core statements (no ORM unit of work): rows nothing reads back in the
-# transaction that writes them.
+# The tables written by Core statements (no ORM unit of work, issue 20 outcome 1): rows nothing
+# reads back as objects in the transaction that writes them. Tickets too, on the common path,
+# through `forwarding_tables.insert_ticket` (which journals them for forwarding).
+_INTAKES = cast(Table, Intake.__table__)
+_MESSAGES = cast(Table, Message.__table__)
+_ATTACHMENTS = cast(Table, AttachmentRecord.__table__)
 _DECISIONS = cast(Table, DecisionRecord.__table__)
 _OUTBOX = cast(Table, OutboxRow.__table__)
 
 # Statements built once (building one costs about as much as running it): the intakes that
-# already hold this spool entry or this dedup key, and automatic messages to one recipient
-# since a moment.
-_SEEN = select(Intake).where(
-    or_(Intake.spool_id == bindparam("spool_id"), Intake.first_key == bindparam("key"))
+# already hold this spool entry or this dedup key; the claim of an intake, the message, their
+# attachments and decisions; the intake's outcome once known; a ticket's reference; automatic
+# messages to one recipient since a moment.
+_SEEN_COLUMNS = (
+    _INTAKES.c.id,
+    _INTAKES.c.spool_id,
+    _INTAKES.c.first_key,
+    _INTAKES.c.outcome,
+    _INTAKES.c.ticket_id,
 )
-_RECENT = (
-    select(func.count())
-    .select_from(OutboxRow)
-    .where(
-        OutboxRow.recipient == bindparam("recipient"),
-        OutboxRow.created_at >= bindparam("since"),
-        OutboxRow.status.in_(("pending", "sending", "sent")),
+# An intake as the look-ups read it: id, spool_id, first_key, outcome, ticket_id.
+_SeenRow = Row[Any, Any, Any, Any, Any]
+_SEEN = select(*_SEEN_COLUMNS).where(
+    or_(_INTAKES.c.spool_id == bindparam("spool_id"), _INTAKES.c.first_key == bindparam("key"))
+)
+_SEEN_BATCH = select(*_SEEN_COLUMNS).where(
+    or_(
+        _INTAKES.c.spool_id.in_(bindparam("spool_ids", expanding=True)),
+        _INTAKES.c.first_key.in_(bindparam("keys", expanding=True)),
     )
+)
+_CLAIM = insert(_INTAKES).returning(_INTAKES.c.id)
+_STORE = insert(_MESSAGES).returning(_MESSAGES.c.id)
+_ATTACH = insert(_ATTACHMENTS)
+# A message's ~6 reasons: on PostgreSQL, RETURNING makes SQLAlchemy send them as one multi-row
+# INSERT ("insertmanyvalues"), one round trip where psycopg's executemany measured as several
+# (bench/stage_budgets.py: ~880 -> ~490 µs); on SQLite, in process, the plain executemany is
+# cheaper (~110 µs, ~240 with RETURNING: building the multi-row statement costs more there).
+_DECIDE = {"postgresql": insert(_DECISIONS).returning(_DECISIONS.c.id)}
+_DECIDE_ANYWHERE = insert(_DECISIONS)
+_QUEUE = insert(_OUTBOX)
+_SETTLE = update(_INTAKES).where(_INTAKES.c.id == bindparam("intake_id"))
+_REFERENCE = select(Ticket.reference).where(Ticket.id == bindparam("ticket_id"))
+# At most `cap` of them are counted: the limit only asks "as many as the limit yet?", and an
+# exact count of a busy address would read every row of its window for each message.
+_RECENT_ROWS = select(OutboxRow.id).where(
+    OutboxRow.recipient == bindparam("recipient"),
+    OutboxRow.created_at >= bindparam("since"),
+    OutboxRow.status.in_(("pending", "sending", "sent")),
+)
+_RECENT = select(func.count()).select_from(_RECENT_ROWS.limit(bindparam("cap")).subquery())
+_RECENT_OF_KIND = select(func.count()).select_from(
+    _RECENT_ROWS.where(OutboxRow.kind == bindparam("kind")).limit(bindparam("cap")).subquery()
 )
 
 
@@ -102,6 +138,57 @@ def index_safe(value: str, limit: int = 998) -> str:
     return value.encode("utf-8")[:limit].decode("utf-8", "ignore")
 
 
+@dataclass(frozen=True)
+class Seen:
+    """Intakes already recorded for a batch's spool entries or dedup keys, from one query before
+    its first message (`look_up`), and which of its messages that answer cannot serve: those
+    sharing a dedup key or spool entry with another message of the batch (the earlier one may
+    claim it within the batch, or may not, if it fails)."""
+
+    by_spool_id: dict[str, _SeenRow]
+    by_key: dict[str, _SeenRow]
+    shared: frozenset[str]
+
+    def answers(self, message: ParsedMessage) -> bool:
+        return message.spool_id not in self.shared and message.dedup_key not in self.shared
+
+
+def look_up(session: Session, messages: list[ParsedMessage]) -> Seen:
+    """One query for the whole batch instead of one per message (issue 20 outcome 1). Read in the
+    batch's transaction: on SQLite after BEGIN IMMEDIATE, so no other writer can claim a key
+    before the batch commits; on PostgreSQL a twin racing us still meets the unique constraint
+    at the claim, and `_one` retries that message with its own query."""
+    spool_ids = [m.spool_id for m in messages]
+    keys = [m.dedup_key for m in messages]
+    counts = Counter([*spool_ids, *keys])
+    by_spool_id: dict[str, _SeenRow] = {}
+    by_key: dict[str, _SeenRow] = {}
+    for row in session.connection().execute(_SEEN_BATCH, {"spool_ids": spool_ids, "keys": keys}):
+        by_spool_id[row.spool_id] = row
+        if row.first_key is not None:
+            by_key[row.first_key] = row
+    shared = frozenset(value for value, count in counts.items() if count > 1)
+    return Seen(by_spool_id, by_key, shared)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """What the replies need of the message's ticket, however it was written (a Core insert or
+    an ORM object)."""
+
+    id: int
+    reference: str
+    queue: str
+    severity: str
+    account_id: str
+
+    @classmethod
+    def of(cls, ticket: Ticket) -> _Opened:
+        return cls(
+            ticket.id, ticket.reference or "", ticket.queue, ticket.severity, ticket.account_id
+        )
+
+
 def record(
     session: Session,
     message: ParsedMessage,
@@ -112,59 +199,76 @@ def record(
     decision: Decision,
     ctx: PersistContext,
     now: datetime,
+    seen: Seen | None = None,
 ) -> Persisted:
-    # One query for both look-ups (this spool entry already recorded? this dedup key already
-    # claimed?): each round trip through the ORM costs more than the query itself.
-    seen = session.execute(_SEEN, {"spool_id": message.spool_id, "key": message.dedup_key})
-    done = first = None
-    for row in seen.scalars():
-        if row.spool_id == message.spool_id:
-            done = row
-        if row.first_key == message.dedup_key:
-            first = row
+    """Write what became of `message`. `seen` is its batch's look-up of earlier intakes
+    (`look_up`); without it, or when another message of the batch shares its dedup key or
+    spool entry, this message's own query answers."""
+    # Core statements on the session's connection, so in its transaction and this message's
+    # savepoint: the common path (a new ticket, a plain follow-up) builds no ORM object for
+    # the intake, the message or its attachments (issue 20 outcome 1).
+    conn = session.connection()
+    # This spool entry already recorded? This dedup key already claimed?
+    if seen is not None and seen.answers(message):
+        done = seen.by_spool_id.get(message.spool_id)
+        first = seen.by_key.get(message.dedup_key)
+    else:  # one query for both
+        done = first = None
+        for row in conn.execute(_SEEN, {"spool_id": message.spool_id, "key": message.dedup_key}):
+            if row.spool_id == message.spool_id:
+                done = row
+            if row.first_key == message.dedup_key:
+                first = row
     if done is not None:
         # This very spool entry was committed before a crash kept it in the spool.
         return Persisted(
             "already-processed", None, f"spool entry already recorded as {done.outcome}"
         )
-    intake = Intake(
-        spool_id=message.spool_id,
-        dedup_key=message.dedup_key,
-        channel=message.channel,
-        sender=message.sender[:320],
-        received_at=message.received_at,
-        processed_at=now,
-        instance=ctx.instance,
-    )
+    intake: dict[str, Any] = {
+        "spool_id": message.spool_id,
+        "dedup_key": message.dedup_key,
+        "channel": message.channel,
+        "sender": message.sender[:320],
+        "received_at": message.received_at,
+        "processed_at": now,
+        "instance": ctx.instance,
+    }
     if first is not None:
-        first_ticket = session.get(Ticket, first.ticket_id) if first.ticket_id else None
-        ticket_ref = first_ticket.reference if first_ticket else None
-        intake.outcome = "duplicate"
-        intake.duplicate_of = first.id
-        intake.ticket_id = first.ticket_id
-        intake.reason = (
+        ticket_ref = (
+            conn.execute(_REFERENCE, {"ticket_id": first.ticket_id}).scalar_one_or_none()
+            if first.ticket_id
+            else None
+        )
+        reason = (
             f"same message as intake {first.id} ({first.outcome}"
             + (f", {ticket_ref}" if ticket_ref else "")
             + f") by dedup key {message.dedup_key[:80]}"
         )
-        session.add(intake)
-        return Persisted("duplicate", ticket_ref, intake.reason)
+        conn.execute(
+            _CLAIM,
+            {
+                **intake,
+                "outcome": "duplicate",
+                "duplicate_of": first.id,
+                "ticket_id": first.ticket_id,
+                "reason": reason,
+            },
+        )
+        return Persisted("duplicate", ticket_ref, reason)
 
-    intake.first_key = message.dedup_key
-    intake.outcome = "pending"
-    session.add(intake)
-    session.flush()  # claims the dedup key now; a racing twin fails here, not later
+    # Claims the dedup key before anything else is written: a racing twin fails here.
+    intake_id: int = conn.execute(
+        _CLAIM, {**intake, "first_key": message.dedup_key, "outcome": "pending"}
+    ).scalar_one()
 
     crash_point("mid-transaction")
     outcome = decision.outcome
-    ticket: Ticket | None = None
+    ticket: Ticket | _Opened | None = None
     kind: str
     if isinstance(outcome, Accept | Hold):
-        ticket, kind = _ticket_for(session, message, customer, thread, verdict, decision, ctx, now)
-        if message.parse_defects and PARSE_DEFECT_TAG not in (ticket.tags or []):
-            # The queue page marks such a ticket: part of a message was lost or altered in
-            # parsing (issue 19); `show` and the API list what, the raw message has it all.
-            ticket.tags = [*(ticket.tags or []), PARSE_DEFECT_TAG]
+        ticket, kind = _ticket_for(
+            session, conn, message, customer, thread, verdict, decision, ctx, now
+        )
         if isinstance(outcome, Hold):
             # The request is held, not the ticket: the emergency wing marks it (holds.apply).
             kind = "hold"
@@ -174,54 +278,66 @@ def record(
         kind = "reject"
     else:  # pragma: no cover - the Outcome union is closed
         raise TypeError(f"unknown outcome {outcome!r}")
+    ticket_id = ticket.id if ticket else None
 
-    stored = Message(
-        ticket_id=ticket.id if ticket else None,
-        direction="in",
-        channel=message.channel,
-        header_message_id=index_safe(message.message_id) if message.message_id else None,
-        in_reply_to=" ".join(message.in_reply_to)[:2000],
-        sender=message.sender[:320],
-        sender_name=message.sender_name[:320],
-        recipients=", ".join(message.recipients)[:2000],
-        subject=message.subject,
-        sent_at=message.date,
-        received_at=message.received_at,
-        text=message.text,
-        raw_sha256=message.raw_sha256,
-        raw_size=message.raw_size,
-        # What the parse lost or altered first, so the cap never cuts those off.
-        defects=",".join((*(d.encoded() for d in message.parse_defects), *message.defects))[:2000],
-        automated=automated.kind,
-        verdict=verdict.to_json(),
-    )
-    session.add(stored)
-    session.flush()
-    for att in message.attachments:
-        session.add(
-            AttachmentRecord(
-                message_id=stored.id,
-                filename=att.filename,
-                content_type=att.content_type[:255],
-                size=att.size,
-                sha256=att.sha256,
-                stored=att.content is not None,
-            )
-        )
-    intake.outcome = kind
-    intake.reason = outcome.reason[:4000]
-    intake.ticket_id = ticket.id if ticket else None
-    intake.message_id = stored.id
-    if decision.reasons:
-        # About six rows a message, written by one Core executemany: nothing reads them back in
-        # this transaction, so the ORM's unit of work would only add a flush's bookkeeping per
-        # row (issue 20 outcome 1). Same transaction, same savepoint as the rest.
-        session.execute(
-            insert(_DECISIONS),
+    stored_id: int = conn.execute(
+        _STORE,
+        {
+            "ticket_id": ticket_id,
+            "direction": "in",
+            "channel": message.channel,
+            "header_message_id": index_safe(message.message_id) if message.message_id else None,
+            "in_reply_to": " ".join(message.in_reply_to)[:2000],
+            "sender": message.sender[:320],
+            "sender_name": message.sender_name[:320],
+            "recipients": ", ".join(message.recipients)[:2000],
+            "subject": message.subject,
+            "sent_at": message.date,
+            "received_at": message.received_at,
+            "text": message.text,
+            "raw_sha256": message.raw_sha256,
+            "raw_size": message.raw_size,
+            # What the parse lost or altered first, so the cap never cuts those off.
+            "defects": ",".join((*(d.encoded() for d in message.parse_defects), *message.defects))[
+                :2000
+            ],
+            "automated": automated.kind,
+            "verdict": verdict.to_json(),
+        },
+    ).scalar_one()
+    if message.attachments:
+        conn.execute(
+            _ATTACH,
             [
                 {
-                    "intake_id": intake.id,
-                    "ticket_id": ticket.id if ticket else None,
+                    "message_id": stored_id,
+                    "filename": att.filename,
+                    "content_type": att.content_type[:255],
+                    "size": att.size,
+                    "sha256": att.sha256,
+                    "stored": att.content is not None,
+                }
+                for att in message.attachments
+            ],
+        )
+    conn.execute(
+        _SETTLE,
+        {
+            "intake_id": intake_id,
+            "outcome": kind,
+            "reason": outcome.reason[:4000],
+            "ticket_id": ticket_id,
+            "message_id": stored_id,
+        },
+    )
+    if decision.reasons:
+        # About six rows a message, written by one executemany.
+        conn.execute(
+            _DECIDE.get(conn.dialect.name, _DECIDE_ANYWHERE),
+            [
+                {
+                    "intake_id": intake_id,
+                    "ticket_id": ticket_id,
                     "stage": reason.stage,
                     "code": reason.code[:64],
                     "text": reason.text[:4000],
@@ -232,23 +348,49 @@ def record(
     # -- Twilio: SMS opt-outs and the voicemail transcript (channels/twilio.py) ---------------
     if decision.sms_opt:
         _record_opt(session, message.sender, decision.sms_opt, now)
-    if ticket is not None and message.channel == "twilio-voice":
+    if isinstance(ticket, Ticket) and message.channel == "twilio-voice":
+        stored = session.get(Message, stored_id)
+        assert stored is not None  # inserted above, in this transaction
         _voicemail_update(session, ticket, message, stored)
     # -- end Twilio ---------------------------------------------------------------------------
     # -- emergency support: the hold, the incident and its billing, or the link ----------------
     billed: tuple[tuple[str, str], ...] = ()
-    if ticket is not None and decision.emergency_step is not None:
+    if isinstance(ticket, Ticket) and decision.emergency_step is not None:
         billed = emergency_holds.apply(session, ticket, decision, thread, now)
     # -- end emergency ------------------------------------------------------------------------
+    opened = _Opened.of(ticket) if isinstance(ticket, Ticket) else ticket
     for reply in decision.replies:
         if billed and reply.template.startswith("emergency-"):
             reply = replace(reply, values=(*reply.values, *billed))
-        _queue_reply(session, reply, message, customer, automated, ticket, intake, ctx, now)
-    return Persisted(kind, ticket.reference if ticket else None, outcome.reason)
+        _queue_reply(
+            session, conn, reply, message, customer, automated, opened, intake_id, ctx, now
+        )
+    return Persisted(kind, opened.reference if opened else None, outcome.reason)
+
+
+def _needs_ticket_object(message: ParsedMessage, decision: Decision) -> bool:
+    """Does `record` change this message's ticket after writing it (the voicemail transcript,
+    an emergency's hold, incident or link)? Those are written through an ORM `Ticket`; every
+    other new ticket is one Core insert."""
+    return message.channel == "twilio-voice" or decision.emergency_step is not None
+
+
+def _reference(ticket_id: int) -> str:
+    return f"T-{ticket_id:06d}"
+
+
+def _with_defect_tag(tags: list[str] | None, message: ParsedMessage) -> list[str]:
+    """The queue page marks a ticket part of whose message was lost or altered in parsing
+    (issue 19); `show` and the API list what, the raw message has it all."""
+    tags = list(tags or [])
+    if message.parse_defects and PARSE_DEFECT_TAG not in tags:
+        tags.append(PARSE_DEFECT_TAG)
+    return tags
 
 
 def _ticket_for(
     session: Session,
+    conn: Connection,
     message: ParsedMessage,
     customer: Customer,
     thread: Thread,
@@ -256,71 +398,112 @@ def _ticket_for(
     decision: Decision,
     ctx: PersistContext,
     now: datetime,
-) -> tuple[Ticket, str]:
+) -> tuple[Ticket | _Opened, str]:
     if thread.kind in ("follow-up", "reopen") and thread.ticket is not None:
         ticket = session.get(Ticket, thread.ticket.id, with_for_update=True)
         if ticket is not None:
-            ticket.message_count += 1
-            ticket.updated_at = now
-            if thread.kind == "reopen":
-                session.add(
-                    TicketEvent(
-                        ticket_id=ticket.id,
-                        kind="status",
-                        old=ticket.status,
-                        new="reopened",
-                        reason=thread.reason,
-                        actor="gateway",
-                        at=now,
-                    )
-                )
-                ticket.status = "reopened"
-                ticket.closed_at = None
-            rank = _rank(ctx.levels, decision.severity)
-            ticket.last_activity_at = now
-            if ticket.waiting_since is not None:
-                # The customer answered: the resolution clock runs again.
-                ticket.waiting_since = None
-                pause = (
-                    session.execute(
-                        select(TicketPause).where(
-                            TicketPause.ticket_id == ticket.id, TicketPause.ended_at.is_(None)
-                        )
-                    )
-                    .scalars()
-                    .first()
-                )
-                if pause is not None:
-                    pause.ended_at = now
-                if ticket.status == "waiting":
-                    ticket.status = "open"
-            if rank < ticket.severity_rank:
-                # A follow-up may raise a ticket's severity (the customer says it got worse),
-                # never lower it: an agent lowers severity, with a reason.
-                step = decision.emergency_step
-                acknowledged = step is not None and step.acknowledged  # emergency.py's top level
-                session.add(
-                    TicketEvent(
-                        ticket_id=ticket.id,
-                        kind="severity",
-                        old=ticket.severity,
-                        new=decision.severity,
-                        reason=step.reason if step and acknowledged else verdict.explain(),
-                        actor="emergency" if acknowledged else "classifier",
-                        at=now,
-                    )
-                )
-                ticket.severity = decision.severity
-                ticket.severity_rank = rank
-            if decision.emergency and not ticket.emergency:
-                ticket.emergency = True  # a caller's keypress after the first event of a call
-            if decision.jump_queue and not ticket.jump_queue:
-                ticket.jump_queue = True
-                ticket.jump_reason = verdict.explain()
-            if decision.applies_routing:
-                _reroute(session, ticket, decision, now)
+            _follow_up(session, ticket, message, thread, verdict, decision, ctx, now)
             return ticket, "follow-up"
-    ticket = Ticket(
+    values = _new_ticket(message, customer, thread, verdict, decision, ctx, now)
+    if _needs_ticket_object(message, decision):
+        created = Ticket(**values)
+        session.add(created)
+        session.flush()
+        created.reference = _reference(created.id)
+        return created, "ticket"
+    ticket_id = forwarding_tables.insert_ticket(conn, values, _reference)
+    opened = _Opened(
+        ticket_id, _reference(ticket_id), values["queue"], values["severity"], values["account_id"]
+    )
+    return opened, "ticket"
+
+
+def _follow_up(
+    session: Session,
+    ticket: Ticket,
+    message: ParsedMessage,
+    thread: Thread,
+    verdict: Verdict,
+    decision: Decision,
+    ctx: PersistContext,
+    now: datetime,
+) -> None:
+    """The message joins `ticket` (loaded for update): counts, reopening, the resolution clock,
+    a raised severity, emergency and queue-jump marks, and routing decided again."""
+    ticket.message_count += 1
+    ticket.updated_at = now
+    if thread.kind == "reopen":
+        session.add(
+            TicketEvent(
+                ticket_id=ticket.id,
+                kind="status",
+                old=ticket.status,
+                new="reopened",
+                reason=thread.reason,
+                actor="gateway",
+                at=now,
+            )
+        )
+        ticket.status = "reopened"
+        ticket.closed_at = None
+    rank = _rank(ctx.levels, decision.severity)
+    ticket.last_activity_at = now
+    if ticket.waiting_since is not None:
+        # The customer answered: the resolution clock runs again.
+        ticket.waiting_since = None
+        pause = (
+            session.execute(
+                select(TicketPause).where(
+                    TicketPause.ticket_id == ticket.id, TicketPause.ended_at.is_(None)
+                )
+            )
+            .scalars()
+            .first()
+        )
+        if pause is not None:
+            pause.ended_at = now
+        if ticket.status == "waiting":
+            ticket.status = "open"
+    if rank < ticket.severity_rank:
+        # A follow-up may raise a ticket's severity (the customer says it got worse),
+        # never lower it: an agent lowers severity, with a reason.
+        step = decision.emergency_step
+        acknowledged = step is not None and step.acknowledged  # emergency.py's top level
+        session.add(
+            TicketEvent(
+                ticket_id=ticket.id,
+                kind="severity",
+                old=ticket.severity,
+                new=decision.severity,
+                reason=step.reason if step and acknowledged else verdict.explain(),
+                actor="emergency" if acknowledged else "classifier",
+                at=now,
+            )
+        )
+        ticket.severity = decision.severity
+        ticket.severity_rank = rank
+    if decision.emergency and not ticket.emergency:
+        ticket.emergency = True  # a caller's keypress after the first event of a call
+    if decision.jump_queue and not ticket.jump_queue:
+        ticket.jump_queue = True
+        ticket.jump_reason = verdict.explain()
+    if decision.applies_routing:
+        _reroute(session, ticket, decision, now)
+    if message.parse_defects and PARSE_DEFECT_TAG not in (ticket.tags or []):
+        ticket.tags = _with_defect_tag(ticket.tags, message)
+
+
+def _new_ticket(
+    message: ParsedMessage,
+    customer: Customer,
+    thread: Thread,
+    verdict: Verdict,
+    decision: Decision,
+    ctx: PersistContext,
+    now: datetime,
+) -> dict[str, Any]:
+    """A new ticket's columns (its reference comes from its id, once inserted)."""
+    return dict(
         status="new",
         severity=decision.severity,
         severity_rank=_rank(ctx.levels, decision.severity),
@@ -340,7 +523,7 @@ def _ticket_for(
         linked_from_id=thread.ticket.id if thread.kind == "new-linked" and thread.ticket else None,
         emergency=decision.emergency,
         routing_rule=decision.route.rule if decision.route else "",
-        tags=list(decision.route.tags) if decision.route else [],
+        tags=_with_defect_tag(list(decision.route.tags) if decision.route else [], message),
         assignee_hint=decision.route.assignee if decision.route else "",
         calendar=decision.sla.calendar if decision.sla else "",
         first_response_minutes=decision.sla.first_response_minutes if decision.sla else None,
@@ -356,10 +539,6 @@ def _ticket_for(
             "queue": decision.queue,
         },
     )
-    session.add(ticket)
-    session.flush()
-    ticket.reference = f"T-{ticket.id:06d}"
-    return ticket, "ticket"
 
 
 def _reroute(session: Session, ticket: Ticket, decision: Decision, now: datetime) -> None:
@@ -411,12 +590,13 @@ def _rank(levels: tuple[str, ...], level: str) -> int:
 
 def _queue_reply(
     session: Session,
+    conn: Connection,
     reply: Reply,
     message: ParsedMessage,
     customer: Customer,
     automated: Automated,
-    ticket: Ticket | None,
-    intake: Intake,
+    ticket: _Opened | None,
+    intake_id: int,
     ctx: PersistContext,
     now: datetime,
 ) -> None:
@@ -446,7 +626,7 @@ def _queue_reply(
             template,
             customer,
             message,
-            ticket.reference if ticket and ticket.reference else "",
+            ticket.reference if ticket else "",
             ctx.company,
             ctx.mail_domain,
             values,
@@ -457,25 +637,24 @@ def _queue_reply(
     if why_not is None:
         # The count reads only outbox rows, which are written straight away below (Core, not
         # the ORM), so nothing pending in the session could change it: no autoflush here.
-        with session.no_autoflush:
-            recent, told = _recent_to(session, recipient, template, sms, reply, ctx, now)
+        recent, told = _recent_to(conn, recipient, template, sms, reply, ctx, now)
         if told:
             why_not = f"{recipient} was already told this plan excludes SMS in this window"
         if why_not is None and recent >= ctx.per_recipient_limit:
             why_not = (
-                f"per-recipient limit: {recent} automatic messages to {recipient} "
+                f"per-recipient limit: {recent} or more automatic messages to {recipient} "
                 f"in the last {int(ctx.per_recipient_window.total_seconds() // 60)} minutes"
             )
     # One Core insert: the row is in the database at once, so the next reply's count sees it,
     # and no ORM object is left for a flush to walk (issue 20 outcome 1).
-    session.execute(
-        insert(_OUTBOX),
+    conn.execute(
+        _QUEUE,
         {
             "header_message_id": draft.header_message_id
             if draft
-            else f"suppressed-{intake.id}-{template}@{ctx.mail_domain}",
+            else f"suppressed-{intake_id}-{template}@{ctx.mail_domain}",
             "ticket_id": ticket.id if ticket else None,
-            "intake_id": intake.id,
+            "intake_id": intake_id,
             "kind": template,
             "channel": "sms" if sms else "email",
             "recipient": recipient[:320] or "-",
@@ -492,7 +671,7 @@ def _queue_reply(
 
 
 def _recent_to(
-    session: Session,
+    conn: Connection,
     recipient: str,
     template: str,
     sms: bool,
@@ -500,17 +679,16 @@ def _recent_to(
     ctx: PersistContext,
     now: datetime,
 ) -> tuple[int, int]:
-    """Automatic messages to `recipient` in the per-recipient window, and (SMS "unentitled"
-    only) how many of them already told this sender the plan excludes SMS."""
+    """Automatic messages to `recipient` in the per-recipient window, counted up to the limit,
+    and (SMS "unentitled" only) whether one of them already told this sender the plan
+    excludes SMS."""
     since = now - ctx.per_recipient_window
-    recent = session.execute(_RECENT, {"recipient": recipient, "since": since}).scalar_one()
+    window = {"recipient": recipient, "since": since}
+    recent: int = conn.execute(_RECENT, {**window, "cap": ctx.per_recipient_limit}).scalar_one()
     told = 0
     if sms and reply.template == "unentitled":
         # One polite "not on your plan" text per window, however often they write.
-        told = session.execute(
-            _RECENT.where(OutboxRow.kind == template),
-            {"recipient": recipient, "since": since},
-        ).scalar_one()
+        told = conn.execute(_RECENT_OF_KIND, {**window, "kind": template, "cap": 1}).scalar_one()
     return recent, told
 
 

@@ -31,7 +31,8 @@ def test_each_committed_change_is_journalled_once_in_its_own_transaction(
     gw.ingest(make_email())
     gw.drain()
     (ticket,) = gw.tickets()
-    # One row for a new ticket, although persist flushes twice (INSERT, then its reference).
+    # One row for a new ticket, although persist writes it twice (INSERT, then its reference):
+    # persist's Core insert (forwarding_tables.insert_ticket) journals it itself.
     assert [(t, e) for _, t, e in journal(gw)] == [(ticket.id, "created")]
     with gw.session() as session:
         row = session.get(Ticket, ticket.id)
@@ -83,9 +84,12 @@ def test_a_flush_that_changes_no_column_journals_nothing(
 
 
 # A bulk UPDATE/INSERT/DELETE of tickets runs no mapper event, so its change would never be
-# forwarded: ticket changes go through the ORM (session.get / attribute / commit).
+# forwarded: ticket changes go through the ORM (session.get / attribute / commit). The one
+# exception is forwarding_tables.insert_ticket (persist's new tickets without the ORM, issue 20
+# outcome 1), which journals its insert itself, beside the listeners.
+JOURNAL_MODULE = ROOT / "gateway" / "storage" / "forwarding_tables.py"
 BYPASS = re.compile(
-    r"\b(update|insert|delete)\(\s*(Ticket|models\.Ticket)\b"
+    r"\b(update|insert|delete)\(\s*(Ticket|models\.Ticket|tickets)\b"
     r"|\b(bulk_update_mappings|bulk_insert_mappings|bulk_save_objects)\(\s*Ticket\b"
     r"|\b(UPDATE|INSERT\s+INTO|DELETE\s+FROM)\s+tickets\b"
 )
@@ -96,7 +100,7 @@ def test_no_code_changes_tickets_around_the_journal() -> None:
         f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
         for folder in ("gateway", "channels", "classifiers")
         for path in sorted((ROOT / folder).rglob("*.py"))
-        if "migrations" not in path.parts
+        if "migrations" not in path.parts and path != JOURNAL_MODULE
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if BYPASS.search(line)
     ]
@@ -108,4 +112,5 @@ def test_no_code_changes_tickets_around_the_journal() -> None:
 def test_the_bypass_check_recognises_a_bulk_update() -> None:
     assert BYPASS.search("session.execute(update(Ticket).where(Ticket.id == 1).values(held=True))")
     assert BYPASS.search('conn.exec_driver_sql("UPDATE tickets SET held = 1")')
+    assert BYPASS.search("connection.execute(insert(tickets).returning(tickets.c.id), values)")
     assert not BYPASS.search("session.execute(update(OutboxRow).values(status='sent'))")
