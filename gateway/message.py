@@ -189,7 +189,7 @@ class Customer:
 def contact_of(customer: Customer, message: ParsedMessage) -> str:
     """Who a ticket is with, as its `contact_email` records it: the directory's address for a
     known contact, else the sender (an address, or the number of a phone-only contact)."""
-    return (customer.contact_email or message.sender or "").lower()
+    return customer.contact_email or message.sender or ""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from gateway.emergency.rules import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quot
 from gateway.message import Automated, Thread
 from gateway.outbound.outbox import gate, new_message_id
 from gateway.policy.calendars import Calendar
-from gateway.policy.plans import Sla, due_times
+from gateway.policy.plans import Sla, due_times, earlier_due
 from gateway.policy.routing import Route
 from gateway.policy.sms import sms_gate
 from gateway.storage.billing_tables import EmergencyRequest
@@ -240,8 +240,8 @@ def _acknowledge(
         ticket.calendar = decision.sla.calendar
         ticket.first_response_minutes = decision.sla.first_response_minutes
         ticket.resolution_minutes = decision.sla.resolution_minutes
-    ticket.first_response_due = decision.first_response_due
-    ticket.resolution_due = decision.resolution_due
+    ticket.first_response_due = earlier_due(ticket.first_response_due, decision.first_response_due)
+    ticket.resolution_due = earlier_due(ticket.resolution_due, decision.resolution_due)
     ticket.updated_at = now
     _event(session, ticket, "emergency", was, "acknowledged emergency", why, now)
     if review:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
 
@@ -112,6 +112,17 @@ def sla_for(severity: SeverityFile, plans: Plans, level: str, plan_name: str) ->
 class DueTimes:
     first_response: datetime | None
     resolution: datetime | None
+
+
+def earlier_due(kept: datetime | None, decided: datetime | None) -> datetime | None:
+    """A ticket's due time once a later message decides one again (a raise, an acknowledged
+    emergency): due times only ever move earlier, so a clock already running short, or already
+    breached, is never reset by it. A stored time without a zone is UTC (SQLite)."""
+    if kept is not None and kept.tzinfo is None:
+        kept = kept.replace(tzinfo=UTC)
+    if kept is None or decided is None:
+        return decided if kept is None else kept
+    return min(kept, decided)
 
 
 def due_times(sla: Sla, calendars: Mapping[str, Calendar], start: datetime) -> DueTimes:

@@ -34,10 +34,12 @@ from gateway.message import (
     Customer,
     ParsedMessage,
     Thread,
+    contact_of,
     settle_transcription,
     transcription_received,
 )
 from gateway.outbound.outbox import Draft, gate, render
+from gateway.policy.plans import earlier_due
 from gateway.policy.sms import sms_gate
 from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
 from gateway.storage import forwarding_tables
@@ -487,7 +489,11 @@ def _follow_up(
     if decision.jump_queue and not ticket.jump_queue:
         ticket.jump_queue = True
         ticket.jump_reason = verdict.explain()
-    if decision.applies_routing:
+    step = decision.emergency_step
+    if decision.applies_routing and not (step is not None and step.acknowledged):
+        # An acknowledged emergency is routed and timed by the emergency wing (holds.apply),
+        # with the same earlier-only rule: applying it here too wrote a routing event naming a
+        # due time the ticket did not keep.
         _reroute(session, ticket, decision, now)
     if message.parse_defects and PARSE_DEFECT_TAG not in (ticket.tags or []):
         ticket.tags = _with_defect_tag(ticket.tags, message)
@@ -511,7 +517,7 @@ def _new_ticket(
         jump_reason=verdict.explain() if decision.jump_queue else "",
         channel=message.channel,
         account_id=customer.account_id,
-        contact_email=(customer.contact_email or message.sender or "")[:320] or None,
+        contact_email=contact_of(customer, message)[:320] or None,
         contact_name=(customer.contact_name or message.sender_name or "")[:200] or None,
         plan=customer.plan,
         queue=decision.queue,
@@ -560,8 +566,8 @@ def _reroute(session: Session, ticket: Ticket, decision: Decision, now: datetime
         ticket.calendar = sla.calendar
         ticket.first_response_minutes = sla.first_response_minutes
         ticket.resolution_minutes = sla.resolution_minutes
-    ticket.first_response_due = _earlier(ticket.first_response_due, decision.first_response_due)
-    ticket.resolution_due = _earlier(ticket.resolution_due, decision.resolution_due)
+    ticket.first_response_due = earlier_due(ticket.first_response_due, decision.first_response_due)
+    ticket.resolution_due = earlier_due(ticket.resolution_due, decision.resolution_due)
     due = as_utc(ticket.first_response_due)
     session.add(
         TicketEvent(
@@ -575,13 +581,6 @@ def _reroute(session: Session, ticket: Ticket, decision: Decision, now: datetime
             at=now,
         )
     )
-
-
-def _earlier(kept: datetime | None, decided: datetime | None) -> datetime | None:
-    kept = as_utc(kept)
-    if kept is None or decided is None:
-        return decided if kept is None else kept
-    return min(kept, decided)
 
 
 def _rank(levels: tuple[str, ...], level: str) -> int:

@@ -120,7 +120,7 @@ def _incident_link(
     if emergency is None:
         return None
     hours = f"{window.total_seconds() / 3600:g}"
-    contact = contact_of(customer, message)
+    contact = contact_of(customer, message).lower()
     if contact and contact == (emergency.contact_email or "").lower():
         why = f"{message.sender} is the contact ({contact}) who asked for"
     elif emergency.reference and _names(message.text, emergency.reference):
