@@ -125,8 +125,10 @@ class Decision:
     # When a held request is released at its classified severity if nobody confirms it.
     hold_deadline: datetime | None = None
     # Routing, SLA and notifications apply to the ticket: a new one, or a follow-up that raises
-    # its severity (persist applies them; `_applies`, issue 18 item 1).
-    applies_routing: bool = True
+    # its severity (persist applies them; `_applies`, issue 18 item 1). Off unless decided: a
+    # decision that forgets it never re-routes a follow-up. (An acknowledged emergency is routed
+    # by gateway/emergency/holds.py whatever this says.)
+    applies_routing: bool = False
 
 
 @dataclass(frozen=True)
