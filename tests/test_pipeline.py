@@ -253,6 +253,17 @@ def poisoned() -> Iterator[Callable[[], None]]:
     fix()
 
 
+def assert_only_the_poison_quarantined(gateway: Gateway, stage: str, error: str) -> None:
+    """The three fine messages became tickets; the poison one alone was quarantined, after
+    three attempts, at `stage`, with `error`; nothing is left in the spool."""
+    assert len(gateway.tickets()) == 3
+    (record,) = gateway.spool.quarantined()
+    assert record.attempts == 3
+    assert record.stage == stage
+    assert error in record.error
+    assert gateway.spool.depth() == 0
+
+
 def test_a_poison_message_is_quarantined_after_three_tries_and_the_rest_flow(
     gateway: Gateway, poisoned: Callable[[], None]
 ) -> None:
@@ -260,12 +271,7 @@ def test_a_poison_message_is_quarantined_after_three_tries_and_the_rest_flow(
     for i in range(3):
         gateway.ingest(make_email(body=f"fine message {i}", message_id=f"<ok{i}@x>"))
     gateway.drain()
-    assert len(gateway.tickets()) == 3
-    (record,) = gateway.spool.quarantined()
-    assert record.attempts == 3
-    assert record.stage == "classify"
-    assert "boom in the classifier adapter" in record.error
-    assert gateway.spool.depth() == 0
+    assert_only_the_poison_quarantined(gateway, "classify", "boom in the classifier adapter")
 
 
 def test_a_quarantined_message_replayed_after_the_fix_becomes_a_ticket(
@@ -329,12 +335,7 @@ def test_a_batch_that_fails_as_a_whole_runs_again_message_by_message(
     for i in range(3):
         gateway.ingest(make_email(body=f"fine message {i}", message_id=f"<okb{i}@x>"))
     gateway.drain()
-    assert len(gateway.tickets()) == 3
-    (record,) = gateway.spool.quarantined()
-    assert record.attempts == 3
-    assert record.stage == "batch"
-    assert "the blob disk refuses this one" in record.error
-    assert gateway.spool.depth() == 0
+    assert_only_the_poison_quarantined(gateway, "batch", "the blob disk refuses this one")
 
 
 def test_a_batch_is_classified_with_one_call_and_the_same_verdicts(gateway: Gateway) -> None:

@@ -245,7 +245,7 @@ def _applies(
     ticket = thread.ticket
     if thread.kind in ("new", "new-linked") or ticket is None:
         return True
-    if emergency.billed or _rank(levels, severity) < _rank(levels, ticket.severity):
+    if emergency.billed or severity_rank(levels, severity) < severity_rank(levels, ticket.severity):
         reasons.append(
             Reason(
                 "route",
@@ -327,7 +327,7 @@ def _entitlement(
         # Downgrade: "a normal ticket with a note" — and no routing floor lifts it again.
         ceiling = severity_file.default
         severity = level.severity
-        if _rank(levels, severity) < _rank(levels, ceiling):
+        if severity_rank(levels, severity) < severity_rank(levels, ceiling):
             severity = ceiling
         level = _Level(severity, False, ceiling)
     if level.jump and not plan.jump_queue:
@@ -373,7 +373,8 @@ def _routing(
         text = f"severity floor {route.severity_floor} lifts {severity} to {lifted}"
         reasons.append(Reason("route", "floor", f"{text} (ceiling {ceiling or 'none'})"))
         return route, replace(level, severity=lifted)
-    if route.severity_floor and _rank(levels, route.severity_floor) < _rank(levels, severity):
+    floor = route.severity_floor
+    if floor and severity_rank(levels, floor) < severity_rank(levels, severity):
         text = f"severity floor {route.severity_floor} not applied above the ceiling {ceiling}"
         reasons.append(Reason("route", "ceiling", text))
     return route, level
@@ -523,7 +524,9 @@ def _sms_keyword_decision(
     )
 
 
-def _rank(levels: tuple[str, ...], level: str) -> int:
+def severity_rank(levels: tuple[str, ...], level: str) -> int:
+    """A level's rank, most severe 0; a level no longer configured ranks below them all (the
+    rank stored on a ticket, and what a follow-up is compared by)."""
     return levels.index(level) if level in levels else len(levels)
 
 

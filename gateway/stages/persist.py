@@ -41,7 +41,15 @@ from gateway.message import (
 from gateway.outbound.outbox import Draft, gate, render
 from gateway.policy.plans import earlier_due
 from gateway.policy.sms import sms_gate
-from gateway.stages.decide import Accept, Decision, Discard, Hold, Reject, Reply
+from gateway.stages.decide import (
+    Accept,
+    Decision,
+    Discard,
+    Hold,
+    Reject,
+    Reply,
+    severity_rank,
+)
 from gateway.storage import forwarding_tables
 from gateway.storage.models import (
     AttachmentRecord,
@@ -448,7 +456,7 @@ def _follow_up(
         )
         ticket.status = "reopened"
         ticket.closed_at = None
-    rank = _rank(ctx.levels, decision.severity)
+    rank = severity_rank(ctx.levels, decision.severity)
     ticket.last_activity_at = now
     if ticket.waiting_since is not None:
         # The customer answered: the resolution clock runs again.
@@ -512,7 +520,7 @@ def _new_ticket(
     return dict(
         status="new",
         severity=decision.severity,
-        severity_rank=_rank(ctx.levels, decision.severity),
+        severity_rank=severity_rank(ctx.levels, decision.severity),
         jump_queue=decision.jump_queue,
         jump_reason=verdict.explain() if decision.jump_queue else "",
         channel=message.channel,
@@ -581,10 +589,6 @@ def _reroute(session: Session, ticket: Ticket, decision: Decision, now: datetime
             at=now,
         )
     )
-
-
-def _rank(levels: tuple[str, ...], level: str) -> int:
-    return levels.index(level) if level in levels else len(levels)
 
 
 def _queue_reply(
