@@ -4,7 +4,9 @@ Owns the order of the stages, batching, and the per-stage timings (for `bench/`)
 a plain function in `gateway/stages/`; only `persist.record` writes.
 
 A batch is one database transaction (one durable commit for up to `workers.batch_size`
-messages) with one SAVEPOINT per message, so one bad message rolls back alone. Threading runs
+messages), written first without savepoints; if one of its messages fails, the transaction rolls
+back and the batch is written again with one SAVEPOINT per message, so one bad message rolls
+back alone (a savepoint and its release cost two statements a message: issue 20). Threading runs
 inside that transaction, so a reply later in the same batch finds the ticket an earlier message
 just opened; on PostgreSQL the transaction first takes an advisory lock per voice call and per
 texting phone, so two workers never open two tickets for what must thread into one. Blobs for
@@ -46,7 +48,7 @@ from gateway.stages.classify import classify, classify_batch
 from gateway.stages.decide import decide
 from gateway.stages.identify import identify
 from gateway.stages.parse import parse
-from gateway.stages.persist import Persisted, Seen, look_up, record
+from gateway.stages.persist import BatchWrites, Persisted, begin_batch, record
 from gateway.stages.thread import thread
 from gateway.storage.queries import SessionThreadLookup
 
@@ -203,27 +205,15 @@ def process_batch(
         verdicts = _classify_batch(parsed, runtime, limit)
         clock.share("classify", len(parsed))
         try:
-            with sessions.begin() as session:
-                messages = [message for _, message in parsed]
-                _lock_threads(session, messages)
-                # The intakes the batch's spool entries and dedup keys already have, in one
-                # query: persist's share of the batch, charged to it.
-                seen = look_up(session, messages)
-                clock.share("persist", len(parsed))
-                for job, message in parsed:
-                    results[job.spool_id] = _one(
-                        session,
-                        job,
-                        message,
-                        runtime,
-                        now,
-                        limit,
-                        clock,
-                        verdicts.get(job.spool_id),
-                        seen,
-                    )
-                crash_point("before-commit")
-            clock.lap("commit")
+            try:
+                results.update(_write(parsed, runtime, sessions, now, limit, clock, verdicts))
+            except _RetryWithSavepoints:
+                # A message failed with no savepoint to roll back to (or a twin claimed its
+                # key): the whole batch rolled back; again, each message in a savepoint of its
+                # own, so it fails alone.
+                results.update(
+                    _write(parsed, runtime, sessions, now, limit, clock, verdicts, savepoints=True)
+                )
         except (Exception, MessageTimeoutError) as exc:
             if storage_unavailable(exc):
                 raise StorageUnavailableError(str(exc)) from exc
@@ -233,6 +223,59 @@ def process_batch(
     if timings is not None:
         timings.count += len(jobs)
     return [results[job.spool_id] for job in jobs]
+
+
+class _RetryWithSavepoints(Exception):
+    """A message of a batch written without savepoints failed: roll the batch back and write it
+    again with one savepoint per message."""
+
+
+def _write(
+    parsed: list[tuple[Job, ParsedMessage]],
+    runtime: Runtime,
+    sessions: sessionmaker[Session],
+    now: datetime,
+    limit: float,
+    clock: _Clock,
+    verdicts: dict[str, Verdict],
+    *,
+    savepoints: bool = False,
+) -> dict[str, JobResult]:
+    """The batch's transaction: every message's identify, thread, decide and persist, one
+    commit. First without savepoints (two statements and two compilations a message, about a
+    tenth of persist, issue 20 outcome 1): every message succeeds in almost every batch. If one
+    fails, `_RetryWithSavepoints` rolls the whole transaction back and the caller writes the
+    batch again with `savepoints`, where a message that fails rolls back alone."""
+    results: dict[str, JobResult] = {}
+    with sessions.begin() as session:
+        messages = [message for _, message in parsed]
+        _lock_threads(session, messages)
+        # The intakes the batch's spool entries and dedup keys already have, its senders'
+        # recent automatic messages: persist's share of the batch, charged to it.
+        batch = begin_batch(session, messages, runtime.persist, now, deferred=not savepoints)
+        clock.share("persist", len(parsed))
+        for job, message in parsed:
+            result = _one(
+                session,
+                job,
+                message,
+                runtime,
+                now,
+                limit,
+                clock,
+                verdicts.get(job.spool_id),
+                batch,
+                savepoints,
+            )
+            if result.error is not None and not savepoints:
+                raise _RetryWithSavepoints(result.error)
+            results[job.spool_id] = result
+        # The rows persist kept for the end of the batch: one statement per table.
+        batch.write(session.connection())
+        clock.share("persist", len(parsed))
+        crash_point("before-commit")
+    clock.lap("commit")
+    return results
 
 
 def _classify_batch(
@@ -307,13 +350,19 @@ def _one(
     limit: float,
     clock: _Clock,
     verdict: Verdict | None,
-    seen: Seen,
+    batch: BatchWrites,
+    savepoint: bool,
 ) -> JobResult:
+    """One message's identify, thread, decide and persist in the batch's transaction: in a
+    savepoint of its own when `savepoint` (a batch's retry), which a twin's claim of its dedup
+    key rolls back for one more look; otherwise any failure is returned at once, and the
+    caller rolls the whole batch back."""
     settings = runtime.settings
     for attempt in range(2):
         stage = "identify"
         try:
-            with time_limit(limit), session.begin_nested():
+            scope = session.begin_nested() if savepoint else contextlib.nullcontext()
+            with time_limit(limit), scope:
                 customer = identify(message, runtime.directory)
                 stage = "automated"
                 automated = check_automated(
@@ -360,14 +409,22 @@ def _one(
                     decision,
                     runtime.persist,
                     now,
+                    batch,
                     # A retry after a twin's claim looks again, for its intake.
-                    seen if attempt == 0 else None,
+                    look_again=attempt > 0,
                 )
+                if not savepoint:
+                    # What persist left pending in the ORM fails here, charged to this message,
+                    # not at the commit, charged to its batch.
+                    session.flush()
             # After the savepoint's release: SQLAlchemy flushes there what persist left
             # pending, and that is persist's cost.
             clock.lap("persist")
             return JobResult(job.spool_id, persisted, None)
         except IntegrityError as exc:
+            batch.forget()  # what the message left for its write rolled back with it
+            if not savepoint:  # the transaction is spoilt: the batch is written again
+                return JobResult(job.spool_id, None, StageError(stage, exc))
             # A twin (another worker or instance) claimed the same dedup key between our check
             # and our insert; the savepoint is rolled back. Once more: now we see its row and
             # record a duplicate.
@@ -376,6 +433,7 @@ def _one(
         except (Exception, MessageTimeoutError) as exc:
             if storage_unavailable(exc):
                 raise
+            batch.forget()
             return JobResult(job.spool_id, None, StageError(stage, exc))
     raise AssertionError("unreachable")
 

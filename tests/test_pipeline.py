@@ -400,3 +400,42 @@ def test_large_messages_are_not_held_in_memory_together(
     assert gateway.drain() == 7
     assert batches == [1, 1, 1, 4]
     assert len(gateway.tickets()) == 7
+
+
+def test_a_message_failing_halfway_through_persist_leaves_no_row_and_its_batch_intact(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is first written without savepoints (issue 20 outcome 1). A message that fails
+    after persist wrote its ticket, message and intake, and left its decisions and journal row
+    for the end of the batch, rolls the batch back; written again with a savepoint each, the
+    others keep every row and the poison one leaves none."""
+    from sqlalchemy import func, select
+
+    from gateway.stages import persist
+    from gateway.storage.forwarding_tables import ForwardChange
+    from gateway.storage.models import DecisionRecord, Message
+
+    original = persist._queue_reply
+
+    def explode(session, conn, reply, message, *rest):  # type: ignore[no-untyped-def]
+        if "POISON" in message.subject:
+            raise RuntimeError("boom while queueing the acknowledgement")
+        return original(session, conn, reply, message, *rest)
+
+    monkeypatch.setattr(persist, "_queue_reply", explode)
+    gateway.ingest(make_email(body="fine message 0", message_id="<okp0@x>"))
+    gateway.ingest(make_email(subject="POISON", message_id="<pp@x>"))
+    for i in range(1, 3):
+        gateway.ingest(make_email(body=f"fine message {i}", message_id=f"<okp{i}@x>"))
+    gateway.drain()
+    assert_only_the_poison_quarantined(
+        gateway, "persist", "boom while queueing the acknowledgement"
+    )
+    tickets = gateway.tickets()
+    assert [t.reference for t in tickets] == [f"T-{t.id:06d}" for t in tickets]
+    with gateway.session() as s:
+        assert s.scalar(select(func.count()).select_from(Message)) == 3
+        journalled = set(s.scalars(select(ForwardChange.ticket_id)))
+        decided = set(s.scalars(select(DecisionRecord.ticket_id)))
+    assert journalled == decided == {t.id for t in tickets}
+    assert [o.status for o in gateway.outbox()] == ["pending"] * 3

@@ -1,14 +1,17 @@
 """Stage 7: the only stage that writes. One transaction per message.
 
 Owns exactly-once (DESIGN promise 2): the intake row claims the message's dedup key under a
-unique constraint before anything else is written, so a redelivery, a replay, the same mail by
-SMTP and IMAP, or two instances racing all end as one ticket plus recorded duplicates. In the
+unique constraint, in the transaction that writes everything else of the message, so a
+redelivery, a replay, the same mail by SMTP and IMAP, or two instances racing all end as one
+ticket plus recorded duplicates (the loser's writes roll back with its failed claim). In the
 same transaction: the ticket or follow-up, the message, attachment records, every recorded
 reason, an emergency's hold, incident and ledger rows (`gateway/emergency/holds.py`), and outbox
 rows (acknowledgements pass the outbox gate and the per-recipient limit
-here, because the limit needs history). `record` runs inside the caller's transaction (the
-pipeline gives each message of a batch its own SAVEPOINT); blobs are made durable *before* that
-transaction commits. A crash anywhere before the commit leaves the spool entry to be processed
+here, because the limit needs history). `record` runs inside the caller's transaction (a
+batch's; on its retry each message has a SAVEPOINT of its own), and `BatchWrites` keeps what is
+done once a batch: the look-up of earlier intakes, ticket ids, per-recipient counts, and the
+rows nothing reads back until the commit. Blobs are made durable *before* that transaction
+commits. A crash anywhere before the commit leaves the spool entry to be processed
 again, harmlessly.
 """
 
@@ -19,7 +22,17 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Executable,
+    Row,
+    Table,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from classifiers.types import Verdict
@@ -119,7 +132,6 @@ _ATTACH = insert(_ATTACHMENTS)
 _DECIDE = {"postgresql": insert(_DECISIONS).returning(_DECISIONS.c.id)}
 _DECIDE_ANYWHERE = insert(_DECISIONS)
 _QUEUE = insert(_OUTBOX)
-_SETTLE = update(_INTAKES).where(_INTAKES.c.id == bindparam("intake_id"))
 _REFERENCE = select(Ticket.reference).where(Ticket.id == bindparam("ticket_id"))
 # At most `cap` of them are counted: the limit only asks "as many as the limit yet?", and an
 # exact count of a busy address would read every row of its window for each message.
@@ -132,6 +144,17 @@ _RECENT = select(func.count()).select_from(_RECENT_ROWS.limit(bindparam("cap")).
 _RECENT_OF_KIND = select(func.count()).select_from(
     _RECENT_ROWS.where(OutboxRow.kind == bindparam("kind")).limit(bindparam("cap")).subquery()
 )
+# The same count for a batch's senders at once (the window bounds the rows it reads).
+_RECENT_BY_RECIPIENT = (
+    select(OutboxRow.recipient, func.count())
+    .where(
+        OutboxRow.recipient.in_(bindparam("recipients", expanding=True)),
+        OutboxRow.created_at >= bindparam("since"),
+        OutboxRow.status.in_(("pending", "sending", "sent")),
+    )
+    .group_by(OutboxRow.recipient)
+)
+_LAST_TICKET_ID = select(func.coalesce(func.max(Ticket.id), 0))
 
 
 @dataclass(frozen=True)
@@ -181,6 +204,89 @@ def look_up(session: Session, messages: list[ParsedMessage]) -> Seen:
     return Seen(by_spool_id, by_key, shared)
 
 
+class BatchWrites:
+    """Persist's state across the messages of one batch, in the batch's one transaction, so
+    that work is done once a batch rather than once a message (issue 20 outcome 1):
+
+    - `seen`: the intakes its spool entries and dedup keys already have (`look_up`);
+    - ticket ids on SQLite, where BEGIN IMMEDIATE makes the batch the only writer: the largest
+      id once, then counted on, so a new ticket's reference goes in its own INSERT (SQLite
+      itself gives a new row the largest id plus one, so the ids are the same);
+    - rows nothing reads back in the transaction (a message's decisions, its attachments, the
+      forwarding journal), written with one statement per table by `write`: at the end of the
+      batch when `deferred`, else at the end of each message, in its savepoint;
+    - when `deferred`, the automatic messages per recipient in the per-recipient window: one
+      query for the batch's senders, then counted as the batch queues replies. Without
+      `deferred` (a batch's retry, one savepoint a message) each message counts its own: a
+      message rolled back to its savepoint would leave its replies in a running count.
+
+    Outbox rows are written at once: a later message of the batch may thread to one (our
+    acknowledgement's Message-ID) or confirm an emergency prompt in one."""
+
+    def __init__(
+        self, seen: Seen, deferred: bool, counts: dict[str, int] | None, sqlite: bool
+    ) -> None:
+        self.seen = seen
+        self.deferred = deferred
+        self.counts = counts
+        self._sqlite = sqlite
+        self._last_ticket_id: int | None = None
+        self.journal: list[dict[str, Any]] = []
+        self._rows: list[tuple[Executable, list[dict[str, Any]]]] = []
+
+    def ticket_id(self, conn: Connection) -> int | None:
+        """The next ticket's id where the batch may choose it (SQLite), else None."""
+        if not self._sqlite:
+            return None
+        if self._last_ticket_id is None:
+            self._last_ticket_id = int(conn.execute(_LAST_TICKET_ID).scalar_one())
+        self._last_ticket_id += 1
+        return self._last_ticket_id
+
+    def add(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
+        self._rows.append((statement, rows))
+
+    def forget(self) -> None:
+        """Drop the rows added since the last write: their message rolled back to its
+        savepoint."""
+        self._rows = []
+        self.journal = []
+
+    def write(self, conn: Connection) -> None:
+        """Every row added since the last write, one executemany per statement."""
+        if self.journal:
+            self.add(forwarding_tables.JOURNAL, self.journal)
+            self.journal = []
+        grouped: dict[Executable, list[dict[str, Any]]] = {}
+        for statement, rows in self._rows:
+            grouped.setdefault(statement, []).extend(rows)
+        self._rows = []
+        for statement, rows in grouped.items():
+            conn.execute(statement, rows)
+
+
+def begin_batch(
+    session: Session, messages: list[ParsedMessage], ctx: PersistContext, now: datetime,
+    *, deferred: bool,
+) -> BatchWrites:
+    """Persist's look-ups for a batch about to be recorded, in its transaction: its intakes
+    (`look_up`) and, when `deferred`, its senders' automatic messages in the window."""
+    conn = session.connection()
+    counts: dict[str, int] | None = None
+    if deferred:
+        senders = sorted({m.sender.lower() for m in messages if m.sender})
+        counts = dict.fromkeys(senders, 0)
+        if senders:
+            since = now - ctx.per_recipient_window
+            for recipient, count in conn.execute(
+                _RECENT_BY_RECIPIENT, {"recipients": senders, "since": since}
+            ):
+                counts[recipient] = int(count)
+    return BatchWrites(
+        look_up(session, messages), deferred, counts, conn.dialect.name == "sqlite"
+    )
+
+
 @dataclass(frozen=True)
 class _Opened:
     """What the replies need of the message's ticket, however it was written (a Core insert or
@@ -209,16 +315,21 @@ def record(
     decision: Decision,
     ctx: PersistContext,
     now: datetime,
-    seen: Seen | None = None,
+    batch: BatchWrites | None = None,
+    *,
+    look_again: bool = False,
 ) -> Persisted:
-    """Write what became of `message`. `seen` is its batch's look-up of earlier intakes
-    (`look_up`); without it, or when another message of the batch shares its dedup key or
-    spool entry, this message's own query answers."""
-    # Core statements on the session's connection, so in its transaction and this message's
-    # savepoint: the common path (a new ticket, a plain follow-up) builds no ORM object for
-    # the intake, the message or its attachments (issue 20 outcome 1).
+    """Write what became of `message`. `batch` is its batch's state (`begin_batch`): its
+    look-up of earlier intakes answers unless `look_again` (a retry after a twin's claim) or
+    another message of the batch shares this one's dedup key or spool entry; then this
+    message's own query does. Without `batch`, every row is written here, at once."""
+    # Core statements on the session's connection, so in its transaction (and this message's
+    # savepoint, if it has one): the common path (a new ticket, a plain follow-up) builds no
+    # ORM object for the intake, the message or its attachments (issue 20 outcome 1).
     conn = session.connection()
+    own = batch if batch is not None else BatchWrites(Seen({}, {}, frozenset()), False, None, False)
     # This spool entry already recorded? This dedup key already claimed?
+    seen = None if look_again else own.seen if batch is not None else None
     if seen is not None and seen.answers(message):
         done = seen.by_spool_id.get(message.spool_id)
         first = seen.by_key.get(message.dedup_key)
@@ -266,18 +377,12 @@ def record(
         )
         return Persisted("duplicate", ticket_ref, reason)
 
-    # Claims the dedup key before anything else is written: a racing twin fails here.
-    intake_id: int = conn.execute(
-        _CLAIM, {**intake, "first_key": message.dedup_key, "outcome": "pending"}
-    ).scalar_one()
-
-    crash_point("mid-transaction")
     outcome = decision.outcome
     ticket: Ticket | _Opened | None = None
     kind: str
     if isinstance(outcome, Accept | Hold):
         ticket, kind = _ticket_for(
-            session, conn, message, customer, thread, verdict, decision, ctx, now
+            session, conn, message, customer, thread, verdict, decision, ctx, now, own
         )
         if isinstance(outcome, Hold):
             # The request is held, not the ticket: the emergency wing marks it (holds.apply).
@@ -315,8 +420,24 @@ def record(
             "verdict": verdict.to_json(),
         },
     ).scalar_one()
+    # The claim of the dedup key, written whole once the ticket and message exist (no UPDATE
+    # to settle it): a racing twin fails here on the unique constraint, and everything this
+    # message wrote rolls back with it. Within one transaction the order of the writes changes
+    # nothing another transaction can see.
+    intake_id: int = conn.execute(
+        _CLAIM,
+        {
+            **intake,
+            "first_key": message.dedup_key,
+            "outcome": kind,
+            "reason": outcome.reason[:4000],
+            "ticket_id": ticket_id,
+            "message_id": stored_id,
+        },
+    ).scalar_one()
+    crash_point("mid-transaction")
     if message.attachments:
-        conn.execute(
+        own.add(
             _ATTACH,
             [
                 {
@@ -330,19 +451,9 @@ def record(
                 for att in message.attachments
             ],
         )
-    conn.execute(
-        _SETTLE,
-        {
-            "intake_id": intake_id,
-            "outcome": kind,
-            "reason": outcome.reason[:4000],
-            "ticket_id": ticket_id,
-            "message_id": stored_id,
-        },
-    )
     if decision.reasons:
-        # About six rows a message, written by one executemany.
-        conn.execute(
+        # About six rows a message, written with the batch's.
+        own.add(
             _DECIDE.get(conn.dialect.name, _DECIDE_ANYWHERE),
             [
                 {
@@ -367,14 +478,20 @@ def record(
     billed: tuple[tuple[str, str], ...] = ()
     if isinstance(ticket, Ticket) and decision.emergency_step is not None:
         billed = emergency_holds.apply(session, ticket, decision, thread, now)
+        # It may queue messages through the ORM, which the batch's running count would miss:
+        # count afresh (they are flushed before the next message).
+        if own.counts is not None:
+            own.counts.clear()
     # -- end emergency ------------------------------------------------------------------------
     opened = _Opened.of(ticket) if isinstance(ticket, Ticket) else ticket
     for reply in decision.replies:
         if billed and reply.template.startswith("emergency-"):
             reply = replace(reply, values=(*reply.values, *billed))
         _queue_reply(
-            session, conn, reply, message, customer, automated, opened, intake_id, ctx, now
+            session, conn, reply, message, customer, automated, opened, intake_id, ctx, now, own
         )
+    if not own.deferred:
+        own.write(conn)
     return Persisted(kind, opened.reference if opened else None, outcome.reason)
 
 
@@ -408,6 +525,7 @@ def _ticket_for(
     decision: Decision,
     ctx: PersistContext,
     now: datetime,
+    batch: BatchWrites,
 ) -> tuple[Ticket | _Opened, str]:
     if thread.kind in ("follow-up", "reopen") and thread.ticket is not None:
         ticket = session.get(Ticket, thread.ticket.id, with_for_update=True)
@@ -415,13 +533,21 @@ def _ticket_for(
             _follow_up(session, ticket, message, thread, verdict, decision, ctx, now)
             return ticket, "follow-up"
     values = _new_ticket(message, customer, thread, verdict, decision, ctx, now)
+    chosen = batch.ticket_id(conn)
     if _needs_ticket_object(message, decision):
-        created = Ticket(**values)
-        session.add(created)
-        session.flush()
-        created.reference = _reference(created.id)
+        if chosen is not None:
+            created = Ticket(**values, id=chosen, reference=_reference(chosen))
+            session.add(created)
+            session.flush()
+        else:
+            created = Ticket(**values)
+            session.add(created)
+            session.flush()
+            created.reference = _reference(created.id)
         return created, "ticket"
-    ticket_id = forwarding_tables.insert_ticket(conn, values, _reference)
+    ticket_id = forwarding_tables.insert_ticket(
+        conn, values, _reference, chosen, batch.journal
+    )
     opened = _Opened(
         ticket_id, _reference(ticket_id), values["queue"], values["severity"], values["account_id"]
     )
@@ -602,6 +728,7 @@ def _queue_reply(
     intake_id: int,
     ctx: PersistContext,
     now: datetime,
+    batch: BatchWrites,
 ) -> None:
     template = reply.template
     recipient = (reply.to or message.sender).lower()
@@ -640,7 +767,7 @@ def _queue_reply(
     if why_not is None:
         # The count reads only outbox rows, which are written straight away below (Core, not
         # the ORM), so nothing pending in the session could change it: no autoflush here.
-        recent, told = _recent_to(conn, recipient, template, sms, reply, ctx, now)
+        recent, told = _recent_to(conn, recipient, template, sms, reply, ctx, now, batch)
         if told:
             why_not = f"{recipient} was already told this plan excludes SMS in this window"
         if why_not is None and recent >= ctx.per_recipient_limit:
@@ -671,6 +798,8 @@ def _queue_reply(
             "created_at": now,
         },
     )
+    if why_not is None and batch.counts is not None:
+        batch.counts[recipient] = batch.counts.get(recipient, 0) + 1
 
 
 def _recent_to(
@@ -681,13 +810,20 @@ def _recent_to(
     reply: Reply,
     ctx: PersistContext,
     now: datetime,
+    batch: BatchWrites,
 ) -> tuple[int, int]:
-    """Automatic messages to `recipient` in the per-recipient window, counted up to the limit,
-    and (SMS "unentitled" only) whether one of them already told this sender the plan
-    excludes SMS."""
+    """Automatic messages to `recipient` in the per-recipient window, counted up to the limit
+    (from the batch's running count where it keeps one), and (SMS "unentitled" only) whether
+    one of them already told this sender the plan excludes SMS."""
     since = now - ctx.per_recipient_window
     window = {"recipient": recipient, "since": since}
-    recent: int = conn.execute(_RECENT, {**window, "cap": ctx.per_recipient_limit}).scalar_one()
+    counts = batch.counts
+    if counts is not None and recipient in counts:
+        recent = min(counts[recipient], ctx.per_recipient_limit)
+    else:
+        recent = conn.execute(_RECENT, {**window, "cap": ctx.per_recipient_limit}).scalar_one()
+        if counts is not None:
+            counts[recipient] = recent
     told = 0
     if sms and reply.template == "unentitled":
         # One polite "not on your plan" text per window, however often they write.

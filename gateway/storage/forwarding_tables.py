@@ -105,13 +105,16 @@ class ForwardDelivery(Base):
 
 
 # Built once: building a statement costs about as much as running it.
-_JOURNAL = insert(cast(Table, ForwardChange.__table__))
+JOURNAL = insert(cast(Table, ForwardChange.__table__))
+
+
+def journal_row(ticket_id: int, kind: str) -> dict[str, Any]:
+    """The journal's row for one change of one ticket, as `JOURNAL` takes it."""
+    return {"ticket_id": ticket_id, "event": kind, "at": business_clock.now()}
 
 
 def _journal(connection: Connection, ticket_id: int, kind: str) -> None:
-    connection.execute(
-        _JOURNAL, {"ticket_id": ticket_id, "event": kind, "at": business_clock.now()}
-    )
+    connection.execute(JOURNAL, journal_row(ticket_id, kind))
 
 
 # The listeners' target is a gateway.storage.models.Ticket; typed Any because this module must
@@ -136,8 +139,9 @@ def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Any) -
 
 
 # The statements of `insert_ticket`, built once `journal_changes_of` has named the tickets table
-# (this module never imports models): the insert, and setting the reference.
-_ticket_statements: list[tuple[Executable, Executable]] = []
+# (this module never imports models): the insert with its id, the insert returning the id the
+# database chose, and setting the reference.
+_ticket_statements: list[tuple[Executable, Executable, Executable]] = []
 
 
 def journal_changes_of(ticket: type[Base]) -> None:
@@ -147,6 +151,7 @@ def journal_changes_of(ticket: type[Base]) -> None:
     tickets = cast(Table, ticket.__table__)
     _ticket_statements[:] = [
         (
+            insert(tickets),
             insert(tickets).returning(tickets.c.id),
             update(tickets).where(tickets.c.id == bindparam("ticket_id")),
         )
@@ -154,24 +159,47 @@ def journal_changes_of(ticket: type[Base]) -> None:
 
 
 def insert_ticket(
-    connection: Connection, values: Mapping[str, Any], reference: Callable[[int], str]
+    connection: Connection,
+    values: Mapping[str, Any],
+    reference: Callable[[int], str],
+    ticket_id: int | None = None,
+    journal: list[dict[str, Any]] | None = None,
 ) -> int:
     """Insert a new ticket without the ORM and journal its creation, on `connection` (so in the
-    caller's transaction, committed or rolled back with it); return its id. Its reference, made
-    from the id, is set in the same transaction: still its creation (as `_ticket_updated` has it
-    for the ORM). Three statements, and no unit of work (issue 20 outcome 1)."""
-    ((insert_returning_id, set_reference),) = _ticket_statements
-    ticket_id: int = connection.execute(insert_returning_id, dict(values)).scalar_one()
-    connection.execute(set_reference, {"ticket_id": ticket_id, "reference": reference(ticket_id)})
-    _journal(connection, ticket_id, CREATED)
+    caller's transaction, committed or rolled back with it); return its id. No unit of work
+    (issue 20 outcome 1).
+
+    With `ticket_id` (allocated by the caller, which must be the database's only writer of
+    tickets for the transaction: SQLite's BEGIN IMMEDIATE) the id and its reference go in the
+    one INSERT; otherwise the database picks the id, and the reference, made from it, is set in
+    the same transaction: still its creation (as `_ticket_updated` has it for the ORM). The
+    journal row is appended to `journal` when given, for the caller to write with the rest of
+    its batch's before it commits (`JOURNAL`), else written here."""
+    ((insert_with_id, insert_returning_id, set_reference),) = _ticket_statements
+    if ticket_id is not None:
+        connection.execute(
+            insert_with_id, {**values, "id": ticket_id, "reference": reference(ticket_id)}
+        )
+    else:
+        ticket_id = connection.execute(insert_returning_id, dict(values)).scalar_one()
+        connection.execute(
+            set_reference, {"ticket_id": ticket_id, "reference": reference(ticket_id)}
+        )
+    row = journal_row(ticket_id, CREATED)
+    if journal is None:
+        connection.execute(JOURNAL, row)
+    else:
+        journal.append(row)
     return ticket_id
 
 
 __all__ = [
     "CREATED",
+    "JOURNAL",
     "UPDATED",
     "ForwardChange",
     "ForwardDelivery",
     "insert_ticket",
     "journal_changes_of",
+    "journal_row",
 ]
