@@ -63,7 +63,7 @@ from gateway.stages.decide import (
     Reply,
     severity_rank,
 )
-from gateway.storage import forwarding_tables
+from gateway.storage import forwarding_tables, ticket_reference
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -502,10 +502,6 @@ def _needs_ticket_object(message: ParsedMessage, decision: Decision) -> bool:
     return message.channel == "twilio-voice" or decision.emergency_step is not None
 
 
-def _reference(ticket_id: int) -> str:
-    return f"T-{ticket_id:06d}"
-
-
 def _with_defect_tag(tags: list[str] | None, message: ParsedMessage) -> list[str]:
     """The queue page marks a ticket part of whose message was lost or altered in parsing
     (issue 19); `show` and the API list what, the raw message has it all."""
@@ -536,20 +532,22 @@ def _ticket_for(
     chosen = batch.ticket_id(conn)
     if _needs_ticket_object(message, decision):
         if chosen is not None:
-            created = Ticket(**values, id=chosen, reference=_reference(chosen))
+            created = Ticket(**values, id=chosen, reference=ticket_reference.reference(chosen))
             session.add(created)
             session.flush()
         else:
             created = Ticket(**values)
             session.add(created)
             session.flush()
-            created.reference = _reference(created.id)
+            created.reference = ticket_reference.reference(created.id)
         return created, "ticket"
-    ticket_id = forwarding_tables.insert_ticket(
-        conn, values, _reference, chosen, batch.journal
-    )
+    ticket_id = forwarding_tables.insert_ticket(conn, values, chosen, batch.journal)
     opened = _Opened(
-        ticket_id, _reference(ticket_id), values["queue"], values["severity"], values["account_id"]
+        ticket_id,
+        ticket_reference.reference(ticket_id),
+        values["queue"],
+        values["severity"],
+        values["account_id"],
     )
     return opened, "ticket"
 

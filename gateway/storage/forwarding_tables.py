@@ -26,7 +26,8 @@ its end so Alembic sees every table; never imports models back.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -39,16 +40,20 @@ from sqlalchemy import (
     Text,
     bindparam,
     event,
+    func,
     insert,
     inspect,
+    select,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, object_session
 from sqlalchemy.sql.expression import Executable
 
 from gateway import clock as business_clock
 from gateway.storage.base import Base, UTCDateTime
+from gateway.storage.ticket_reference import reference, reference_sql
 
 CREATED = "created"
 UPDATED = "updated"
@@ -141,7 +146,7 @@ def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Any) -
 # The statements of `insert_ticket`, built once `journal_changes_of` has named the tickets table
 # (this module never imports models): the insert with its id, the insert returning the id the
 # database chose, and setting the reference.
-_ticket_statements: list[tuple[Executable, Executable, Executable]] = []
+_ticket_statements: list[tuple[Table, Executable, Executable, Executable]] = []
 
 
 def journal_changes_of(ticket: type[Base]) -> None:
@@ -151,6 +156,7 @@ def journal_changes_of(ticket: type[Base]) -> None:
     tickets = cast(Table, ticket.__table__)
     _ticket_statements[:] = [
         (
+            tickets,
             insert(tickets),
             insert(tickets).returning(tickets.c.id),
             update(tickets).where(tickets.c.id == bindparam("ticket_id")),
@@ -161,25 +167,28 @@ def journal_changes_of(ticket: type[Base]) -> None:
 def insert_ticket(
     connection: Connection,
     values: Mapping[str, Any],
-    reference: Callable[[int], str],
     ticket_id: int | None = None,
     journal: list[dict[str, Any]] | None = None,
 ) -> int:
-    """Insert a new ticket without the ORM and journal its creation, on `connection` (so in the
-    caller's transaction, committed or rolled back with it); return its id. No unit of work
-    (issue 20 outcome 1).
+    """Insert a new ticket, with its reference, in one statement without the ORM and journal
+    its creation, on `connection` (so in the caller's transaction, committed or rolled back with
+    it); return its id (issue 20 outcome 1: no unit of work, no UPDATE for the reference).
 
-    With `ticket_id` (allocated by the caller, which must be the database's only writer of
-    tickets for the transaction: SQLite's BEGIN IMMEDIATE) the id and its reference go in the
-    one INSERT; otherwise the database picks the id, and the reference, made from it, is set in
-    the same transaction: still its creation (as `_ticket_updated` has it for the ORM). The
-    journal row is appended to `journal` when given, for the caller to write with the rest of
-    its batch's before it commits (`JOURNAL`), else written here."""
-    ((insert_with_id, insert_returning_id, set_reference),) = _ticket_statements
+    The id is `ticket_id` when the caller allocated it (it must be the only writer of tickets for
+    the transaction: SQLite's BEGIN IMMEDIATE); on PostgreSQL the INSERT takes it from the
+    table's sequence and makes the reference from it in SQL. Otherwise the database picks it and
+    the reference is set by an UPDATE in the same transaction: still its creation (as
+    `_ticket_updated` has it for the ORM). The journal row is appended to `journal` when given,
+    for the caller to write with the rest of its batch's before it commits (`JOURNAL`), else
+    written here."""
+    ((tickets, insert_with_id, insert_returning_id, set_reference),) = _ticket_statements
     if ticket_id is not None:
         connection.execute(
             insert_with_id, {**values, "id": ticket_id, "reference": reference(ticket_id)}
         )
+    elif connection.dialect.name == "postgresql":
+        numbered = _numbered_insert(tickets, tuple(values))
+        ticket_id = connection.execute(numbered, dict(values)).scalar_one()
     else:
         ticket_id = connection.execute(insert_returning_id, dict(values)).scalar_one()
         connection.execute(
@@ -191,6 +200,24 @@ def insert_ticket(
     else:
         journal.append(row)
     return ticket_id
+
+
+@functools.cache
+def _numbered_insert(tickets: Table, names: tuple[str, ...]) -> Executable:
+    """PostgreSQL: `INSERT INTO tickets (id, reference, <names>) SELECT n.id, <reference of
+    n.id>, <names> FROM (SELECT nextval(<the id's sequence>)) AS n RETURNING id`. Each value is
+    cast to its column's type: PostgreSQL gives a SELECT's parameters no type from the INSERT's
+    columns (a NULL would arrive as text). Built once per set of columns."""
+    sequence = func.pg_get_serial_sequence(tickets.name, tickets.c.id.name)
+    n = select(func.nextval(sequence).label("id")).subquery("n")
+    columns = [sql_cast(bindparam(name, type_=tickets.c[name].type), tickets.c[name].type)
+               for name in names]
+    rows = select(n.c.id, reference_sql(n.c.id), *columns)
+    return (
+        insert(tickets)
+        .from_select(["id", "reference", *names], rows, include_defaults=True)
+        .returning(tickets.c.id)
+    )
 
 
 __all__ = [

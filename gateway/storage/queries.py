@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, func, nulls_last, select
 from sqlalchemy.orm import Session
 
 from gateway.message import Prompt, TicketRef
+from gateway.storage import ticket_reference
 from gateway.storage.billing_tables import JOINABLE_REQUEST_STATUSES, EmergencyRequest
 from gateway.storage.models import (
     Intake,
@@ -179,7 +180,7 @@ def count_queue(session: Session, *, statuses: tuple[str, ...] = OPEN_STATUSES) 
 def find_ticket(session: Session, reference: str) -> Ticket | None:
     ref = reference.strip().upper()
     if ref.isdigit():
-        ref = f"T-{int(ref):06d}"
+        ref = ticket_reference.reference(int(ref))
     return session.execute(select(Ticket).where(Ticket.reference == ref)).scalar_one_or_none()
 
 
