@@ -640,9 +640,16 @@ def _new_ticket(
     ctx: PersistContext,
     now: datetime,
 ) -> dict[str, Any]:
-    """A new ticket's columns (its reference comes from its id, once inserted)."""
+    """A new ticket's columns (its reference comes from its id, once inserted). Every column,
+    defaults included: a Core INSERT missing some runs SQLAlchemy's default machinery for them
+    on each execution (bench/stage_budgets.py: about a third of the INSERT's cost)."""
     return dict(
         status="new",
+        held=False,
+        hold_reason="",
+        emergency_acknowledged=False,
+        emergency_pending=False,
+        escalation_level=0,
         severity=decision.severity,
         severity_rank=severity_rank(ctx.levels, decision.severity),
         jump_queue=decision.jump_queue,
