@@ -75,7 +75,7 @@ from gateway.storage.models import (
     TicketEvent,
     TicketPause,
 )
-from gateway.storage.queries import as_utc, opted_out
+from gateway.storage.queries import PROMPT_KINDS, as_utc, opted_out
 
 
 @dataclass(frozen=True)
@@ -216,12 +216,11 @@ class BatchWrites:
       forwarding journal), written with one statement per table by `write`: at the end of the
       batch when `deferred`, else at the end of each message, in its savepoint;
     - when `deferred`, the automatic messages per recipient in the per-recipient window: one
-      query for the batch's senders, then counted as the batch queues replies. Without
-      `deferred` (a batch's retry, one savepoint a message) each message counts its own: a
-      message rolled back to its savepoint would leave its replies in a running count.
-
-    Outbox rows are written at once: a later message of the batch may thread to one (our
-    acknowledgement's Message-ID) or confirm an emergency prompt in one."""
+      query for the batch's senders, then counted as the batch queues replies, whose outbox
+      rows then wait for `write` too (but an emergency's confirmation request, which the
+      emergency wing reads back so as never to send two). Without `deferred` (a batch's
+      retry, one savepoint a message) each message counts its own: a message rolled back to
+      its savepoint would leave its replies in a running count."""
 
     def __init__(
         self, seen: Seen, deferred: bool, counts: dict[str, int] | None, sqlite: bool
@@ -233,6 +232,9 @@ class BatchWrites:
         self._last_ticket_id: int | None = None
         self.journal: list[dict[str, Any]] = []
         self._rows: list[tuple[Executable, list[dict[str, Any]]]] = []
+        # (recipient, kind) of the automatic messages queued with the batch's rows, not yet
+        # in the outbox.
+        self.queued: set[tuple[str, str]] = set()
 
     def ticket_id(self, conn: Connection) -> int | None:
         """The next ticket's id where the batch may choose it (SQLite), else None."""
@@ -251,6 +253,7 @@ class BatchWrites:
         savepoint."""
         self._rows = []
         self.journal = []
+        self.queued = set()
 
     def write(self, conn: Connection) -> None:
         """Every row added since the last write, one executemany per statement."""
@@ -261,6 +264,7 @@ class BatchWrites:
         for statement, rows in self._rows:
             grouped.setdefault(statement, []).extend(rows)
         self._rows = []
+        self.queued = set()
         for statement, rows in grouped.items():
             conn.execute(statement, rows)
 
@@ -477,9 +481,11 @@ def record(
     # -- emergency support: the hold, the incident and its billing, or the link ----------------
     billed: tuple[tuple[str, str], ...] = ()
     if isinstance(ticket, Ticket) and decision.emergency_step is not None:
+        # The emergency wing reads the outbox and may queue messages through the ORM, which
+        # the batch's running count would miss: the batch's rows go first, and the count
+        # starts afresh (the ORM's rows are flushed before the next message).
+        own.write(conn)
         billed = emergency_holds.apply(session, ticket, decision, thread, now)
-        # It may queue messages through the ORM, which the batch's running count would miss:
-        # count afresh (they are flushed before the next message).
         if own.counts is not None:
             own.counts.clear()
     # -- end emergency ------------------------------------------------------------------------
@@ -780,31 +786,36 @@ def _queue_reply(
                 f"per-recipient limit: {recent} or more automatic messages to {recipient} "
                 f"in the last {int(ctx.per_recipient_window.total_seconds() // 60)} minutes"
             )
-    # One Core insert: the row is in the database at once, so the next reply's count sees it,
-    # and no ORM object is left for a flush to walk (issue 20 outcome 1).
-    conn.execute(
-        _QUEUE,
-        {
-            "header_message_id": draft.header_message_id
-            if draft
-            else f"suppressed-{intake_id}-{template}@{ctx.mail_domain}",
-            "ticket_id": ticket.id if ticket else None,
-            "intake_id": intake_id,
-            "kind": template,
-            "channel": "sms" if sms else "email",
-            "recipient": recipient[:320] or "-",
-            "subject": draft.subject if draft else "",
-            "body": draft.body if draft else "",
-            "in_reply_to": index_safe(draft.in_reply_to) if draft and draft.in_reply_to else None,
-            "status": "pending" if why_not is None else "suppressed",
-            "status_reason": why_not or "",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        },
-    )
-    if why_not is None and batch.counts is not None:
+    row = {
+        "header_message_id": draft.header_message_id
+        if draft
+        else f"suppressed-{intake_id}-{template}@{ctx.mail_domain}",
+        "ticket_id": ticket.id if ticket else None,
+        "intake_id": intake_id,
+        "kind": template,
+        "channel": "sms" if sms else "email",
+        "recipient": recipient[:320] or "-",
+        "subject": draft.subject if draft else "",
+        "body": draft.body if draft else "",
+        "in_reply_to": index_safe(draft.in_reply_to) if draft and draft.in_reply_to else None,
+        "status": "pending" if why_not is None else "suppressed",
+        "status_reason": why_not or "",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+    if batch.counts is None or template in PROMPT_KINDS:
+        # One Core insert: the row is in the database at once, so the next reply's count sees
+        # it (and the emergency wing, in this transaction, the confirmation request it must
+        # not send twice), and no ORM object is left for a flush to walk.
+        conn.execute(_QUEUE, row)
+        return
+    # With the batch's rows: nothing in the batch reads it back (the count is kept below, and
+    # no later message can answer or thread to mail that is not sent until the commit).
+    batch.add(_QUEUE, [row])
+    if why_not is None:
         batch.counts[recipient] = batch.counts.get(recipient, 0) + 1
+        batch.queued.add((recipient, template))
 
 
 def _recent_to(
@@ -832,7 +843,9 @@ def _recent_to(
     told = 0
     if sms and reply.template == "unentitled":
         # One polite "not on your plan" text per window, however often they write.
-        told = conn.execute(_RECENT_OF_KIND, {**window, "kind": template, "cap": 1}).scalar_one()
+        told = int((recipient, template) in batch.queued) or conn.execute(
+            _RECENT_OF_KIND, {**window, "kind": template, "cap": 1}
+        ).scalar_one()
     return recent, told
 
 
