@@ -63,7 +63,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,6 +113,8 @@ _STATVFS_INTERVAL_S: Final = 1.0
 _RESCAN_INTERVAL_S: Final = 30.0
 # Parallel fsyncs per group (enqueue_async); the journal merges them, more threads gain little.
 _FSYNC_THREADS: Final = 8
+# Parallel unlinks of a worker batch's completed entries (complete_many).
+_UNLINK_THREADS: Final = 8
 # ENOSPC: disk full; EDQUOT: quota exhausted. Both are "try later", i.e. SMTP 452 / HTTP 503.
 _FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -438,6 +440,32 @@ class Spool:
         except OSError as exc:
             raise SpoolWriteError(f"cannot delete spool entry {entry.id}: {exc}") from exc
         self._account(-file_bytes)
+
+    def complete_many(self, entries: Sequence[Entry]) -> None:
+        """`complete` for a batch's entries, their unlinks side by side. Deleting a file that
+        was fsynced makes ext4 free its blocks through the journal: one by one a worker batch's
+        unlinks took 0.25-3 ms each here, side by side about a tenth of that (issue 20). The
+        first failure is raised once every entry was tried."""
+        if len(entries) <= 1:
+            for entry in entries:
+                self.complete(entry)
+            return
+
+        def attempt(entry: Entry) -> SpoolWriteError | None:
+            try:
+                self.complete(entry)
+            except SpoolWriteError as exc:
+                return exc
+            return None
+
+        from concurrent.futures import ThreadPoolExecutor  # not on `gateway ingest`'s path
+
+        with ThreadPoolExecutor(
+            max_workers=min(_UNLINK_THREADS, len(entries)), thread_name_prefix="spool-unlink"
+        ) as pool:
+            failures = [exc for exc in pool.map(attempt, entries) if exc is not None]
+        if failures:
+            raise failures[0]
 
     def release(self, entry: Entry) -> None:
         """Put a claimed entry back without counting an attempt (e.g. database down: Defer)."""

@@ -161,13 +161,13 @@ class Worker:
 
     def _finish(self, results: list[JobResult], by_id: dict[str, Entry]) -> None:
         """Complete the entries that were recorded; count an attempt for those that failed."""
+        self.spool.complete_many([by_id[r.spool_id] for r in results if r.error is None])
         for result in results:
             entry = by_id[result.spool_id]
             if result.error is not None:
                 self._failed(entry, result.error.stage, result.error.error)
                 continue
             assert result.persisted is not None
-            self.spool.complete(entry)
             outcome = result.persisted
             self.stats.processed += 1
             self.stats.outcomes[outcome.outcome] = self.stats.outcomes.get(outcome.outcome, 0) + 1

@@ -90,6 +90,21 @@ def test_enqueued_message_can_be_claimed_read_and_completed(spool: Spool) -> Non
     assert spool.claim() is None
 
 
+def test_a_batch_of_entries_is_completed_at_once_even_if_one_is_already_gone(
+    spool: Spool,
+) -> None:
+    for i in range(5):
+        spool.enqueue(f"message {i}".encode(), make_envelope())
+    entries = [spool.claim() for _ in range(5)]
+    assert all(entries)
+    claimed = [e for e in entries if e is not None]
+    claimed[2].path.unlink()  # recover() or a crash already dealt with this one
+    spool.complete_many(claimed)
+    assert spool.depth() == 0
+    assert files_in(spool.claimed_dir) == []
+    assert spool.claim() is None
+
+
 def test_raw_bytes_come_back_exactly_including_newlines_and_binary(spool: Spool) -> None:
     raw = b'\n\r\n\x00\xff{"v":1}\nSubject: x\r\n\r\n' + bytes(range(256))
     spool.enqueue(raw, make_envelope(mail_from=""))
