@@ -71,6 +71,8 @@ PARSE_DEFECT_KINDS: Final[dict[str, str]] = {
     "text-truncated": "the text is longer than the gateway keeps; the rest is in the raw message",
     "too-many-parts": "more MIME parts than the gateway walks; the rest is in the raw message",
     "walk-failed": "the MIME structure could not be walked; text recovered by mail-parser only",
+    "message-id-digested": "a Message-ID over 998 bytes is kept and matched as its SHA-256 digest",
+    "subject-truncated": "the subject is over 998 characters; the rest is in the raw message",
 }
 # How a ticket with such a defect is tagged, so the queue page can mark it without a join.
 PARSE_DEFECT_TAG: Final = "parse-defects"

@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
+from sqlalchemy import select
 
 from gateway.stages import classify as classify_stage
+from gateway.storage.models import Message
 from tests.helpers import BUSINESS_HOURS, Gateway, make_email
 
 
@@ -89,6 +91,11 @@ def test_a_reply_to_a_message_with_an_overlong_message_id_still_threads(gateway:
     (ticket,) = gateway.tickets()
     assert ticket.message_count == 2
     assert outcomes(gateway) == ["ticket", "follow-up"]
+    # Stored altered, so said so (non-negotiable 8): the first message carries the digest.
+    assert "parse-defects" in ticket.tags
+    with gateway.session() as s:
+        first = s.scalars(select(Message).order_by(Message.id)).first()
+    assert first is not None and first.defects.startswith("message-id-digested(sha256:")
 
 
 def test_a_reply_to_our_acknowledgement_threads_by_its_message_id(gateway: Gateway) -> None:

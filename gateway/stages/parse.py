@@ -110,6 +110,8 @@ def _decode_words(value: str) -> str:
 # RFC 5322's line length: an id longer than this (in UTF-8) cannot have been written on one line
 # by a conforming mailer, and would not fit the database's index.
 MAX_MSGID_BYTES = 998
+_DIGESTED = "sha256:"  # a digest's prefix: an id in angle brackets always holds an "@"
+MAX_SUBJECT_CHARS = 998  # RFC 5322's line length; the raw message keeps the whole header
 
 
 def bounded_msgid(msgid: str) -> str:
@@ -118,7 +120,7 @@ def bounded_msgid(msgid: str) -> str:
     message still threads to it."""
     if len(msgid.encode("utf-8", "surrogateescape")) <= MAX_MSGID_BYTES:
         return msgid
-    return "sha256:" + hashlib.sha256(msgid.encode("utf-8", "surrogateescape")).hexdigest()
+    return _DIGESTED + hashlib.sha256(msgid.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _msgids(value: str | None) -> tuple[str, ...]:
@@ -201,6 +203,8 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
     if not sender and envelope.mail_from:
         sender = envelope.mail_from.replace("\x00", "").lower()
     message_id = _one_msgid(hdr.get("message-id"))
+    if message_id is not None and message_id.startswith(_DIGESTED):
+        found.append(ParseDefect("message-id-digested", message_id))
     date: datetime | None = None
     try:
         raw_date = hdr.get("date")
@@ -224,6 +228,8 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
     if len(text) > TEXT_LIMIT:
         found.append(ParseDefect("text-truncated", f"{len(text)} characters"))
     subject = hdr.get("subject", "")
+    if len(subject) > MAX_SUBJECT_CHARS:
+        found.append(ParseDefect("subject-truncated", f"{len(subject)} characters"))
     return ParsedMessage(
         spool_id=spool_id,
         channel=envelope.channel,
@@ -236,7 +242,7 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
         references=_msgids(hdr.get("references")),
         sender=sender,
         sender_name=_decode_words(name),
-        subject=subject[:998],
+        subject=subject[:MAX_SUBJECT_CHARS],
         date=date,
         text=text[:TEXT_LIMIT],
         headers=tuple(headers),

@@ -100,8 +100,9 @@ def test_nul_8bit_unknown_charsets_huge_headers_and_10000_parts_each_become_a_ti
         assert "llo" in message.text
         ticket, _ = ticket_of("1mb-header-line")
         assert ticket.subject == "Long header"
-        ticket, _ = ticket_of("1mb-subject")
+        ticket, message = ticket_of("1mb-subject")
         assert 0 < len(ticket.subject) <= 998
+        assert "subject-truncated(" in message.defects  # cut, and said so
         ticket, message = ticket_of("10000-parts")
         assert ticket.subject == "Ten thousand parts"
         assert "The first part is the text." in message.text
