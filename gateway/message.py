@@ -6,6 +6,7 @@ Everything is a frozen dataclass so a stage cannot change what an earlier stage 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -163,11 +164,14 @@ class ParsedMessage:
     gateway_text: str = ""
 
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        """The first header of that name (case-insensitive), or None."""
+        return self._first_headers.get(name.lower())
+
+    @functools.cached_property
+    def _first_headers(self) -> dict[str, str]:
+        # Built once: the automated check, emergency rules and routing facts ask a dozen
+        # headers of each message (issue 20 outcome 1). `headers` is immutable, so is this.
+        return dict(reversed(self.headers))
 
     def header_all(self, name: str) -> tuple[str, ...]:
         name = name.lower()
