@@ -9,7 +9,7 @@ pipeline timings) and the bench prints each stage's mean µs per message beside 
 the tickets made, and the drain's wall rate. Blobs, classify and commit are per batch and are
 divided by the messages. Measurement only; nothing is asserted.
 
-    .venv/bin/python bench/stage_budgets.py [--messages 2000] [--postgresql]
+    .venv/bin/python bench/stage_budgets.py [--messages 2000] [--postgresql] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -66,11 +66,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--postgresql", action="store_true", help="a fresh database at " + PG_ADMIN_URL)
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="workers.batch_size (default: the sample config's)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gw-stages-"))
     database = f"bench_stages_{os.getpid()}"
     budgets = dict(BUDGETS)
     overrides: dict[str, object] = {}
+    if args.batch_size is not None:
+        overrides["workers__batch_size"] = args.batch_size
     if args.postgresql:
         import psycopg
 
