@@ -9,6 +9,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from classifiers.dimensions import _DOWN, _DOWN_AT_LINE_END, _is_down
 from classifiers.model import _CLAIMS, model_text
 from classifiers.normalise import _CONTRACTIONS, _WORD, _contractions, _squeeze
 
@@ -56,3 +57,19 @@ def test_contractions_skipped_only_where_the_substitution_changes_nothing(text: 
 def test_model_text_removes_claims_as_the_regex_alone_did(subject: str, body: str) -> None:
     text = f"{subject[:256]}\n{body[:2048]}"
     assert model_text(subject, body, "email") == "__email__ " + _CLAIMS.sub(" ", text)
+
+
+# Words the ways of saying "down" are made of, and the look-behinds' exceptions.
+DOWN_WORDS = st.lists(st.sampled_from(
+    ["down", "Down", " down", "down.", "down!!", "turned ", "shut ", "slow ", "payment ",
+     "system ", "is ", "the ", "offline", "or ", "\n", " ", "x" * 30, "again", "for", ",",
+     "can't ", "log in", "not loading", "outage", "500 error", "é"]), max_size=30).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(DOWN_WORDS)
+def test_down_is_the_one_table_it_was_before_its_line_end_branch_moved_out(text: str) -> None:
+    # The table as one pattern: _DOWN's alternatives with _DOWN_AT_LINE_END's among them.
+    whole = re.compile(_DOWN.pattern[:-1] + "|" + _DOWN_AT_LINE_END.pattern[len(r"\b(?:"):],
+                       re.MULTILINE)
+    assert _is_down(text) == (whole.search(text) is not None)
