@@ -131,7 +131,7 @@ class RuleSet:
                         low = lowered[fld] = text.lower()
                     text = low
                 literals = rule.literals
-                if literals is not None and not any(lit in text for lit in literals):
+                if literals is not None and not any(map(text.__contains__, literals)):
                     continue  # the regex cannot match without one of them
                 if rule.pattern.search(text):
                     fired.append(rule)
