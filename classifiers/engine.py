@@ -114,8 +114,7 @@ class Engine:
         votes = self._votes(readings)
         return [self._verdict(r, v, p) for r, (v, p) in zip(readings, votes, strict=True)]
 
-    def _matrix_hit(self, reading: Reading, vote: ModelVote | None) -> RuleHit | None:
-        level = matrix_level(reading.dimensions)
+    def _matrix_hit(self, level: str, explained: str, vote: ModelVote | None) -> RuleHit | None:
         weight = self._settings.matrix_weight
         if weight == 0.0:
             return None
@@ -124,8 +123,7 @@ class Engine:
             # +weight when the matrix is more severe than the model, -weight when less.
             diff = MATRIX_LEVELS.index(vote.level) - MATRIX_LEVELS.index(level)
             toward = weight * max(-1, min(1, diff))
-        return RuleHit(_matrix_name(level), round(toward, 3),
-                       f"severity matrix: {reading.dimensions.explain()}")
+        return RuleHit(_matrix_name(level), round(toward, 3), f"severity matrix: {explained}")
 
     def _verdict(self, reading: Reading, vote: ModelVote | None, p_urgent: float) -> Verdict:
         settings = self._settings
@@ -138,7 +136,9 @@ class Engine:
             return rule.score * (settings.rule_weight if rule.shipped else 1.0)
 
         hits = [RuleHit(r.name, round(weighted(r), 3), r.description) for r in fired]
-        matrix = self._matrix_hit(reading, vote)
+        level = matrix_level(reading.dimensions)
+        explained = reading.dimensions.explain()
+        matrix = self._matrix_hit(level, explained, vote)
         if matrix is not None:
             hits.append(matrix)
         score = sum(h.score for h in hits) + (vote.score if vote else 0.0)
@@ -152,7 +152,7 @@ class Engine:
         # spam ("no one is turned down") and list mail as outages; the model alone is
         # overconfident on text unlike its training data. Neither alone jumps.
         corroborated = content >= settings.jump_min_rule_score or (
-            matrix_level(reading.dimensions) == "urgent"
+            level == "urgent"
             and p_urgent >= settings.jump_min_model_probability)
         jump = (
             not guards
@@ -170,7 +170,7 @@ class Engine:
             guards=guards,
             normalised_text=reading.normalised.text,
             normalisation=reading.normalised.steps,
-            dimensions=reading.dimensions.explain(),
+            dimensions=explained,
         )
 
 

@@ -244,17 +244,33 @@ def _contractions(text: str, steps: list[str]) -> str:
             return word
         return repl
 
+    # The same words the substitution visits, looked up all at once: most texts have no
+    # contraction to repair, and calling `fix` on each of their words cost more than finding
+    # them (issue 20 outcome 1).
+    if _CONTRACTIONS.keys().isdisjoint(map(str.lower, _WORD.findall(text))):
+        return text
     fixed = _WORD.sub(fix, text)
     if fixed != text:
         steps.append("contractions")
     return fixed
 
 
+_BLANKS = re.compile(r"[ \t]+")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r" +([,.!?])")
+_REPEATED_PUNCTUATION = re.compile(r"([,.!?])(?:\s*[,.])+")
+_BLANK_LINES = re.compile(r"\n\s*\n+")
+
+
 def _squeeze(text: str) -> str:
-    text = re.sub(r"[ \t]+", " ", text)
-    text = re.sub(r" +([,.!?])", r"\1", text)
-    text = re.sub(r"([,.!?])(?:\s*[,.])+", r"\1", text)
-    text = re.sub(r"\n\s*\n+", "\n", text)
+    # Each substitution runs only if its text can match (`in` is a memchr-speed scan): a text
+    # without a tab or two spaces in a row has only single-space runs, which `_BLANKS` would
+    # replace by themselves; `_SPACE_BEFORE_PUNCTUATION` needs a space right before , . ! or ?.
+    if "\t" in text or "  " in text:
+        text = _BLANKS.sub(" ", text)
+    if " ," in text or " ." in text or " !" in text or " ?" in text:
+        text = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
+    text = _REPEATED_PUNCTUATION.sub(r"\1", text)
+    text = _BLANK_LINES.sub("\n", text)
     return text.strip(" \n,")
 
 

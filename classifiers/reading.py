@@ -7,7 +7,6 @@ what it will later be shown. Never imports the gateway or the channels.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from classifiers.dimensions import Dimensions, extract
@@ -26,8 +25,9 @@ class Reading:
     @property
     def for_rules(self) -> TextInput:
         """The input with its subject and body normalised; headers, sender, channel as sent."""
-        return dataclasses.replace(self.original, subject=self.normalised.subject,
-                                   body=self.normalised.body)
+        original = self.original
+        return TextInput(self.normalised.subject, self.normalised.body, original.headers,
+                         original.sender, original.channel)
 
 
 def read(inp: TextInput, body_chars: int = 2048) -> Reading:
