@@ -110,7 +110,8 @@ def _decode_words(value: str) -> str:
 # RFC 5322's line length: an id longer than this (in UTF-8) cannot have been written on one line
 # by a conforming mailer, and would not fit the database's index.
 MAX_MSGID_BYTES = 998
-_DIGESTED = "sha256:"  # a digest's prefix: an id in angle brackets always holds an "@"
+_DIGESTED = "sha256:"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what bounded_msgid makes of an overlong id
 MAX_SUBJECT_CHARS = 998  # RFC 5322's line length; the raw message keeps the whole header
 
 
@@ -203,7 +204,7 @@ def parse(raw: bytes, envelope: Envelope, spool_id: str, max_attachment: int) ->
     if not sender and envelope.mail_from:
         sender = envelope.mail_from.replace("\x00", "").lower()
     message_id = _one_msgid(hdr.get("message-id"))
-    if message_id is not None and message_id.startswith(_DIGESTED):
+    if message_id is not None and _DIGEST.fullmatch(message_id):
         found.append(ParseDefect("message-id-digested", message_id))
     date: datetime | None = None
     try:

@@ -319,21 +319,20 @@ def record(
     decision: Decision,
     ctx: PersistContext,
     now: datetime,
-    batch: BatchWrites | None = None,
+    batch: BatchWrites,
     *,
     look_again: bool = False,
 ) -> Persisted:
     """Write what became of `message`. `batch` is its batch's state (`begin_batch`): its
     look-up of earlier intakes answers unless `look_again` (a retry after a twin's claim) or
     another message of the batch shares this one's dedup key or spool entry; then this
-    message's own query does. Without `batch`, every row is written here, at once."""
+    message's own query does."""
     # Core statements on the session's connection, so in its transaction (and this message's
     # savepoint, if it has one): the common path (a new ticket, a plain follow-up) builds no
     # ORM object for the intake, the message or its attachments (issue 20 outcome 1).
     conn = session.connection()
-    own = batch if batch is not None else BatchWrites(Seen({}, {}, frozenset()), False, None, False)
     # This spool entry already recorded? This dedup key already claimed?
-    seen = None if look_again else own.seen if batch is not None else None
+    seen = None if look_again else batch.seen
     if seen is not None and seen.answers(message):
         done = seen.by_spool_id.get(message.spool_id)
         first = seen.by_key.get(message.dedup_key)
@@ -386,7 +385,7 @@ def record(
     kind: str
     if isinstance(outcome, Accept | Hold):
         ticket, kind = _ticket_for(
-            session, conn, message, customer, thread, verdict, decision, ctx, now, own
+            session, conn, message, customer, thread, verdict, decision, ctx, now, batch
         )
         if isinstance(outcome, Hold):
             # The request is held, not the ticket: the emergency wing marks it (holds.apply).
@@ -441,7 +440,7 @@ def record(
     ).scalar_one()
     crash_point("mid-transaction")
     if message.attachments:
-        own.add(
+        batch.add(
             _ATTACH,
             [
                 {
@@ -457,7 +456,7 @@ def record(
         )
     if decision.reasons:
         # About six rows a message, written with the batch's.
-        own.add(
+        batch.add(
             _DECIDE.get(conn.dialect.name, _DECIDE_ANYWHERE),
             [
                 {
@@ -484,20 +483,20 @@ def record(
         # The emergency wing reads the outbox and may queue messages through the ORM, which
         # the batch's running count would miss: the batch's rows go first, and the count
         # starts afresh (the ORM's rows are flushed before the next message).
-        own.write(conn)
+        batch.write(conn)
         billed = emergency_holds.apply(session, ticket, decision, thread, now)
-        if own.counts is not None:
-            own.counts.clear()
+        if batch.counts is not None:
+            batch.counts.clear()
     # -- end emergency ------------------------------------------------------------------------
     opened = _Opened.of(ticket) if isinstance(ticket, Ticket) else ticket
     for reply in decision.replies:
         if billed and reply.template.startswith("emergency-"):
             reply = replace(reply, values=(*reply.values, *billed))
         _queue_reply(
-            session, conn, reply, message, customer, automated, opened, intake_id, ctx, now, own
+            session, conn, reply, message, customer, automated, opened, intake_id, ctx, now, batch
         )
-    if not own.deferred:
-        own.write(conn)
+    if not batch.deferred:
+        batch.write(conn)
     return Persisted(kind, opened.reference if opened else None, outcome.reason)
 
 

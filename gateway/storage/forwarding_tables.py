@@ -44,7 +44,6 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
-    update,
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.engine import Connection
@@ -144,9 +143,8 @@ def _ticket_updated(_mapper: Mapper[Any], connection: Connection, target: Any) -
 
 
 # The statements of `insert_ticket`, built once `journal_changes_of` has named the tickets table
-# (this module never imports models): the insert with its id, the insert returning the id the
-# database chose, and setting the reference.
-_ticket_statements: list[tuple[Table, Executable, Executable, Executable]] = []
+# (this module never imports models): the table and the insert with a given id.
+_ticket_statements: list[tuple[Table, Executable]] = []
 
 
 def journal_changes_of(ticket: type[Base]) -> None:
@@ -155,12 +153,7 @@ def journal_changes_of(ticket: type[Base]) -> None:
     event.listen(ticket, "after_update", _ticket_updated)
     tickets = cast(Table, ticket.__table__)
     _ticket_statements[:] = [
-        (
-            tickets,
-            insert(tickets),
-            insert(tickets).returning(tickets.c.id),
-            update(tickets).where(tickets.c.id == bindparam("ticket_id")),
-        )
+        (tickets, insert(tickets))
     ]
 
 
@@ -175,25 +168,18 @@ def insert_ticket(
     it); return its id (issue 20 outcome 1: no unit of work, no UPDATE for the reference).
 
     The id is `ticket_id` when the caller allocated it (it must be the only writer of tickets for
-    the transaction: SQLite's BEGIN IMMEDIATE); on PostgreSQL the INSERT takes it from the
-    table's sequence and makes the reference from it in SQL. Otherwise the database picks it and
-    the reference is set by an UPDATE in the same transaction: still its creation (as
-    `_ticket_updated` has it for the ORM). The journal row is appended to `journal` when given,
-    for the caller to write with the rest of its batch's before it commits (`JOURNAL`), else
-    written here."""
-    ((tickets, insert_with_id, insert_returning_id, set_reference),) = _ticket_statements
+    the transaction: SQLite's BEGIN IMMEDIATE); without it (PostgreSQL) the INSERT takes it from
+    the table's sequence and makes the reference from it in SQL. The journal row is appended to
+    `journal` when given, for the caller to write with the rest of its batch's before it
+    commits (`JOURNAL`), else written here."""
+    ((tickets, insert_with_id),) = _ticket_statements
     if ticket_id is not None:
         connection.execute(
             insert_with_id, {**values, "id": ticket_id, "reference": reference(ticket_id)}
         )
-    elif connection.dialect.name == "postgresql":
+    else:
         numbered = _numbered_insert(tickets, tuple(values))
         ticket_id = connection.execute(numbered, dict(values)).scalar_one()
-    else:
-        ticket_id = connection.execute(insert_returning_id, dict(values)).scalar_one()
-        connection.execute(
-            set_reference, {"ticket_id": ticket_id, "reference": reference(ticket_id)}
-        )
     row = journal_row(ticket_id, CREATED)
     if journal is None:
         connection.execute(JOURNAL, row)
