@@ -254,24 +254,37 @@ def _write(
         # recent automatic messages: persist's share of the batch, charged to it.
         batch = begin_batch(session, messages, runtime.persist, now, deferred=not savepoints)
         clock.share("persist", len(parsed))
-        for job, message in parsed:
-            result = _one(
-                session,
-                job,
-                message,
-                runtime,
-                now,
-                limit,
-                clock,
-                verdicts.get(job.spool_id),
-                batch,
-                savepoints,
-            )
-            if result.error is not None and not savepoints:
-                raise _RetryWithSavepoints(result.error)
-            results[job.spool_id] = result
-        # The rows persist kept for the end of the batch: one statement per table.
-        batch.write(session.connection())
+        batch.watch(session.connection())
+        try:
+            for job, message in parsed:
+                result = _one(
+                    session,
+                    job,
+                    message,
+                    runtime,
+                    now,
+                    limit,
+                    clock,
+                    verdicts.get(job.spool_id),
+                    batch,
+                    savepoints,
+                )
+                if result.error is not None and not savepoints:
+                    raise _RetryWithSavepoints(result.error)
+                results[job.spool_id] = result
+            # The rows persist kept for the end of the batch: one statement per table.
+            batch.write(session.connection())
+        except IntegrityError as exc:
+            if not batch.behind:
+                raise
+            # A row written behind met a unique constraint (a twin's claim): which message
+            # wrote it is known only with one savepoint a message.
+            raise _RetryWithSavepoints(exc) from exc
+        finally:
+            batch.unwatch()
+        if batch.spoilt:
+            # A row written behind failed under a statement whose caller caught the error.
+            raise _RetryWithSavepoints(RuntimeError("a row written behind failed"))
         clock.share("persist", len(parsed))
         crash_point("before-commit")
     clock.lap("commit")

@@ -446,3 +446,52 @@ def test_a_message_failing_halfway_through_persist_leaves_no_row_and_its_batch_i
         decided = set(s.scalars(select(DecisionRecord.ticket_id)))
     assert journalled == decided == {t.id for t in tickets}
     assert [o.status for o in gateway.outbox()] == ["pending"] * 3
+
+
+def test_a_reply_drained_in_the_same_batch_as_its_original_joins_its_ticket(
+    gateway: Gateway,
+) -> None:
+    """On PostgreSQL a batch writes its new tickets, messages and intakes behind, at its next
+    statement (issue 20 outcome 1): the reply's thread look-up is such a statement, so it sees
+    the ticket its original made a moment before, uncommitted, in the same transaction."""
+    gateway.ingest(make_email(message_id="<orig@acme-clinic.example>"))
+    gateway.ingest(make_email(body="A different printer entirely.", message_id="<other@x>"))
+    gateway.ingest(
+        make_email(
+            subject="Re: Printer offline",
+            body="Still offline after restart.",
+            message_id="<reply@acme-clinic.example>",
+            In_Reply_To="<orig@acme-clinic.example>",
+        )
+    )
+    assert gateway.drain() == 3
+    tickets = gateway.tickets()
+    assert [t.message_count for t in tickets] == [2, 1]
+    assert outcomes(gateway) == ["ticket", "ticket", "follow-up"]
+    assert [i.ticket_id for i in gateway.intakes()] == [tickets[0].id, tickets[1].id, tickets[0].id]
+
+
+def test_a_redelivery_the_batch_look_up_missed_is_still_one_ticket_and_a_duplicate(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A twin (another worker or instance) commits a message's intake after its batch looked
+    for one: the claim meets the unique constraint — at once on SQLite, at the end of the batch
+    on PostgreSQL, where the claim was written behind — and the batch is written again, one
+    savepoint a message, where the message looks again and is recorded a duplicate while the
+    rest of the batch become tickets."""
+    from gateway.stages import persist
+
+    raw = make_email(message_id="<twin@acme-clinic.example>")
+    gateway.ingest(raw)
+    gateway.drain()
+    blind = persist.Seen({}, {}, frozenset())
+    monkeypatch.setattr(persist, "look_up", lambda _session, _messages: blind)
+    gateway.ingest(make_email(body="first fresh message", message_id="<fresh1@x>"))
+    gateway.ingest(raw)
+    gateway.ingest(make_email(body="second fresh message", message_id="<fresh2@x>"))
+    assert gateway.drain() == 3
+    assert outcomes(gateway) == ["ticket", "ticket", "duplicate", "ticket"]
+    tickets = gateway.tickets()
+    assert len(tickets) == 3
+    assert gateway.intakes()[2].ticket_id == tickets[0].id
+    assert [t.reference for t in tickets] == [f"T-{t.id:06d}" for t in tickets]

@@ -28,10 +28,12 @@ from sqlalchemy import (
     Row,
     Table,
     bindparam,
+    event,
     func,
     insert,
     or_,
     select,
+    text,
 )
 from sqlalchemy.orm import Session
 
@@ -124,6 +126,21 @@ _SEEN_BATCH = select(*_SEEN_COLUMNS).where(
 )
 _CLAIM = insert(_INTAKES).returning(_INTAKES.c.id)
 _STORE = insert(_MESSAGES).returning(_MESSAGES.c.id)
+# Written behind on PostgreSQL (`BatchWrites.insert`), with the ids the batch took from the
+# tables' sequences; RETURNING makes SQLAlchemy send a table's rows as one multi-row INSERT.
+_WRITE_BEHIND = {
+    "tickets": insert(cast(Table, Ticket.__table__)).returning(Ticket.__table__.c.id),
+    "messages": _STORE,
+    "intakes": _CLAIM,
+}
+# One round trip for a batch's ids: as many of each sequence's as the batch has messages (each
+# message makes at most one ticket, one stored message and one intake through `insert`).
+_NEXT_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('tickets', 'id')),"
+    " nextval(pg_get_serial_sequence('messages', 'id')),"
+    " nextval(pg_get_serial_sequence('intakes', 'id'))"
+    " FROM generate_series(1, :n)"
+)
 _ATTACH = insert(_ATTACHMENTS)
 # A message's ~6 reasons: on PostgreSQL, RETURNING makes SQLAlchemy send them as one multi-row
 # INSERT ("insertmanyvalues"), one round trip where psycopg's executemany measured as several
@@ -212,6 +229,16 @@ class BatchWrites:
     - ticket ids on SQLite, where BEGIN IMMEDIATE makes the batch the only writer: the largest
       id once, then counted on, so a new ticket's reference goes in its own INSERT (SQLite
       itself gives a new row the largest id plus one, so the ids are the same);
+    - on PostgreSQL when `deferred`, the new tickets, stored messages and intakes written
+      behind (`insert`): their ids taken from the sequences for the whole batch in one round
+      trip, their rows sent with one multi-row INSERT a table, either before the next
+      statement of any kind on the transaction's connection (`watch`: a read-your-writes
+      barrier, so a thread look-up, the ORM or the emergency wing always sees them, and no
+      SAVEPOINT opens with rows still pending) or at the end of the batch. Each of those
+      statements was a round trip a message (bench/stage_budgets.py --postgresql). A row that
+      fails there (a twin's claim of a dedup key) marks the batch `spoilt`: it is written again,
+      one savepoint a message. SQLite, in process, has no round trip to save, and its ids are
+      not reserved by a sequence, so there those rows are written at once;
     - rows nothing reads back in the transaction (a message's decisions, its attachments, the
       forwarding journal), written with one statement per table by `write`: at the end of the
       batch when `deferred`, else at the end of each message, in its savepoint;
@@ -223,27 +250,94 @@ class BatchWrites:
       its savepoint would leave its replies in a running count."""
 
     def __init__(
-        self, seen: Seen, deferred: bool, counts: dict[str, int] | None, sqlite: bool
+        self,
+        seen: Seen,
+        deferred: bool,
+        counts: dict[str, int] | None,
+        sqlite: bool,
+        messages: int = 1,
     ) -> None:
         self.seen = seen
         self.deferred = deferred
         self.counts = counts
         self._sqlite = sqlite
+        self._messages = max(1, messages)
         self._last_ticket_id: int | None = None
         self.journal: list[dict[str, Any]] = []
         self._rows: list[tuple[Executable, list[dict[str, Any]]]] = []
         # (recipient, kind) of the automatic messages queued with the batch's rows, not yet
         # in the outbox.
         self.queued: set[tuple[str, str]] = set()
+        #: Tickets, messages and intakes are written behind (PostgreSQL, `deferred`).
+        self.behind = deferred and not sqlite
+        self._behind: list[tuple[str, dict[str, Any]]] = []
+        self._ids: dict[str, list[int]] = {}
+        #: A row written behind failed: the batch must be written again (`_RetryWithSavepoints`).
+        self.spoilt = False
+        self._watched: Connection | None = None
 
     def ticket_id(self, conn: Connection) -> int | None:
-        """The next ticket's id where the batch may choose it (SQLite), else None."""
+        """The next ticket's id where the batch chooses it (SQLite; PostgreSQL written behind),
+        else None (the INSERT takes it from the sequence)."""
+        if self.behind:
+            return self._next_id(conn, "tickets")
         if not self._sqlite:
             return None
         if self._last_ticket_id is None:
             self._last_ticket_id = int(conn.execute(_LAST_TICKET_ID).scalar_one())
         self._last_ticket_id += 1
         return self._last_ticket_id
+
+    def insert(self, conn: Connection, table: str, row: dict[str, Any]) -> int:
+        """Insert `row` into `table` (tickets, messages or intakes) and return its id: written
+        behind when `behind`, else at once."""
+        if not self.behind:
+            return int(conn.execute(_WRITE_BEHIND[table], row).scalar_one())
+        row_id = row["id"] if table == "tickets" else self._next_id(conn, table)
+        self._behind.append((table, {**row, "id": row_id}))
+        return int(row_id)
+
+    def _next_id(self, conn: Connection, table: str) -> int:
+        pool = self._ids.get(table)
+        if not pool:
+            # The first of the batch, or (never in practice) more than one a message: a batch's
+            # worth more. Unused ids are gaps, as a rolled-back insert leaves.
+            for row in conn.execute(_NEXT_IDS, {"n": self._messages}):
+                for name, row_id in zip(("tickets", "messages", "intakes"), row, strict=True):
+                    self._ids.setdefault(name, []).append(int(row_id))
+            for ids in self._ids.values():
+                ids.sort(reverse=True)  # popped in ascending order, as the table would number
+            pool = self._ids[table]
+        return int(pool.pop())
+
+    def watch(self, conn: Connection) -> None:
+        """Write the rows written behind before any other statement on `conn`, until `unwatch`."""
+        if self.behind and self._watched is None:
+            event.listen(conn, "before_execute", self._barrier)
+            self._watched = conn
+
+    def unwatch(self) -> None:
+        if self._watched is not None:
+            event.remove(self._watched, "before_execute", self._barrier)
+            self._watched = None
+
+    def _barrier(self, conn: Connection, *_statement: Any) -> None:
+        if self._behind:
+            self._write_behind(conn)
+
+    def _write_behind(self, conn: Connection) -> None:
+        rows, self._behind = self._behind, []  # taken first: these statements pass the barrier
+        grouped: dict[str, list[dict[str, Any]]] = {"tickets": [], "messages": [], "intakes": []}
+        for table, row in rows:
+            grouped[table].append(row)
+        try:
+            # In this order: a message names its ticket, an intake both.
+            for table, group in grouped.items():
+                if group:
+                    conn.execute(_WRITE_BEHIND[table], group)
+        except Exception:
+            self.spoilt = True  # whoever catches this, the batch is not committed as it is
+            raise
 
     def add(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
         self._rows.append((statement, rows))
@@ -252,11 +346,15 @@ class BatchWrites:
         """Drop the rows added since the last write: their message rolled back to its
         savepoint."""
         self._rows = []
+        self._behind = []
         self.journal = []
         self.queued = set()
 
     def write(self, conn: Connection) -> None:
-        """Every row added since the last write, one executemany per statement."""
+        """Every row added since the last write, one executemany per statement (the rows
+        written behind first: the others name them)."""
+        if self._behind:
+            self._write_behind(conn)
         if self.journal:
             self.add(forwarding_tables.JOURNAL, self.journal)
             self.journal = []
@@ -287,7 +385,7 @@ def begin_batch(
             ):
                 counts[recipient] = int(count)
     return BatchWrites(
-        look_up(session, messages), deferred, counts, conn.dialect.name == "sqlite"
+        look_up(session, messages), deferred, counts, conn.dialect.name == "sqlite", len(messages)
     )
 
 
@@ -368,13 +466,16 @@ def record(
             + (f", {ticket_ref}" if ticket_ref else "")
             + f") by dedup key {message.dedup_key[:80]}"
         )
-        conn.execute(
-            _CLAIM,
+        batch.insert(
+            conn,
+            "intakes",
             {
                 **intake,
+                "first_key": None,
                 "outcome": "duplicate",
                 "duplicate_of": first.id,
                 "ticket_id": first.ticket_id,
+                "message_id": None,
                 "reason": reason,
             },
         )
@@ -398,8 +499,9 @@ def record(
         raise TypeError(f"unknown outcome {outcome!r}")
     ticket_id = ticket.id if ticket else None
 
-    stored_id: int = conn.execute(
-        _STORE,
+    stored_id = batch.insert(
+        conn,
+        "messages",
         {
             "ticket_id": ticket_id,
             "direction": "in",
@@ -422,13 +524,14 @@ def record(
             "automated": automated.kind,
             "verdict": verdict.to_json(),
         },
-    ).scalar_one()
+    )
     # The claim of the dedup key, written whole once the ticket and message exist (no UPDATE
     # to settle it): a racing twin fails here on the unique constraint, and everything this
     # message wrote rolls back with it. Within one transaction the order of the writes changes
     # nothing another transaction can see.
-    intake_id: int = conn.execute(
-        _CLAIM,
+    intake_id = batch.insert(
+        conn,
+        "intakes",
         {
             **intake,
             "first_key": message.dedup_key,
@@ -436,8 +539,9 @@ def record(
             "reason": outcome.reason[:4000],
             "ticket_id": ticket_id,
             "message_id": stored_id,
+            "duplicate_of": None,
         },
-    ).scalar_one()
+    )
     crash_point("mid-transaction")
     if message.attachments:
         batch.add(
@@ -546,7 +650,12 @@ def _ticket_for(
             session.flush()
             created.reference = ticket_reference.reference(created.id)
         return created, "ticket"
-    ticket_id = forwarding_tables.insert_ticket(conn, values, chosen, batch.journal)
+    if batch.behind and chosen is not None:
+        batch.insert(conn, "tickets", forwarding_tables.ticket_row(values, chosen))
+        batch.journal.append(forwarding_tables.journal_row(chosen, forwarding_tables.CREATED))
+        ticket_id = chosen
+    else:
+        ticket_id = forwarding_tables.insert_ticket(conn, values, chosen, batch.journal)
     opened = _Opened(
         ticket_id,
         ticket_reference.reference(ticket_id),

@@ -157,6 +157,13 @@ def journal_changes_of(ticket: type[Base]) -> None:
     ]
 
 
+def ticket_row(values: Mapping[str, Any], ticket_id: int) -> dict[str, Any]:
+    """A new ticket's row with the id its writer chose and the reference made from it, for a
+    caller writing tickets itself (persist's write-behind); it journals them with
+    `journal_row(ticket_id, CREATED)`."""
+    return {**values, "id": ticket_id, "reference": reference(ticket_id)}
+
+
 def insert_ticket(
     connection: Connection,
     values: Mapping[str, Any],
@@ -215,4 +222,5 @@ __all__ = [
     "insert_ticket",
     "journal_changes_of",
     "journal_row",
+    "ticket_row",
 ]
