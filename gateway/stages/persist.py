@@ -24,7 +24,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Connection,
-    Executable,
     Row,
     Table,
     bindparam,
@@ -66,6 +65,7 @@ from gateway.stages.decide import (
     severity_rank,
 )
 from gateway.storage import forwarding_tables, ticket_reference
+from gateway.storage.bulk import copy_rows
 from gateway.storage.models import (
     AttachmentRecord,
     DecisionRecord,
@@ -133,6 +133,9 @@ _WRITE_BEHIND = {
     "messages": _STORE,
     "intakes": _CLAIM,
 }
+_BEHIND_TABLES = {
+    "tickets": cast(Table, Ticket.__table__), "messages": _MESSAGES, "intakes": _INTAKES
+}
 # One round trip for a batch's ids: as many of each sequence's as the batch has messages (each
 # message makes at most one ticket, one stored message and one intake through `insert`).
 _NEXT_IDS = text(
@@ -141,14 +144,14 @@ _NEXT_IDS = text(
     " nextval(pg_get_serial_sequence('intakes', 'id'))"
     " FROM generate_series(1, :n)"
 )
-_ATTACH = insert(_ATTACHMENTS)
-# A message's ~6 reasons: on PostgreSQL, RETURNING makes SQLAlchemy send them as one multi-row
-# INSERT ("insertmanyvalues"), one round trip where psycopg's executemany measured as several
-# (bench/stage_budgets.py: ~880 -> ~490 µs); on SQLite, in process, the plain executemany is
-# cheaper (~110 µs, ~240 with RETURNING: building the multi-row statement costs more there).
-_DECIDE = {"postgresql": insert(_DECISIONS).returning(_DECISIONS.c.id)}
-_DECIDE_ANYWHERE = insert(_DECISIONS)
 _QUEUE = insert(_OUTBOX)
+# The rows `BatchWrites.write` sends with one statement a table: COPY on PostgreSQL
+# (gateway.storage.bulk), an executemany of these INSERTs on SQLite (in process, the plain
+# executemany is cheapest there).
+_INSERT_INTO = {
+    table: insert(table)
+    for table in (_ATTACHMENTS, _DECISIONS, _OUTBOX, forwarding_tables.JOURNAL_TABLE)
+}
 _REFERENCE = select(Ticket.reference).where(Ticket.id == bindparam("ticket_id"))
 # At most `cap` of them are counted: the limit only asks "as many as the limit yet?", and an
 # exact count of a busy address would read every row of its window for each message.
@@ -264,7 +267,7 @@ class BatchWrites:
         self._messages = max(1, messages)
         self._last_ticket_id: int | None = None
         self.journal: list[dict[str, Any]] = []
-        self._rows: list[tuple[Executable, list[dict[str, Any]]]] = []
+        self._rows: list[tuple[Table, list[dict[str, Any]]]] = []
         # (recipient, kind) of the automatic messages queued with the batch's rows, not yet
         # in the outbox.
         self.queued: set[tuple[str, str]] = set()
@@ -333,14 +336,13 @@ class BatchWrites:
         try:
             # In this order: a message names its ticket, an intake both.
             for table, group in grouped.items():
-                if group:
-                    conn.execute(_WRITE_BEHIND[table], group)
+                copy_rows(conn, _BEHIND_TABLES[table], group)
         except Exception:
             self.spoilt = True  # whoever catches this, the batch is not committed as it is
             raise
 
-    def add(self, statement: Executable, rows: list[dict[str, Any]]) -> None:
-        self._rows.append((statement, rows))
+    def add(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        self._rows.append((table, rows))
 
     def forget(self) -> None:
         """Drop the rows added since the last write: their message rolled back to its
@@ -356,15 +358,18 @@ class BatchWrites:
         if self._behind:
             self._write_behind(conn)
         if self.journal:
-            self.add(forwarding_tables.JOURNAL, self.journal)
+            self.add(forwarding_tables.JOURNAL_TABLE, self.journal)
             self.journal = []
-        grouped: dict[Executable, list[dict[str, Any]]] = {}
-        for statement, rows in self._rows:
-            grouped.setdefault(statement, []).extend(rows)
+        grouped: dict[Table, list[dict[str, Any]]] = {}
+        for table, rows in self._rows:
+            grouped.setdefault(table, []).extend(rows)
         self._rows = []
         self.queued = set()
-        for statement, rows in grouped.items():
-            conn.execute(statement, rows)
+        for table, rows in grouped.items():
+            if self._sqlite:
+                conn.execute(_INSERT_INTO[table], rows)
+            else:
+                copy_rows(conn, table, rows)
 
 
 def begin_batch(
@@ -545,7 +550,7 @@ def record(
     crash_point("mid-transaction")
     if message.attachments:
         batch.add(
-            _ATTACH,
+            _ATTACHMENTS,
             [
                 {
                     "message_id": stored_id,
@@ -561,7 +566,7 @@ def record(
     if decision.reasons:
         # About six rows a message, written with the batch's.
         batch.add(
-            _DECIDE.get(conn.dialect.name, _DECIDE_ANYWHERE),
+            _DECISIONS,
             [
                 {
                     "intake_id": intake_id,
@@ -920,7 +925,7 @@ def _queue_reply(
         return
     # With the batch's rows: nothing in the batch reads it back (the count is kept below, and
     # no later message can answer or thread to mail that is not sent until the commit).
-    batch.add(_QUEUE, [row])
+    batch.add(_OUTBOX, [row])
     if why_not is None:
         batch.counts[recipient] = batch.counts.get(recipient, 0) + 1
         batch.queued.add((recipient, template))

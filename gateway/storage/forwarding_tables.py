@@ -109,7 +109,8 @@ class ForwardDelivery(Base):
 
 
 # Built once: building a statement costs about as much as running it.
-JOURNAL = insert(cast(Table, ForwardChange.__table__))
+JOURNAL_TABLE = cast(Table, ForwardChange.__table__)
+JOURNAL = insert(JOURNAL_TABLE)
 
 
 def journal_row(ticket_id: int, kind: str) -> dict[str, Any]:
@@ -216,6 +217,7 @@ def _numbered_insert(tickets: Table, names: tuple[str, ...]) -> Executable:
 __all__ = [
     "CREATED",
     "JOURNAL",
+    "JOURNAL_TABLE",
     "UPDATED",
     "ForwardChange",
     "ForwardDelivery",
