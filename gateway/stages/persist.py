@@ -1,4 +1,4 @@
-"""Stage 7: the only stage that writes. One transaction per message.
+"""Stage 7: the only stage that writes. One transaction per worker batch.
 
 Owns exactly-once (DESIGN promise 2): the intake row claims the message's dedup key under a
 unique constraint, in the transaction that writes everything else of the message, so a
@@ -126,13 +126,9 @@ _SEEN_BATCH = select(*_SEEN_COLUMNS).where(
 )
 _CLAIM = insert(_INTAKES).returning(_INTAKES.c.id)
 _STORE = insert(_MESSAGES).returning(_MESSAGES.c.id)
-# Written behind on PostgreSQL (`BatchWrites.insert`), with the ids the batch took from the
-# tables' sequences; RETURNING makes SQLAlchemy send a table's rows as one multi-row INSERT.
-_WRITE_BEHIND = {
-    "tickets": insert(cast(Table, Ticket.__table__)).returning(Ticket.__table__.c.id),
-    "messages": _STORE,
-    "intakes": _CLAIM,
-}
+# `BatchWrites.insert` of a message or an intake written at once (SQLite; a batch's retry).
+_INSERT_AT_ONCE = {"messages": _STORE, "intakes": _CLAIM}
+# The tables `BatchWrites.insert` writes behind on PostgreSQL, in the order they are sent.
 _BEHIND_TABLES = {
     "tickets": cast(Table, Ticket.__table__), "messages": _MESSAGES, "intakes": _INTAKES
 }
@@ -234,7 +230,7 @@ class BatchWrites:
       itself gives a new row the largest id plus one, so the ids are the same);
     - on PostgreSQL when `deferred`, the new tickets, stored messages and intakes written
       behind (`insert`): their ids taken from the sequences for the whole batch in one round
-      trip, their rows sent with one multi-row INSERT a table, either before the next
+      trip, their rows sent with one COPY a table (gateway.storage.bulk), either before the next
       statement of any kind on the transaction's connection (`watch`: a read-your-writes
       barrier, so a thread look-up, the ORM or the emergency wing always sees them, and no
       SAVEPOINT opens with rows still pending) or at the end of the batch. Each of those
@@ -243,8 +239,9 @@ class BatchWrites:
       one savepoint a message. SQLite, in process, has no round trip to save, and its ids are
       not reserved by a sequence, so there those rows are written at once;
     - rows nothing reads back in the transaction (a message's decisions, its attachments, the
-      forwarding journal), written with one statement per table by `write`: at the end of the
-      batch when `deferred`, else at the end of each message, in its savepoint;
+      forwarding journal), written with one statement per table by `write` (COPY on
+      PostgreSQL): at the end of the batch when `deferred`, else at the end of each message,
+      in its savepoint;
     - when `deferred`, the automatic messages per recipient in the per-recipient window: one
       query for the batch's senders, then counted as the batch queues replies, whose outbox
       rows then wait for `write` too (but an emergency's confirmation request, which the
@@ -292,10 +289,11 @@ class BatchWrites:
         return self._last_ticket_id
 
     def insert(self, conn: Connection, table: str, row: dict[str, Any]) -> int:
-        """Insert `row` into `table` (tickets, messages or intakes) and return its id: written
-        behind when `behind`, else at once."""
+        """Insert `row` into `table` and return its id: written behind when `behind` (a ticket's
+        row then carries the id `ticket_id` gave it), else at once (messages and intakes; a
+        ticket at once goes through `forwarding_tables.insert_ticket`)."""
         if not self.behind:
-            return int(conn.execute(_WRITE_BEHIND[table], row).scalar_one())
+            return int(conn.execute(_INSERT_AT_ONCE[table], row).scalar_one())
         row_id = row["id"] if table == "tickets" else self._next_id(conn, table)
         self._behind.append((table, {**row, "id": row_id}))
         return int(row_id)
