@@ -3,7 +3,9 @@ business calendar, and a ceiling no lift can break. Pure functions, a frozen clo
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,7 +14,7 @@ from gateway.config.loader import Settings, load
 from gateway.policy.calendars import build_calendars
 from gateway.policy.directory import Directory
 from gateway.policy.plans import Plans, cap_lift, check_channel_entitlement, due_times, sla_for
-from tests.helpers import ROOT
+from tests.helpers import ROOT, configure
 
 NY = ZoneInfo("America/New_York")
 
@@ -148,10 +150,14 @@ def test_a_severity_floor_never_lifts_a_ticket_above_its_plans_ceiling() -> None
 
 
 @pytest.fixture(scope="module")
-def runtime():  # type: ignore[no-untyped-def]
+def runtime(tmp_path_factory: pytest.TempPathFactory, trained_models: Path):  # type: ignore[no-untyped-def]
+    """The sample config's runtime, its state (the model) in a temporary directory: loaded
+    from the checkout's config/ itself, it wrote a model into config/.state."""
     from gateway.service.runtime import load_runtime
 
-    return load_runtime(ROOT / "config")
+    base = tmp_path_factory.mktemp("policy")
+    shutil.copytree(trained_models, base / "state" / "models")
+    return load_runtime(configure(ROOT / "config", base / "config", base / "state"))
 
 
 def _decide(runtime, sender: str, channel: str, subject: str, body: str):  # type: ignore[no-untyped-def]
