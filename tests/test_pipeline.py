@@ -495,3 +495,19 @@ def test_a_redelivery_the_batch_look_up_missed_is_still_one_ticket_and_a_duplica
     assert len(tickets) == 3
     assert gateway.intakes()[2].ticket_id == tickets[0].id
     assert [t.reference for t in tickets] == [f"T-{t.id:06d}" for t in tickets]
+
+
+def test_discarded_mail_leaves_no_gap_in_the_ticket_numbers(gateway: Gateway) -> None:
+    """A ticket's number is its reference, read by agents and customers: on PostgreSQL the
+    write-behind reserves message and intake ids for a whole batch, but a ticket's id only as
+    the ticket is made, so the spam between two tickets costs no number."""
+    gateway.ingest(make_email(body="The first printer is down.", message_id="<t1@x>"))
+    for i in range(5):
+        gateway.ingest(make_email(message_id=f"<spam{i}@x>", X_Spam_Flag="YES"))
+    assert gateway.drain() == 6  # one batch
+    gateway.ingest(make_email(body="The second printer is down.", message_id="<t2@x>"))
+    assert gateway.drain() == 1  # the next
+    assert outcomes(gateway) == ["ticket", *["discard"] * 5, "ticket"]
+    first, second = gateway.tickets()
+    assert second.id == first.id + 1
+    assert second.reference == f"T-{first.id + 1:06d}"
