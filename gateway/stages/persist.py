@@ -238,14 +238,14 @@ class BatchWrites:
       behind (`insert`): message and intake ids taken from their sequences for the whole batch
       in one round trip (a ticket's as it is made: its number is its reference, and discarded
       mail must not leave gaps in it), their rows sent with one COPY a table
-      (gateway.storage.bulk), either before the next
-      statement of any kind on the transaction's connection (`watch`: a read-your-writes
-      barrier, so a thread look-up, the ORM or the emergency wing always sees them, and no
-      SAVEPOINT opens with rows still pending) or at the end of the batch. Each of those
-      statements was a round trip a message (bench/stage_budgets.py --postgresql). A row that
-      fails there (a twin's claim of a dedup key) marks the batch `spoilt`: it is written again,
-      one savepoint a message. SQLite, in process, has no round trip to save, and its ids are
-      not reserved by a sequence, so there those rows are written at once;
+      (gateway.storage.bulk) either before the next statement of any kind on the
+      transaction's connection (`watch`: a read-your-writes barrier, so a thread look-up, the
+      ORM or the emergency wing always sees them, and no SAVEPOINT opens with rows still
+      pending) or at the end of the batch. Each of those statements was a round trip a message
+      (bench/stage_budgets.py --postgresql). A row that fails there (a twin's claim of a dedup
+      key) marks the batch `spoilt`: it is written again, one savepoint a message. SQLite, in
+      process, has no round trip to save, and its ids are not reserved by a sequence, so there
+      those rows are written at once;
     - rows nothing reads back in the transaction (a message's decisions, its attachments, the
       forwarding journal), written with one statement per table by `write` (COPY on
       PostgreSQL): at the end of the batch when `deferred`, else at the end of each message,
