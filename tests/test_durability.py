@@ -162,3 +162,42 @@ def test_with_the_database_down_smtp_still_answers_250_and_tickets_appear_when_i
         assert daemon.status()["quarantine"] == 0
     finally:
         daemon.stop()
+
+
+def test_a_blob_is_named_only_after_its_bytes_are_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blob found under its digest is never written again (put_many skips it), so a name must
+    never outlive a crash without its bytes: the batch's bytes are synced before any rename
+    makes a name, and the names before put_many returns (the ticket transaction that names
+    them commits only after)."""
+    import hashlib
+    import os
+
+    from gateway.intake import blobs as blob_module
+    from gateway.intake.blobs import BlobStore
+
+    events: list[str] = []
+    real_syncfs, real_replace = blob_module._syncfs, os.replace
+    if real_syncfs is None:
+        pytest.fail("syncfs(2) is missing: put_many would fall back to fsync per file")
+
+    def syncfs(fd: int) -> int:
+        events.append("sync")
+        return real_syncfs(fd)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append("name")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(blob_module, "_syncfs", syncfs)
+    monkeypatch.setattr(blob_module.os, "replace", replace)
+    store = BlobStore(tmp_path / "blobs")
+    items = [(b"raw message %d" % i, hashlib.sha256(b"raw message %d" % i).hexdigest())
+             for i in range(3)]
+    store.put_many(items)
+    assert events == ["sync", "name", "name", "name", "sync"]
+    assert [store.get(digest) for _, digest in items] == [data for data, _ in items]
+    events.clear()
+    store.put_many(items)  # already there: nothing written, nothing synced
+    assert events == []
