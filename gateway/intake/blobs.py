@@ -16,6 +16,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.intake.entry import fsync_dir
+
 
 def _load_syncfs() -> Callable[[int], int] | None:
     try:
@@ -51,11 +53,7 @@ class BlobStore:
                 os.fsync(fh.fileno())
         os.replace(tmp, target)
         if self.fsync:
-            fd = os.open(target.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(target.parent)
         return digest
 
     def put_many(self, items: list[tuple[bytes, str]]) -> None:
@@ -85,22 +83,18 @@ class BlobStore:
                 if self.fsync and not use_syncfs:
                     os.fsync(fh.fileno())
         if use_syncfs:
-            self._syncfs()  # the bytes, before any name points at them
+            self._sync_filesystem()  # the bytes, before any name points at them
         for target, tmp, _ in pending:
             os.replace(tmp, target)
         if not self.fsync:
             return
         if use_syncfs:
-            self._syncfs()  # the names
+            self._sync_filesystem()  # the names
             return
         for directory in {t.parent for t, _, _ in pending}:
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(directory)
 
-    def _syncfs(self) -> None:
+    def _sync_filesystem(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)
         try:
             if _syncfs(fd) != 0:  # type: ignore[misc]

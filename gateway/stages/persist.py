@@ -303,8 +303,8 @@ class BatchWrites:
 
     def insert(self, conn: Connection, table: str, row: dict[str, Any]) -> int:
         """Insert `row` into `table` and return its id: written behind when `behind` (a ticket's
-        row then carries the id `ticket_id` gave it), else at once (messages and intakes; a
-        ticket at once goes through `forwarding_tables.insert_ticket`)."""
+        row, from `forwarding_tables.insert_ticket`, carries the id `ticket_id` gave it), else at
+        once (messages and intakes; a ticket at once is inserted by `insert_ticket` itself)."""
         if not self.behind:
             return int(conn.execute(_INSERT_AT_ONCE[table], row).scalar_one())
         row_id = row["id"] if table == "tickets" else self._next_id(conn, table)
@@ -668,12 +668,10 @@ def _ticket_for(
             session.flush()
             created.reference = ticket_reference.reference(created.id)
         return created, "ticket"
-    if batch.behind and chosen is not None:
-        batch.insert(conn, "tickets", forwarding_tables.ticket_row(values, chosen))
-        batch.journal.append(forwarding_tables.journal_row(chosen, forwarding_tables.CREATED))
-        ticket_id = chosen
-    else:
-        ticket_id = forwarding_tables.insert_ticket(conn, values, chosen, batch.journal)
+    ticket_id = forwarding_tables.insert_ticket(
+        conn, values, chosen, batch.journal,
+        defer=(lambda row: batch.insert(conn, "tickets", row)) if batch.behind else None,
+    )
     opened = _Opened(
         ticket_id,
         ticket_reference.reference(ticket_id),

@@ -27,7 +27,7 @@ its end so Alembic sees every table; never imports models back.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, cast
 
@@ -158,10 +158,8 @@ def journal_changes_of(ticket: type[Base]) -> None:
     ]
 
 
-def ticket_row(values: Mapping[str, Any], ticket_id: int) -> dict[str, Any]:
-    """A new ticket's row with the id its writer chose and the reference made from it, for a
-    caller writing tickets itself (persist's write-behind); it journals them with
-    `journal_row(ticket_id, CREATED)`."""
+def _ticket_row(values: Mapping[str, Any], ticket_id: int) -> dict[str, Any]:
+    """A new ticket's row with the id its writer chose and the reference made from it."""
     return {**values, "id": ticket_id, "reference": reference(ticket_id)}
 
 
@@ -170,21 +168,24 @@ def insert_ticket(
     values: Mapping[str, Any],
     ticket_id: int | None = None,
     journal: list[dict[str, Any]] | None = None,
+    defer: Callable[[dict[str, Any]], object] | None = None,
 ) -> int:
     """Insert a new ticket, with its reference, in one statement without the ORM and journal
     its creation, on `connection` (so in the caller's transaction, committed or rolled back with
     it); return its id (issue 20 outcome 1: no unit of work, no UPDATE for the reference).
 
-    The id is `ticket_id` when the caller allocated it (it must be the only writer of tickets for
-    the transaction: SQLite's BEGIN IMMEDIATE); without it (PostgreSQL) the INSERT takes it from
-    the table's sequence and makes the reference from it in SQL. The journal row is appended to
-    `journal` when given, for the caller to write with the rest of its batch's before it
+    The id is `ticket_id` when the caller allocated it (SQLite's batch, the only writer under
+    BEGIN IMMEDIATE; PostgreSQL's write-behind, from the sequence); without it (PostgreSQL) the
+    INSERT takes it from the table's sequence and makes the reference from it in SQL. With
+    `defer` (and `ticket_id`) the row is handed to it for the caller to write later in the same
+    transaction (persist's write-behind) instead of inserted here. The journal row is appended
+    to `journal` when given, for the caller to write with the rest of its batch's before it
     commits (`JOURNAL`), else written here."""
     ((tickets, insert_with_id),) = _ticket_statements
-    if ticket_id is not None:
-        connection.execute(
-            insert_with_id, {**values, "id": ticket_id, "reference": reference(ticket_id)}
-        )
+    if ticket_id is not None and defer is not None:
+        defer(_ticket_row(values, ticket_id))
+    elif ticket_id is not None:
+        connection.execute(insert_with_id, _ticket_row(values, ticket_id))
     else:
         numbered = _numbered_insert(tickets, tuple(values))
         ticket_id = connection.execute(numbered, dict(values)).scalar_one()
@@ -224,5 +225,4 @@ __all__ = [
     "insert_ticket",
     "journal_changes_of",
     "journal_row",
-    "ticket_row",
 ]
