@@ -21,6 +21,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from classifiers.pattern_set import Hits, PatternSet
+
 # Each table: (value, pattern) tried in order; the first that matches wins.
 # Others unaffected: part of the organisation (or one person, if _ONE_ONLY also says so).
 _OTHERS_FINE = re.compile(
@@ -184,11 +186,10 @@ _CRITICAL = re.compile(
 _AGAIN = re.compile(r"\b(?:again|still)\b")
 
 
-def _is_down(text: str) -> bool:
-    """_DOWN or _DOWN_AT_LINE_END matches: one table of ways to say down, read as two
-    patterns so the costly one runs only on text that says "down" (issue 20 outcome 1)."""
-    return _DOWN.search(text) is not None or (
-        "down" in text and _DOWN_AT_LINE_END.search(text) is not None)
+def _is_down(hits: Hits) -> bool:
+    """_DOWN or _DOWN_AT_LINE_END matches: one table of ways to say down, written as two
+    patterns so the costly one is tried only on text that says "down" (issue 20 outcome 1)."""
+    return hits.matched("down") or ("down" in hits.text and hits.matched("down_at_line_end"))
 
 LEVELS = ("urgent", "high", "normal", "low")
 SCOPES = ("everyone", "some", "one", "unknown")
@@ -230,51 +231,62 @@ class Dimensions:
         return f"__scope_{self.scope}__ __state_{self.state}__ __time_{self.time}__ __crit_{crit}__"
 
 
-def _scope(text: str) -> str:
-    if _ONE_ONLY.search(text):
+def _scope(hits: Hits) -> str:
+    if hits.matched("one_only"):
         return "one"
-    if _OTHERS_FINE.search(text):
+    if hits.matched("others_fine"):
         return "some"
-    if _EVERYONE.search(text):
+    if hits.matched("everyone"):
         return "everyone"
-    if _SOME.search(text):
+    if hits.matched("some"):
         return "some"
-    if _FIRST_PERSON.search(text):
+    if hits.matched("first_person"):
         return "one"
     return "unknown"
 
 
-def _state(text: str) -> str:
-    if _SECURITY.search(text):
+def _state(hits: Hits) -> str:
+    if hits.matched("security"):
         return "down"
-    if _is_down(text):
-        return "slow" if _INTERMITTENT.search(text) else "down"
-    if _SLOW.search(text) or _INTERMITTENT.search(text):
+    if _is_down(hits):
+        return "slow" if hits.matched("intermittent") else "down"
+    if hits.matched("slow") or hits.matched("intermittent"):
         return "slow"
-    if _WRONG.search(text):
+    if hits.matched("wrong"):
         return "wrong"
-    if _QUESTION.search(text):
+    if hits.matched("question"):
         return "question"
     return "unknown"
 
 
-def _time(text: str) -> str:
-    if _PLANNED.search(text):
+def _time(hits: Hits) -> str:
+    if hits.matched("planned"):
         return "planned"
-    past = _PAST.search(text)
+    past = hits.search("past")
     if past is not None:
         # "it came back but is down again" / "still failing": trouble now after all.
-        rest = text[past.end():]
-        if _AGAIN.search(rest) and _is_down(rest):
+        rest = hits.text[past.end():]
+        if _AGAIN.search(rest) and _is_down(_TABLES.search(rest)):
             return "now"
         return "past"
     return "now"
 
 
+# Every table above, tried against a text in one pass (classifiers/pattern_set.py): the same
+# answers as trying them one by one, about a tenth of the time (issue 20 outcome 1).
+_TABLES = PatternSet({
+    "others_fine": _OTHERS_FINE, "one_only": _ONE_ONLY, "everyone": _EVERYONE, "some": _SOME,
+    "first_person": _FIRST_PERSON, "down": _DOWN, "down_at_line_end": _DOWN_AT_LINE_END,
+    "security": _SECURITY, "intermittent": _INTERMITTENT, "slow": _SLOW, "wrong": _WRONG,
+    "question": _QUESTION, "past": _PAST, "planned": _PLANNED, "critical": _CRITICAL,
+})
+
+
 def extract(text: str) -> Dimensions:
     """The four dimensions of a normalised message text (subject and body)."""
     text = text.lower()  # every table is written in lower case and compiled case-sensitive
-    return Dimensions(_scope(text), _state(text), _time(text), bool(_CRITICAL.search(text)))
+    hits = _TABLES.search(text)
+    return Dimensions(_scope(hits), _state(hits), _time(hits), hits.matched("critical"))
 
 
 def matrix_level(dims: Dimensions) -> str:

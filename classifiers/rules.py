@@ -22,11 +22,12 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from classifiers.dimensions import FACT_PREFIX, FACTS
 from classifiers.meta import Expr, MetaSyntaxError, evaluate, names_in, parse_meta
+from classifiers.pattern_set import Hits, PatternSet
 from classifiers.prefilter import plan
 from classifiers.types import Problem, TextInput
 
@@ -85,6 +86,19 @@ class RuleSet:
     pattern_rules: tuple[Rule, ...]
     meta_rules: tuple[Rule, ...]
     files: tuple[str, ...]
+    # The pattern rules that read the same text (a field, lower-cased or not), tried together in
+    # one pass where there are several (classifiers/pattern_set.py: the same hits, faster).
+    _together: dict[tuple[str, bool], PatternSet] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        groups: dict[tuple[str, bool], dict[str, re.Pattern[str]]] = {}
+        for rule in self.pattern_rules:
+            assert rule.pattern is not None
+            for fld in rule.fields:
+                groups.setdefault((fld, rule.lowered), {})[rule.name] = rule.pattern
+        object.__setattr__(self, "_together", {
+            key: PatternSet(patterns) for key, patterns in groups.items() if len(patterns) > 1})
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -112,6 +126,7 @@ class RuleSet:
         }
         lowered: dict[str, str] = {}
         headers: dict[str, list[str]] | None = None
+        together: dict[tuple[str, bool], Hits] = {}
         fired: list[Rule] = []
         names: set[str] = set(facts)
         for rule in self.pattern_rules:
@@ -130,10 +145,18 @@ class RuleSet:
                     if low is None:
                         low = lowered[fld] = text.lower()
                     text = low
-                literals = rule.literals
-                if literals is not None and not any(map(text.__contains__, literals)):
-                    continue  # the regex cannot match without one of them
-                if rule.pattern.search(text):
+                group = self._together.get((fld, rule.lowered))
+                if group is not None and group.in_set(rule.name):
+                    hits = together.get((fld, rule.lowered))
+                    if hits is None:
+                        hits = together[(fld, rule.lowered)] = group.search(text)
+                    matched = hits.matched(rule.name)
+                else:
+                    literals = rule.literals
+                    if literals is not None and not any(map(text.__contains__, literals)):
+                        continue  # the regex cannot match without one of them
+                    matched = rule.pattern.search(text) is not None
+                if matched:
                     fired.append(rule)
                     names.add(rule.name)
                     break

@@ -9,7 +9,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from classifiers.dimensions import _DOWN, _DOWN_AT_LINE_END, _is_down
+from classifiers.dimensions import _DOWN, _DOWN_AT_LINE_END, _TABLES, _is_down
 from classifiers.model import _CLAIMS, model_text
 from classifiers.normalise import _CONTRACTIONS, _WORD, _contractions, _squeeze
 
@@ -72,4 +72,4 @@ def test_down_is_the_one_table_it_was_before_its_line_end_branch_moved_out(text:
     # The table as one pattern: _DOWN's alternatives with _DOWN_AT_LINE_END's among them.
     whole = re.compile(_DOWN.pattern[:-1] + "|" + _DOWN_AT_LINE_END.pattern[len(r"\b(?:"):],
                        re.MULTILINE)
-    assert _is_down(text) == (whole.search(text) is not None)
+    assert _is_down(_TABLES.search(text)) == (whole.search(text) is not None)
