@@ -26,12 +26,13 @@ Never parses, classifies or writes tickets: the worker does (`gateway/stages/par
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -126,8 +127,7 @@ class TwilioChannel:
     # -- the contract's two checks: signature, then a durable spool write -------------------
 
     async def signed_params(self, request: Request) -> dict[str, str] | None:
-        form = await request.form()
-        params = {k: v for k, v in form.multi_items() if isinstance(v, str)}
+        params = await form_fields(request)
         hooks = self.runtime().settings.gateway.webhooks
         if hooks.insecure_skip_signature:
             return params
@@ -226,12 +226,11 @@ class TwilioChannel:
             return PlainTextResponse("MessageSid missing", status_code=400)
         if await self.spool_event(request, "twilio-sms", "sms", f"twilio:sms:{sid}", params):
             return PlainTextResponse("try again later", status_code=503)
-        reply = MessagingResponse()
         receipt = self.runtime().settings.gateway.webhooks.sms_receipt
         # STOP/START/HELP: Twilio answers those itself; a receipt on top would be noise.
-        if receipt and sms_keyword(params.get("Body", "")) is None:
-            reply.message(receipt)
-        return Response(str(reply), media_type=TWIML)
+        if sms_keyword(params.get("Body", "")) is not None:
+            receipt = ""
+        return Response(sms_twiml(receipt), media_type=TWIML)
 
     async def voice(self, request: Request) -> Response:
         params = await self.signed_params(request)
@@ -330,6 +329,33 @@ class TwilioChannel:
         response.say(GOODBYE)
         response.hangup()
         return Response(str(response), media_type=TWIML)
+
+
+FORM: Final = "application/x-www-form-urlencoded"
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The request's form fields, as Starlette's `request.form()` gives them (the last value of
+    a repeated name wins; files are not fields). Twilio posts urlencoded forms: those are read
+    with the standard library's `parse_qsl`, which decodes them exactly as Starlette's parser
+    does (latin-1 bytes, then `unquote_plus`) at a fifth of its cost (issue 20 outcome 2);
+    anything else goes through `request.form()`."""
+    content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != FORM:
+        form = await request.form()
+        return {k: v for k, v in form.multi_items() if isinstance(v, str)}
+    body = await request.body()
+    return dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+
+
+@functools.lru_cache(maxsize=8)
+def sms_twiml(receipt: str) -> str:
+    """The TwiML that answers an SMS: `receipt` as a reply, or nothing when it is empty. Built
+    with Twilio's classes once per receipt text (it is config), not once per message."""
+    reply = MessagingResponse()
+    if receipt:
+        reply.message(receipt)
+    return str(reply)
 
 
 class BodyLimit:

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import multiprocessing
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway import clock
+from gateway.intake.entry import new_id
 from gateway.intake.spool import (
     Entry,
     Envelope,
@@ -734,3 +736,21 @@ def test_an_aborted_stream_leaves_nothing_and_gives_its_room_back(tmp_path: Path
         other.abort()
     finally:
         small.close()
+
+
+def test_entry_ids_never_repeat_in_a_process_nor_after_a_fork() -> None:
+    # Thousands of ids within the clock's resolution still differ (the suffix counts), and a
+    # forked child (multiprocessing's default on Linux) does not count on from its parent's.
+    ids = [new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"\d{20}-[0-9a-f]{12}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next suffix, to the parent
+        os.write(write, new_id().split("-")[1].encode())
+        os._exit(0)
+    os.close(write)
+    child_suffix = int(os.read(read, 64), 16)
+    os.waitpid(pid, 0)
+    parent_suffix = int(new_id().split("-")[1], 16)
+    assert abs(child_suffix - parent_suffix) > 1_000_000  # a fresh random start, not ours + 1
