@@ -103,6 +103,10 @@ def fan_out(
         )
         if not changes:
             return 0
+        if not webhooks:  # nobody to tell: consumed without reading a ticket (issue 20)
+            session.execute(
+                delete(ForwardChange).where(ForwardChange.id.in_([c.id for c in changes])))
+            return len(changes)
         by_ticket: dict[int, list[ForwardChange]] = {}
         for change in changes:
             by_ticket.setdefault(change.ticket_id, []).append(change)

@@ -147,3 +147,17 @@ def test_fan_out_by_two_instances_makes_one_delivery_per_change_and_webhook(
     }
     with gw.session() as session:
         assert session.execute(select(ForwardChange)).first() is None
+
+
+def test_with_no_webhook_the_journal_is_consumed_and_nothing_is_delivered(
+    backend_gateway: GatewayFactory, clock: Clock
+) -> None:
+    gw = backend_gateway()
+    tickets(gw, 5)
+    sessions = gw.worker.sessions
+    assert forwarding_sender.fan_out(sessions, [], clock(), limit=3) == 3
+    assert forwarding_sender.fan_out(sessions, [], clock(), limit=3) == 2
+    assert forwarding_sender.fan_out(sessions, [], clock()) == 0
+    with gw.session() as session:
+        assert session.execute(select(ForwardChange)).first() is None
+    assert deliveries(gw) == []
