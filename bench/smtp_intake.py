@@ -196,8 +196,14 @@ def run_gateway(messages: list[bytes], sessions: int, url: str | None, workdir: 
     try:
         wait_port(port)
         db_url = url or f"sqlite:///{state / 'gateway.db'}"
-        # Wait for the worker(s) to be up (schema upgraded) before timing.
-        time.sleep(3)
+        # Time only once every worker is up (schema upgraded, model loaded): each writes its
+        # status file from its run loop. A fixed pause would time a daemon still starting
+        # whenever the machine is slow.
+        deadline = time.monotonic() + 300
+        while len(list((state / "status").glob("worker-*.json"))) < workers:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"the workers did not start: see {workdir / 'daemon.log'}")
+            time.sleep(0.1)
         engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
         t0 = time.perf_counter()
         elapsed, lat, fails = drive(port, messages, sessions)
