@@ -29,7 +29,6 @@ Owns nothing but the matching; never imports the model, the rules or the gateway
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,9 +36,9 @@ from typing import Any
 
 import re2
 
-_sre: Any = importlib.import_module("re._parser")  # no stub; `sre_parse` warns on import
+from classifiers.prefilter import items_of, sre_parser
 
-_ASSERTIONS = (_sre.ASSERT, _sre.ASSERT_NOT)
+_ASSERTIONS = (sre_parser.ASSERT, sre_parser.ASSERT_NOT)
 _LOOKAROUNDS = ("(?=", "(?!", "(?<=", "(?<!")
 # Where RE2 and Python's `re` read a text differently (see the module docstring).
 _PYTHON_SPACE = re.compile(r"[\x0b\x1c-\x1f]")  # one class: `re` scans for it in C
@@ -102,19 +101,11 @@ def _group_end(pattern: str, start: int) -> int:
 
 def _shape(parsed: Any) -> Any:
     """A parsed regex as nested tuples, its assertions dropped: what its widening must parse to."""
-    if isinstance(parsed, _sre.SubPattern):
+    if isinstance(parsed, sre_parser.SubPattern):
         return tuple(_shape(item) for item in parsed.data if item[0] not in _ASSERTIONS)
     if isinstance(parsed, tuple | list):
         return tuple(_shape(item) for item in parsed)
     return parsed
-
-
-def _has(parsed: Any, op: Any, arg: Any) -> bool:
-    if isinstance(parsed, _sre.SubPattern):
-        return any((o is op and a == arg) or _has(a, op, arg) for o, a in parsed.data)
-    if isinstance(parsed, tuple | list):
-        return any(_has(item, op, arg) for item in parsed)
-    return False
 
 
 def _plan(regex: re.Pattern[str]) -> str | None:
@@ -123,13 +114,14 @@ def _plan(regex: re.Pattern[str]) -> str | None:
     if flags & ~re.MULTILINE:
         return None
     try:
-        parsed = _sre.parse(regex.pattern, regex.flags)
+        parsed = sre_parser.parse(regex.pattern, regex.flags)
         wide = widen(regex.pattern)
-        if _shape(_sre.parse(wide, regex.flags)) != _shape(parsed):
+        if _shape(sre_parser.parse(wide, regex.flags)) != _shape(parsed):
             return None
     except re.error:
         return None
-    if not flags & re.MULTILINE and _has(parsed, _sre.AT, _sre.AT_END):
+    if not flags & re.MULTILINE and any(
+            op is sre_parser.AT and arg is sre_parser.AT_END for op, arg in items_of(parsed)):
         return None
     return f"(?m){wide}" if flags & re.MULTILINE else wide
 

@@ -26,9 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-_sre: Any = importlib.import_module("re._parser")  # no stub; `sre_parse` warns on import
+# The standard library's regex parser, which classifiers/pattern_set.py reads patterns with too.
+sre_parser: Any = importlib.import_module("re._parser")  # no stub; `sre_parse` warns on import
 
-_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT, getattr(_sre, "POSSESSIVE_REPEAT", None))
+_REPEATS = (sre_parser.MAX_REPEAT, sre_parser.MIN_REPEAT,
+            getattr(sre_parser, "POSSESSIVE_REPEAT", None))
 # An exact set larger than this is not worth expanding (products of alternations grow fast).
 MAX_EXACT = 16
 # More literals than this cost more scans than the regex they would spare.
@@ -41,23 +43,23 @@ def _exact(items: Any) -> set[str] | None:
     """The finite set of strings a parsed sequence matches exactly, or None if unbounded/big."""
     out = {""}
     for op, av in items:
-        if op is _sre.LITERAL:
+        if op is sre_parser.LITERAL:
             part: set[str] | None = {chr(av)}
-        elif op is _sre.SUBPATTERN:
+        elif op is sre_parser.SUBPATTERN:
             part = _exact(av[3])
-        elif op is _sre.BRANCH:
+        elif op is sre_parser.BRANCH:
             part = set()
             for branch in av[1]:
                 got = _exact(branch)
                 if got is None:
                     return None
                 part |= got
-        elif op is _sre.IN and all(o is _sre.LITERAL for o, _ in av) and len(av) <= 4:
+        elif op is sre_parser.IN and all(o is sre_parser.LITERAL for o, _ in av) and len(av) <= 4:
             part = {chr(a) for _, a in av}
-        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT) and av[0] == 0 and av[1] == 1:
+        elif op in (sre_parser.MAX_REPEAT, sre_parser.MIN_REPEAT) and av[0] == 0 and av[1] == 1:
             got = _exact(av[2])
             part = None if got is None else got | {""}
-        elif op is _sre.AT:
+        elif op is sre_parser.AT:
             continue  # zero-width: \b, ^, $ add no characters
         else:
             return None
@@ -90,7 +92,7 @@ def _required(items: Any) -> frozenset[str] | None:
 
     for op, av in items:
         exact = _exact([(op, av)])
-        if op is _sre.AT:
+        if op is sre_parser.AT:
             continue
         if exact is not None and "" not in exact:
             grown = {a + b for a, b in itertools.product(run, exact)}
@@ -102,9 +104,9 @@ def _required(items: Any) -> frozenset[str] | None:
             continue
         close_run()
         found: frozenset[str] | None = None
-        if op is _sre.SUBPATTERN:
+        if op is sre_parser.SUBPATTERN:
             found = _required(av[3])
-        elif op is _sre.BRANCH:
+        elif op is sre_parser.BRANCH:
             union: set[str] = set()
             for branch in av[1]:
                 got = _required(branch)
@@ -123,7 +125,7 @@ def _required(items: Any) -> frozenset[str] | None:
     return max(candidates, key=_strength)
 
 
-def _items(parsed: Any) -> Iterator[tuple[Any, Any]]:
+def items_of(parsed: Any) -> Iterator[tuple[Any, Any]]:
     """Every (op, argument) in a parsed regex, nested ones included."""
     for op, av in parsed:
         yield op, av
@@ -131,8 +133,8 @@ def _items(parsed: Any) -> Iterator[tuple[Any, Any]]:
 
 
 def _nested(av: Any) -> Iterator[tuple[Any, Any]]:
-    if isinstance(av, _sre.SubPattern):
-        yield from _items(av)
+    if isinstance(av, sre_parser.SubPattern):
+        yield from items_of(av)
     elif isinstance(av, tuple | list):
         for x in av:
             yield from _nested(x)
@@ -142,22 +144,22 @@ def _names_upper_case(parsed: Any) -> bool:
     def upper(code: int) -> bool:
         return chr(code).lower() != chr(code)
 
-    for op, av in _items(parsed):
-        if op in (_sre.LITERAL, _sre.NOT_LITERAL) and upper(av):
+    for op, av in items_of(parsed):
+        if op in (sre_parser.LITERAL, sre_parser.NOT_LITERAL) and upper(av):
             return True
-        if op is _sre.IN:
+        if op is sre_parser.IN:
             for item, arg in av:
-                if item is _sre.LITERAL and upper(arg):
+                if item is sre_parser.LITERAL and upper(arg):
                     return True
-                if item is _sre.RANGE and any(upper(c) for c in range(arg[0], arg[1] + 1)):
+                if item is sre_parser.RANGE and any(upper(c) for c in range(arg[0], arg[1] + 1)):
                     return True
     return False
 
 
 def _sets_flags(parsed: Any) -> bool:
-    if parsed.state.flags & ~_sre.SRE_FLAG_UNICODE:
+    if parsed.state.flags & ~sre_parser.SRE_FLAG_UNICODE:
         return True
-    return any(op is _sre.SUBPATTERN and (av[1] or av[2]) for op, av in _items(parsed))
+    return any(op is sre_parser.SUBPATTERN and (av[1] or av[2]) for op, av in items_of(parsed))
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ def plan(pattern: str, case_sensitive: bool) -> MatchPlan:
     would (or without re.I when case_sensitive), only faster."""
     keep = MatchPlan(0 if case_sensitive else re.IGNORECASE, False, None)
     try:
-        parsed = _sre.parse(pattern, 0)
+        parsed = sre_parser.parse(pattern, 0)
     except Exception:  # re.compile reports bad patterns; nothing to plan
         return keep
     if _sets_flags(parsed):  # (?i), (?-i:...), (?x): keep the regex exactly as written
