@@ -27,12 +27,13 @@ Never parses, classifies or writes tickets: the worker does (`gateway/stages/par
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Protocol
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlparse
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -40,7 +41,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator, remove_port
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import Gather, VoiceResponse
 
@@ -131,9 +132,7 @@ class TwilioChannel:
         hooks = self.runtime().settings.gateway.webhooks
         if hooks.insecure_skip_signature:
             return params
-        url = hooks.public_url.rstrip("/") + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
+        url = hooks.public_url.rstrip("/") + path_and_query(request.scope)
         signature = request.headers.get("x-twilio-signature", "")
         why = None
         if not self.auth_token:
@@ -142,7 +141,7 @@ class TwilioChannel:
             why = "[webhooks] public_url is not set"
         elif not signature:
             why = "no X-Twilio-Signature header"
-        elif not RequestValidator(self.auth_token).validate(url, params, signature):
+        elif not signature_matches(self.auth_token, url, params, signature):
             why = f"X-Twilio-Signature does not match {url}"
         if why is None:
             return params
@@ -165,7 +164,7 @@ class TwilioChannel:
         payload: dict[str, object] = {
             "v": 1,
             "event": event,
-            "path": request.url.path,
+            "path": url_path(request.scope),
             "query": dict(request.query_params),
             "params": params,
         }
@@ -346,6 +345,51 @@ async def form_fields(request: Request) -> dict[str, str]:
         return {k: v for k, v in form.multi_items() if isinstance(v, str)}
     body = await request.body()
     return dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
+
+
+def url_path(scope: Scope) -> str:
+    """`request.url.path` as Starlette's `URL` gives it, read straight from the ASGI scope:
+    building the whole `URL` (host header, netloc, urlsplit) cost a tenth of the SMS handler
+    (issue 20 outcome 2)."""
+    path: str = scope["path"]
+    return path.replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+
+
+def path_and_query(scope: Scope) -> str:
+    """`url_path`, then "?" and `request.url.query` when there is a query."""
+    query: bytes = scope.get("query_string", b"")
+    return f"{url_path(scope)}?{query.decode()}" if query else url_path(scope)
+
+
+class _Fields(dict[str, str]):
+    """Form fields as Twilio's validator reads them: it asks a mapping for `getall`, then
+    `getlist`, then indexes it, catching AttributeError each time; answering the first saves
+    two raised exceptions a field, twice a request."""
+
+    def getall(self, name: str) -> list[str]:
+        return [self[name]]
+
+
+@functools.lru_cache(maxsize=256)
+def _without_port(url: str) -> str:
+    """`url` as Twilio's validator first signs it: without a port."""
+    return str(remove_port(urlparse(url)))
+
+
+def signature_matches(token: str, url: str, params: Mapping[str, str], signature: str) -> bool:
+    """Exactly Twilio's `RequestValidator.validate(url, params, signature)`, at half its cost
+    for a request signed as Twilio signs it (issue 20 outcome 2): `validate` always computes
+    two HMACs, for the URL without and with its port, and accepts either. The one without
+    (Twilio's usual form) is tried first; only when it does not match is `validate` asked, so
+    the answer is the validator's every time and a forged request costs what it did. (The
+    validator's other check, a query's `bodySHA256`, applies to JSON bodies, never to form
+    fields.)"""
+    validator = RequestValidator(token)
+    fields = _Fields(params)
+    if hmac.compare_digest(validator.compute_signature(_without_port(url), fields).encode(),
+                           signature.encode()):
+        return True
+    return bool(validator.validate(url, fields, signature))
 
 
 @functools.lru_cache(maxsize=8)
