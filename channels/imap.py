@@ -25,6 +25,8 @@ stalls another or any other channel):
   change (RFC 3501 2.3.1.1: old UIDs mean nothing) triggers that rescan.
 * IDLE (RFC 2177) when the server offers it, re-issued every ``IDLE_RENEW_SECONDS`` (well before
   the RFC's 29 minutes: NATs and proxies drop quiet connections sooner); polling otherwise.
+  Mail that arrives between our last SEARCH and IDLE is announced with the server's answer to
+  IDLE itself, or in a SEARCH's; both are looked for, never left to wait for the renewal.
 * Any connection or server error: disconnect, capped exponential backoff with jitter, reconnect.
 * One poller per mailbox cluster-wide: with several instances on one PostgreSQL, a poller serves
   its mailbox only while it holds the advisory lock ``imap:<name>`` (ClusterLock, on its own
@@ -137,6 +139,32 @@ def _mail_arrived_meanwhile(client: Any) -> bool:
     arrived = bool(pending.pop("EXISTS", None))
     arrived |= bool(pending.pop("RECENT", None))
     return arrived
+
+
+def _input_buffered(client: Any) -> bool:
+    """True if the server's bytes already wait in imaplib's read buffer (or TLS's), unread.
+
+    imapclient's ``idle_check`` polls the socket, so it never sees what was read off the socket
+    with an earlier line. Dovecot answers IDLE with ``+ idling`` and, at once, whatever changed
+    since our last command (``* 1 EXISTS``): one segment, so ``idle()``, reading the
+    continuation line, pulls the announcement into the buffer too. Unseen there, the message
+    would wait for the IDLE renewal, minutes away (tests/imap found it: mail appended between
+    our last SEARCH and IDLE, as under load after a reload's reconnect). Peeking without
+    blocking finds it; ``idle_done`` then consumes it and we look again.
+    """
+    reader = getattr(getattr(client, "_imap", None), "file", None)
+    peek = getattr(reader, "peek", None)
+    if peek is None:
+        return False
+    sock = client.socket()
+    timeout = sock.gettimeout()
+    sock.setblocking(False)  # an empty buffer must not wait for the server
+    try:
+        return bool(peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    finally:
+        sock.settimeout(timeout)
 
 
 class MailboxPoller:
@@ -403,6 +431,8 @@ class MailboxPoller:
         try:
             deadline = time.monotonic() + self.idle_renew_seconds
             while not stop.is_set() and time.monotonic() < deadline:
+                if _input_buffered(client):
+                    break  # announced with `+ idling` (see the function): look again now
                 started = time.monotonic()
                 responses = client.idle_check(timeout=_IDLE_SLICE_S)
                 if any(_is_bye(r) for r in responses):

@@ -424,6 +424,38 @@ def test_mail_announced_during_our_own_search_is_taken_before_idle_not_at_its_re
     wait_for(lambda: len(spooled(spool)) == 1, timeout=20)
 
 
+def test_mail_announced_with_the_servers_idle_continuation_is_taken_not_at_idle_renewal(
+    dovecot: Dovecot,
+    user: str,
+    make_poller: Poller,
+    spool: Spool,
+    run_poller: Run,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race behind the reload test's flakes under load: mail arrives after the poller's
+    last SEARCH, before (or just as) it enters IDLE. Dovecot answers IDLE with `+ idling` and
+    at once `* 1 EXISTS`, in one segment; reading the continuation line pulls both into
+    imaplib's read buffer, where imapclient's idle_check (which polls the socket) never looks.
+    Reproduced exactly: the first IDLE is preceded by an APPEND from another session. The
+    poller must take the message now, not when it renews IDLE minutes later."""
+    raced = False
+
+    class RacingClient(IMAPClient):  # type: ignore[misc]
+        def idle(self) -> None:
+            nonlocal raced
+            if not raced:
+                raced = True
+                dovecot.append(user, mail(1))
+            super().idle()
+
+    monkeypatch.setattr("channels.imap.IMAPClient", RacingClient)
+    poller = make_poller(idle=True, poll_seconds=600)
+    poller.idle_renew_seconds = 600.0  # renewal would come far too late for this test
+    run_poller(poller)
+    wait_for(lambda: raced, timeout=30)
+    wait_for(lambda: len(spooled(spool)) == 1, timeout=20)
+
+
 def test_starttls_required_but_not_offered_refuses_to_log_in_in_plaintext(
     dovecot: Dovecot, user: str, make_poller: Poller, run_poller: Run
 ) -> None:
@@ -788,7 +820,11 @@ def test_reload_applies_a_changed_imap_table_without_a_restart(
         assert "[[imap]] help-desk: after_intake changed in gateway.toml: applied now" in log
         assert "after a restart" not in log
 
-        dovecot.append(user, mail(2))  # taken by the reloaded table: flagged, left in place
+        # Taken by the reloaded table (flagged, left in place), and now: the new poller may be
+        # still logging in, searching or entering IDLE as it lands. Under load it could land
+        # with Dovecot's `+ idling` and wait for the IDLE renewal (test_mail_announced_with_
+        # the_servers_idle_continuation_is_taken_not_at_idle_renewal).
+        dovecot.append(user, mail(2))
         _settled(daemon, ["Printer 1 offline", "Printer 2 offline"])
         inbox = wait_for(lambda: dovecot.folder(user, "INBOX"), timeout=10)
         ((raw, _flags),) = inbox.values()
