@@ -807,13 +807,20 @@ class Spool:
 
         Concurrent fsyncs are merged by the filesystem journal (ext4/XFS commit them together),
         so a group of N files costs far less than N sequential fsyncs. Each file is still fsynced
-        before its rename, as the durability ordering requires.
+        before its rename, as the durability ordering requires. The pool gets one task per
+        thread, not one per file: a future a file cost this thread (which holds the GIL the
+        webhooks' event loop needs) about as much as writing the file (issue 20 outcome 2).
         """
-        if len(written) <= 1 or self._fsync_pool is None:
-            pairs = [(job, item, self._try_sync(item)) for job, item in written]
+        items = [item for _, item in written]
+        if len(items) <= 1 or self._fsync_pool is None:
+            errors = [self._try_sync(item) for item in items]
         else:
-            errors = self._fsync_pool.map(self._try_sync, [item for _, item in written])
-            pairs = [(job, item, error) for (job, item), error in zip(written, errors, strict=True)]
+            lanes = min(_FSYNC_THREADS, len(items))
+            errors = [None] * len(items)
+            for lane, lane_errors in enumerate(self._fsync_pool.map(
+                    self._try_sync_all, [items[lane::lanes] for lane in range(lanes)])):
+                errors[lane::lanes] = lane_errors
+        pairs = [(job, item, error) for (job, item), error in zip(written, errors, strict=True)]
         synced: list[tuple[_Job, _Prepared]] = []
         for job, item, error in pairs:
             if error is None:
@@ -824,6 +831,9 @@ class Spool:
                 item.tmp_path.unlink()
             job.settle(error)
         return synced
+
+    def _try_sync_all(self, lane: list[_Prepared]) -> list[SpoolError | None]:
+        return [self._try_sync(prepared) for prepared in lane]
 
     def _try_sync(self, prepared: _Prepared) -> SpoolError | None:
         try:
