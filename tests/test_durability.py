@@ -72,9 +72,16 @@ class SwitchableProxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port: int = s.getsockname()[1]
+        # The port stays bound (never listening) for the proxy's whole life. A port only picked
+        # and let go is free for the kernel to hand out again: the daemon's own retries against
+        # the "down" database, connecting to a free port in the ephemeral range, can be given
+        # it as their source port (TCP self-connect), and `up` then failed with EADDRINUSE. A
+        # bound port is never handed out, and connecting to it is refused, as to a database
+        # that is down; `up` listens on a second socket bound beside it (SO_REUSEADDR on both).
+        self._reserved = socket.socket()
+        self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._reserved.bind(("127.0.0.1", 0))
+        self.port: int = self._reserved.getsockname()[1]
         self.server: socket.socket | None = None
         self.conns: list[socket.socket] = []
         self.lock = threading.Lock()
@@ -99,6 +106,10 @@ class SwitchableProxy:
                     pass
                 c.close()
             self.conns.clear()
+
+    def close(self) -> None:
+        self.down()
+        self._reserved.close()
 
     def _accept(self, server: socket.socket) -> None:
         while True:
@@ -131,7 +142,7 @@ class SwitchableProxy:
 def proxy(pg_url: str) -> Iterator[tuple[SwitchableProxy, str]]:
     p = SwitchableProxy(("127.0.0.1", 5432))
     yield p, pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{p.port}")
-    p.down()
+    p.close()
 
 
 def test_with_the_database_down_smtp_still_answers_250_and_tickets_appear_when_it_returns(
