@@ -807,19 +807,23 @@ class Spool:
 
         Concurrent fsyncs are merged by the filesystem journal (ext4/XFS commit them together),
         so a group of N files costs far less than N sequential fsyncs. Each file is still fsynced
-        before its rename, as the durability ordering requires. The pool gets one task per
-        thread, not one per file: a future a file cost this thread (which holds the GIL the
-        webhooks' event loop needs) about as much as writing the file (issue 20 outcome 2).
+        before its rename, as the durability ordering requires. The files are dealt into at
+        most _FSYNC_THREADS lanes; this thread fsyncs the first lane itself while the pool
+        fsyncs the others, one task a lane rather than one a file: a future a file cost this
+        thread (which holds the GIL the webhooks' event loop needs) about as much as writing
+        the file (issue 20 outcome 2).
         """
         items = [item for _, item in written]
         if len(items) <= 1 or self._fsync_pool is None:
             errors = [self._try_sync(item) for item in items]
         else:
             lanes = min(_FSYNC_THREADS, len(items))
+            others = [self._fsync_pool.submit(self._try_sync_all, items[lane::lanes])
+                      for lane in range(1, lanes)]
             errors = [None] * len(items)
-            for lane, lane_errors in enumerate(self._fsync_pool.map(
-                    self._try_sync_all, [items[lane::lanes] for lane in range(lanes)])):
-                errors[lane::lanes] = lane_errors
+            errors[0::lanes] = self._try_sync_all(items[0::lanes])
+            for lane, future in enumerate(others, start=1):
+                errors[lane::lanes] = future.result()
         pairs = [(job, item, error) for (job, item), error in zip(written, errors, strict=True)]
         synced: list[tuple[_Job, _Prepared]] = []
         for job, item, error in pairs:

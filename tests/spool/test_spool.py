@@ -32,6 +32,7 @@ from gateway.intake.spool import (
     SpoolError,
     SpoolFullError,
     SpoolWriteError,
+    _Prepared,
 )
 
 RECEIVED = datetime(2024, 5, 17, 9, 30, tzinfo=UTC)
@@ -449,6 +450,35 @@ def test_enqueue_async_from_50_coroutines_gives_50_durable_entries_with_grouped_
     assert 1 <= spool.dir_fsyncs < 50
     by_id = {entry.id: entry for entry in spool.pending()}
     assert {spool.read_raw(by_id[entry_id]) for entry_id in ids} == {message(n) for n in range(50)}
+
+
+def test_a_file_whose_fsync_fails_fails_only_its_own_sender_in_a_grouped_write(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group's files are fsynced in lanes; each outcome must still reach its own sender."""
+    failing = {n for n in range(40) if n % 3 == 0}
+    sync = spool._sync_tmp
+
+    def sync_unless_marked(prepared: _Prepared) -> None:
+        if any(prepared.tmp_path.read_bytes().endswith(message(n)) for n in failing):
+            raise OSError(errno.EIO, "injected fsync failure")
+        sync(prepared)
+
+    monkeypatch.setattr(spool, "_sync_tmp", sync_unless_marked)
+
+    async def producers() -> list[str | BaseException]:
+        return await asyncio.gather(
+            *(spool.enqueue_async(message(n), make_envelope()) for n in range(40)),
+            return_exceptions=True)
+
+    outcomes = asyncio.run(producers())
+
+    assert [isinstance(o, SpoolWriteError) for o in outcomes] == [n in failing
+                                                                  for n in range(40)]
+    assert files_in(spool.tmp_dir) == []
+    by_id = {entry.id: entry for entry in spool.pending()}
+    assert {spool.read_raw(by_id[o]) for o in outcomes if isinstance(o, str)} == {
+        message(n) for n in range(40) if n not in failing}
 
 
 def test_enqueue_async_serves_several_event_loops_in_several_threads(spool: Spool) -> None:
