@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -32,13 +34,71 @@ BEFORE_CLOSING = "2026-12-15T22:59:50Z"  # Tuesday 17:59:50 in New York: still o
 AFTER_CLOSING = "2026-12-15T23:00:20Z"  # Tuesday 18:00:20 in New York: closed, after hours
 
 
-def free_port() -> int:
-    import socket
+# The lowest port `free_port` picks; below it sit the well-known services (PostgreSQL's 5432).
+FIXED_PORTS_FROM = 10000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+# Used when the range file is missing (not Linux): below both Linux's default (32768-60999)
+# and IANA's dynamic range (49152-65535).
+ASSUMED_EPHEMERAL_RANGE = (32768, 65535)
+_ports_handed_out: set[int] = set()
+# SystemRandom, not the `random` module: hypothesis reseeds the global generator, and two xdist
+# workers seeded alike would pick the same ports in the same order.
+_port_chooser = random.SystemRandom()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+
+def ports_outside_ephemeral_range(low: int, high: int) -> list[range]:
+    """The port ranges `free_port` picks from when the kernel's ephemeral range is low..high."""
+    below = range(FIXED_PORTS_FROM, low)
+    above = range(max(high + 1, FIXED_PORTS_FROM), 65536)
+    return [r for r in (below, above) if len(r) >= 1000]
+
+
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's ephemeral range (source ports for outgoing connections), inclusive."""
+    try:
+        low, high = EPHEMERAL_RANGE_FILE.read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return ASSUMED_EPHEMERAL_RANGE
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free now and that the kernel will not take back meanwhile.
+
+    Callers bind the port later, sometimes seconds later, or bind it again after taking a
+    proxy "down". A port from bind(0) lies in the kernel's ephemeral range, and once let go
+    the kernel may give it to any outgoing connection as its source port, including the
+    daemon's own retries against that very port while nothing listens there (TCP
+    self-connect); the later bind then fails with EADDRINUSE. So the port is drawn at random
+    from outside the ephemeral range, where the kernel never picks source ports, and
+    checked: it must bind (without SO_REUSEADDR, so a port in TIME_WAIT is passed over too)
+    and nothing may answer a connection to it. Random choice keeps xdist workers apart; a
+    port is never handed out twice in one process (a caller may take two before binding
+    either). Only if the ephemeral range leaves no room does it fall back to bind(0).
+    """
+    choices = ports_outside_ephemeral_range(*ephemeral_port_range())
+    if not choices:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        # Each range weighted by its size: every candidate port equally likely.
+        ports = _port_chooser.choices(choices, weights=[len(r) for r in choices])[0]
+        port = _port_chooser.choice(ports)
+        if port in _ports_handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            with socket.socket() as knock:
+                knock.settimeout(1.0)
+                if knock.connect_ex(("127.0.0.1", port)) == 0:
+                    continue
+        _ports_handed_out.add(port)
         return port
+    raise RuntimeError(f"no free port found in {choices} after 200 tries")
 
 
 def pg_available() -> bool:
