@@ -153,18 +153,31 @@ class _Job:
 
     def settle(self, outcome: str | SpoolError) -> None:
         """Resolve the caller's future from the writer thread (futures are not thread-safe)."""
+        _settle_all([(self, outcome)])
 
-        def apply() -> None:
-            if self.future.done():  # cancelled by the caller, or already failed by a cleanup
-                return
+
+def _settle_all(settled: list[tuple[_Job, str | SpoolError]]) -> None:
+    """Resolve callers' futures from the writer thread (futures are not thread-safe), one
+    hand-off per event loop rather than one per job: each `call_soon_threadsafe` writes to the
+    loop's wake-up socket and wakes it, and a group of 64 webhook requests woke the loop 64
+    times (issue 20 outcome 2)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, str | SpoolError]]] = {}
+    for job, outcome in settled:
+        by_loop.setdefault(job.loop, []).append((job, outcome))
+
+    def apply(pairs: list[tuple[_Job, str | SpoolError]]) -> None:
+        for job, outcome in pairs:
+            if job.future.done():  # cancelled by the caller, or already failed by a cleanup
+                continue
             if isinstance(outcome, str):
-                self.future.set_result(outcome)
+                job.future.set_result(outcome)
             else:
-                self.future.set_exception(outcome)
+                job.future.set_exception(outcome)
 
-        # The loop is closed: nobody is waiting any more, and the entry (if written) is durable.
+    for loop, pairs in by_loop.items():
+        # A closed loop: nobody is waiting any more, and the entries (if written) are durable.
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(apply)
+            loop.call_soon_threadsafe(apply, pairs)
 
 
 @dataclass(frozen=True)
@@ -799,8 +812,8 @@ class Spool:
             outcomes = self._publish([item for _, item in prepared])
         except Exception as exc:
             outcomes = [_as_spool_error(exc)] * len(prepared)
-        for (job, _), outcome in zip(prepared, outcomes, strict=True):
-            job.settle(outcome)
+        _settle_all([(job, outcome)
+                     for (job, _), outcome in zip(prepared, outcomes, strict=True)])
 
     def _sync_group(self, written: list[tuple[_Job, _Prepared]]) -> list[tuple[_Job, _Prepared]]:
         """fsync every file of a group, several at once; return those that made it to disk.
