@@ -88,6 +88,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     runtime = load_runtime(Path(args.config))
+    os.nice(runtime.settings.gateway.workers.nice)  # listeners' acceptance before the drain
     box = RuntimeBox(Path(args.config), runtime)
     worker = Worker(box, index=args.index, run_outbox=args.index == 0 and not args.drain)
     signal.signal(signal.SIGHUP, lambda *_: worker.reload_requested.set())
