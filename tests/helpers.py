@@ -157,6 +157,10 @@ def configure(source: Path, target: Path, state: Path, **overrides: object) -> P
         "outbound__enabled": False,
         "api__port": 0,
         "webhooks__port": 0,
+        # The sample config runs workers at +10 so listeners come first; a test's daemon shares
+        # the machine with the busy test runner itself, where a niced worker's start (imports,
+        # the model) could take many times longer. tests/test_worker_priority.py tests nice.
+        "workers__nice": 0,
     }
     defaults.update(overrides)
     for name, value in defaults.items():
