@@ -116,7 +116,7 @@ def drain(
     config = configure(
         ROOT / "config",
         workdir / "config",
-        state,
+        state, as_shipped=True,
         workers__processes=workers,
         smtp__port=0,
         webhooks__enabled=False,  # HTTP listeners: their default port 8080 may be taken,

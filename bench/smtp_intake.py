@@ -189,7 +189,7 @@ def run_gateway(messages: list[bytes], sessions: int, url: str | None, workdir: 
                                     "smtp__max_sessions": 500}
     if url:
         overrides["storage__url"] = url
-    config = configure(ROOT / "config", workdir / "config", state, **overrides)
+    config = configure(ROOT / "config", workdir / "config", state, as_shipped=True, **overrides)
     log = open(workdir / "daemon.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), "run"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -68,7 +68,8 @@ def main() -> None:
         }
         if url:
             overrides["storage__url"] = url
-        config = configure(ROOT / "config", work / "config", work / "state", **overrides)
+        config = configure(ROOT / "config", work / "config", work / "state", as_shipped=True,
+                           **overrides)
         daemon = DaemonProcess(config, env={"GATEWAY_TWILIO_AUTH_TOKEN": TOKEN})
         daemon.start(timeout=300)
         rates = Rates(smtp=args.smtp, pipe=args.pipe, sms=args.sms)

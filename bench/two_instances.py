@@ -37,7 +37,8 @@ def start(workdir: Path, name: str, url: str) -> tuple[subprocess.Popen[bytes], 
     if models.exists():
         shutil.copytree(models, state / "models")
     port = free_port()
-    config = configure(ROOT / "config", workdir / name / "config", state, smtp__port=port,
+    config = configure(ROOT / "config", workdir / name / "config", state, as_shipped=True,
+                       smtp__port=port,
                        storage__url=url, gateway__instance=name, smtp__max_sessions=500,
                        api__enabled=False, webhooks__enabled=False)
     log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115

@@ -281,14 +281,16 @@ class GatewayBench:
         if trained.exists():
             shutil.copytree(trained, self.models)
             return
-        config = configure(ROOT / "config", self.work / "warm" / "config", self.work / "warm")
+        config = configure(ROOT / "config", self.work / "warm" / "config", self.work / "warm",
+                           as_shipped=True)
         load_runtime(config)
         shutil.copytree(self.work / "warm" / "models", self.models)
 
     def config(self, name: str, **overrides: object) -> Path:
         state = self.work / name / "state"
         shutil.copytree(self.models, state / "models")
-        return configure(ROOT / "config", self.work / name / "config", state, **overrides)
+        return configure(ROOT / "config", self.work / name / "config", state, as_shipped=True,
+                         **overrides)
 
     def counts(self, config: Path) -> tuple[int, int, int, int, int]:
         with sqlite3.connect(config.parent / "state" / "gateway.db") as conn:
