@@ -73,8 +73,9 @@ class WorkersSection:
     batch_size: int = field(default=64, metadata=check(positive))
     # Added to each worker process's niceness at its start (0-19; takes effect when workers
     # restart). Acceptance is the promise a sender waits on, the drain is not: with the worker
-    # at +10 on a 2-core machine, SMTP accepts/s rose by about a third at 20 sessions and the
-    # end-to-end rate held (bench/smtp_intake.py, docs/benchmarks.md). 0 keeps them equal.
+    # at +10 on a 2-core machine, SMTP accepts/s at 20 sessions rose by a fifth (SQLite) to a
+    # quarter (PostgreSQL) and the end-to-end rate held (bench/smtp_intake.py,
+    # docs/benchmarks.md). 0 keeps them equal.
     nice: int = field(default=0, metadata=check(lambda v: None if 0 <= v <= 19
                                                 else "must be between 0 and 19"))
     # A worker silent for longer than this (no heartbeat: stuck in one batch) counts as wedged:
