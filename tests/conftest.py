@@ -56,35 +56,51 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.serial)
 
 
-def suite_epoch() -> str | None:
-    """The instant the suite runs at, from GATEWAY_TEST_EPOCH (None: the wall clock)."""
-    epoch = os.environ.get(EPOCH_ENV, "").strip()
-    if not epoch:
-        return None
-    try:
-        clock.parse_instant(epoch)
-    except clock.ClockHookError as exc:
-        raise pytest.UsageError(f"{EPOCH_ENV}: {exc}") from exc
-    return epoch
+def suite_epochs() -> tuple[str, ...]:
+    """The instants the suite runs at, from GATEWAY_TEST_EPOCH (empty: the wall clock).
 
+    One instant runs every test once at it. Several, separated by spaces or commas, run every
+    collected test once at each (ids end in `@<instant>`) in one session, so one pytest-xdist
+    session balances all of them across the cores instead of paying for a session per instant.
+    """
+    epochs = tuple(os.environ.get(EPOCH_ENV, "").replace(",", " ").split())
+    for epoch in epochs:
+        try:
+            clock.parse_instant(epoch)
+        except clock.ClockHookError as exc:
+            raise pytest.UsageError(f"{EPOCH_ENV}: {exc}") from exc
+    return epochs
 
 
 def pytest_report_header() -> list[str]:
-    epoch = suite_epoch()
+    epochs = " ".join(suite_epochs())
     return [
         f"postgresql: {'available' if pg_available() else 'NOT available'} ({PG_ADMIN_URL})",
-        f"clock: {f'{EPOCH_ENV}={epoch}' if epoch else 'the wall clock'} "
+        f"clock: {f'{EPOCH_ENV}={epochs}' if epochs else 'the wall clock'} "
         "(tests that name their instant keep it)",
     ]
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    epochs = suite_epochs()
+    if len(epochs) > 1 and "suite_instant" in metafunc.fixturenames:
+        metafunc.parametrize("suite_instant", epochs, indirect=True, ids=[f"@{e}" for e in epochs])
+
+
+@pytest.fixture
+def suite_instant(request: pytest.FixtureRequest) -> str | None:
+    """The instant this test starts at: its GATEWAY_TEST_EPOCH (None: the wall clock)."""
+    epochs = suite_epochs()
+    param: str | None = getattr(request, "param", None)
+    return param or (epochs[0] if epochs else None)
+
+
 @pytest.fixture(autouse=True)
-def _epoch_clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts at GATEWAY_TEST_EPOCH when it is set; the hook reaches the daemons and
-    CLIs a test starts through the environment."""
-    epoch = suite_epoch()
-    if epoch:
-        monkeypatch.setenv(clock.HOOK_ENV, epoch)
+def _epoch_clock(monkeypatch: pytest.MonkeyPatch, suite_instant: str | None) -> Iterator[None]:
+    """Each test starts at its GATEWAY_TEST_EPOCH instant when one is set; the hook reaches the
+    daemons and CLIs a test starts through the environment."""
+    if suite_instant:
+        monkeypatch.setenv(clock.HOOK_ENV, suite_instant)
     clock.reset()
     yield
     clock.reset()
