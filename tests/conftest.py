@@ -37,12 +37,13 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 EPOCH_ENV = "GATEWAY_TEST_EPOCH"
 
-# Tests that load the whole machine (kill -9 under mixed load, a soak that watches RSS, several
-# daemons at once, a browser): CI runs them alone after the parallel part (.ci/test), so their
-# real servers never compete for the two cores with another test's.
+# Tests that load the whole machine (kill -9 under mixed load, several daemons at once, a
+# browser): CI runs them alone after the parallel part (.ci/test), so their real servers never
+# compete for the two cores with another test's. The soak is not one of them: its load is light
+# (about 6 messages a second, a few % of a core) and its verdicts are relative to where each
+# series settled, so it runs beside the other tests, as a daemon shares a machine.
 SERIAL = (
     "tests/faults/",
-    "tests/soak/",
     "tests/test_instances.py",
     "tests/test_reload_under_load.py",
     "tests/imap/test_imap_cluster.py",
@@ -50,10 +51,19 @@ SERIAL = (
 )
 
 
+# Files that take minutes whatever the machine does, started first so that one of them never
+# runs alone at the end of the parallel part while the other process has nothing left to do.
+LONG_FIRST = ("tests/soak/",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def under(item: pytest.Item, prefixes: tuple[str, ...]) -> bool:
+        return item.nodeid.startswith(prefixes) or f"tests/{item.nodeid}".startswith(prefixes)
+
     for item in items:
-        if item.nodeid.startswith(SERIAL) or f"tests/{item.nodeid}".startswith(SERIAL):
+        if under(item, SERIAL):
             item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: not under(item, LONG_FIRST))  # stable: the rest keep their order
 
 
 def suite_epochs() -> tuple[str, ...]:
