@@ -197,6 +197,17 @@ def _capped(base: type[SMTP], count: _Sessions, limit: int, stats: ChannelStats)
             # Streamed to the spool instead of held whole (channels/smtp_data.py, issue 20).
             await smtp_data(self, self.event_handler, arg)
 
+        def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+            # aiosmtpd 1.4 lets the email package's address parser raise IndexError on a few
+            # truncated addresses ("<", "<@", "a@", a lone quote) and answers them "500 Error:
+            # (IndexError) ..."; they are malformed addresses and get aiosmtpd's own answer
+            # for one, 553 5.1.3.
+            try:
+                address, params = super()._getaddr(arg)
+            except (IndexError, ValueError):
+                return None, None
+            return address, params
+
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             count.active += 1
             stats.sessions = count.active

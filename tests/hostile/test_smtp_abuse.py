@@ -187,6 +187,18 @@ def test_a_pipelined_flood_gets_one_answer_per_command_in_order(daemon: DaemonPr
     assert wait_for(lambda: settled_accepted(daemon) - before == 1 or None, timeout=10)
 
 
+@pytest.mark.parametrize("address", ["<", "<@", "a@", '"', '<"'])
+def test_a_truncated_address_is_refused_as_malformed_and_the_session_goes_on(
+    daemon: DaemonProcess, address: str
+) -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=30) as client:
+        client.ehlo("truncated.example")
+        assert client.docmd("MAIL", f"FROM:{address}") == (553, b"5.1.3 Error: malformed address")
+        assert client.mail("dana@acme-clinic.example")[0] == 250
+        assert client.docmd("RCPT", f"TO:{address}") == (553, b"5.1.3 Error: malformed address")
+        assert client.rcpt("support@example.com")[0] == 250
+
+
 def test_lines_over_the_limit_get_500_and_the_session_goes_on(daemon: DaemonProcess) -> None:
     before = settled_accepted(daemon)
     long_line = b"X-Long: " + b"y" * 5000 + b"\r\n"
