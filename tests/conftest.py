@@ -51,9 +51,16 @@ SERIAL = (
 )
 
 
-# Files that take minutes whatever the machine does, started first so that one of them never
-# runs alone at the end of the parallel part while the other process has nothing left to do.
-LONG_FIRST = ("tests/soak/",)
+# The files that take longest (the soak's two minutes, then the CLI's and IMAP's many real
+# processes and servers, about two minutes each on these machines), started first so that none of
+# them runs alone at the end of the parallel part while the other process has nothing left to do.
+LONG_FIRST = (
+    "tests/soak/",
+    "tests/test_cli.py",
+    "tests/imap/test_imap.py",
+    "tests/test_pipeline.py",
+    "tests/test_durability.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -63,7 +70,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if under(item, SERIAL):
             item.add_marker(pytest.mark.serial)
-    items.sort(key=lambda item: not under(item, LONG_FIRST))  # stable: the rest keep their order
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, p in enumerate(LONG_FIRST) if under(item, (p,))), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: within a file, and among the rest, the order is unchanged
 
 
 def suite_epochs() -> tuple[str, ...]:
