@@ -70,8 +70,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if under(item, SERIAL):
             item.add_marker(pytest.mark.serial)
+
     def rank(item: pytest.Item) -> int:
-        return next((i for i, p in enumerate(LONG_FIRST) if under(item, (p,))), len(LONG_FIRST))
+        return next((i for i, path in enumerate(LONG_FIRST) if under(item, (path,))),
+                    len(LONG_FIRST))
 
     items.sort(key=rank)  # stable: within a file, and among the rest, the order is unchanged
 
