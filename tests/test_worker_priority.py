@@ -13,16 +13,14 @@ from tests.test_config import problems_of
 
 
 def test_workers_run_at_the_configured_niceness_above_the_listeners(
-    make_config: Callable[..., Path],
+    make_config: Callable[..., Path], daemons: list[DaemonProcess]
 ) -> None:
     daemon = DaemonProcess(make_config(workers__nice=7)).start()
-    try:
-        assert daemon.proc is not None
-        (worker,) = daemon.status()["workers"]
-        listeners = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
-        assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, listeners + 7)
-    finally:
-        daemon.stop()
+    daemons.append(daemon)
+    assert daemon.proc is not None
+    (worker,) = daemon.status()["workers"]
+    listeners = os.getpriority(os.PRIO_PROCESS, daemon.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, listeners + 7)
 
 
 def test_a_niceness_outside_0_to_19_is_named_with_file_and_key(
