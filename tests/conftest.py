@@ -16,6 +16,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -151,25 +152,63 @@ def pg_server() -> str:
     return PG_ADMIN_URL
 
 
-@pytest.fixture
-def pg_url(pg_server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+@contextmanager
+def _pg_database(server: str, template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database (a copy of `template` when one is named), dropped on exit."""
     import psycopg
 
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str) -> Iterator[str]:
+    """One database per test process, migrated to the schema's head once. Running the
+    migrations took 0.4-0.7 s a test on these machines; copying the result takes a tenth of it."""
+    from gateway.storage.db import upgrade
+
+    with _pg_database(pg_server) as url:
+        upgrade(url)  # disposes its engine: a template must have no connection when copied
+        yield url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def pg_url(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, already at the schema's head (the gateway's own
+    `upgrade` at start then finds nothing to do), dropped afterwards."""
+    with _pg_database(pg_server, template=pg_template) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (no schema at all), for the migrations' own tests."""
+    with _pg_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Runs the test once on SQLite and once on PostgreSQL."""
+    """Runs the test once on SQLite and once on PostgreSQL (a database at the schema's head)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state' / 'gateway.db'}"
     url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database (no schema), once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'gateway.db'}"
+    url: str = request.getfixturevalue("empty_pg_url")
     return url
 
 

@@ -11,9 +11,9 @@ from gateway.storage.db import make_engine, upgrade
 from gateway.storage.models import Base
 
 
-def test_migrations_build_the_schema_the_models_declare(database_url: str) -> None:
-    upgrade(database_url)
-    engine = make_engine(database_url)
+def test_migrations_build_the_schema_the_models_declare(empty_database_url: str) -> None:
+    upgrade(empty_database_url)
+    engine = make_engine(empty_database_url)
     try:
         with engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": False})
@@ -24,7 +24,7 @@ def test_migrations_build_the_schema_the_models_declare(database_url: str) -> No
 
 
 def test_migration_0008_turns_tickets_held_by_a_pending_emergency_request_into_marked_ones(
-    database_url: str,
+    empty_database_url: str,
 ) -> None:
     """Issue 17 item 1: a ticket held "awaiting acknowledgement" by an open request leaves the
     hold (it is no longer last in the queue) and carries the emergency-pending mark instead; a
@@ -33,8 +33,8 @@ def test_migration_0008_turns_tickets_held_by_a_pending_emergency_request_into_m
 
     import sqlalchemy as sa
 
-    upgrade(database_url, "0007")
-    engine = make_engine(database_url)
+    upgrade(empty_database_url, "0007")
+    engine = make_engine(empty_database_url)
     at = datetime(2026, 11, 17, 15, 0, tzinfo=UTC)
     try:
         tables = sa.MetaData()
@@ -89,8 +89,8 @@ def test_migration_0008_turns_tickets_held_by_a_pending_emergency_request_into_m
             conn.execute(tickets.insert().values(id=3, held=False, **{**ticket, "hold_reason": ""}))
     finally:
         engine.dispose()
-    upgrade(database_url)
-    engine = make_engine(database_url)
+    upgrade(empty_database_url)
+    engine = make_engine(empty_database_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
