@@ -16,8 +16,9 @@ Owns the queue-jump decision and its guards:
   never jumps the queue;
 - explicit evidence must corroborate it: content rules add at least `jump_min_rule_score` at
   full score, or the severity matrix reads urgent and the model's p(urgent) is at least
-  `jump_min_model_probability`. The model alone, however confident, never jumps (it is
-  overconfident on text unlike its training data, e.g. spam);
+  `jump_min_model_probability`, or the matrix reads any problem now (above low) and p(urgent)
+  is at least `jump_min_model_probability_any_problem`. The model alone, however confident,
+  never jumps (it is overconfident on text unlike its training data, e.g. spam);
 - any `spam_guard` hit (upstream X-Spam-Flag, bulk/list headers, spam wording, HTML-only
   marketing) forbids jumping whatever the score.
 An Engine is immutable; the gateway builds a new one on reload and swaps it whole. Never imports
@@ -145,15 +146,7 @@ class Engine:
         claimed = sum(weighted(rule) for rule in fired if rule.kind == "sender_urgency")
         content = sum(rule.score for rule in fired if rule.kind == "content")
         guards = tuple(rule.name for rule in fired if rule.kind == "spam_guard")
-        # Explicit evidence must corroborate the score: content rules at full score (an
-        # admin's own keyword, work stopped by an outage, a critical function broken with a
-        # deadline), or the severity matrix reading the policy's definition of urgent (down,
-        # for everyone, now) *and* the model confident it is urgent. The matrix alone reads
-        # spam ("no one is turned down") and list mail as outages; the model alone is
-        # overconfident on text unlike its training data. Neither alone jumps.
-        corroborated = content >= settings.jump_min_rule_score or (
-            level == "urgent"
-            and p_urgent >= settings.jump_min_model_probability)
+        corroborated = corroborates_a_jump(content, level, p_urgent, settings)
         jump = (
             not guards
             and score >= settings.jump_queue_threshold
@@ -172,6 +165,25 @@ class Engine:
             normalisation=reading.normalised.steps,
             dimensions=explained,
         )
+
+
+def corroborates_a_jump(
+    content: float, matrix: str, p_urgent: float, settings: ClassifierSettings
+) -> bool:
+    """Whether explicit evidence corroborates an urgent score: content rules at full score (an
+    admin's own keyword, work stopped by an outage, a critical function broken with a deadline),
+    or the severity matrix reading the policy's definition of urgent (down, for everyone, now)
+    *and* the model confident it is urgent, or the matrix reading any problem now (above low:
+    not a question, not a past or planned event) *and* the model more confident still.
+
+    The matrix alone reads spam ("no one is turned down") and list mail as outages; the model
+    alone is overconfident on text unlike its training data, and on a question about an outage.
+    Neither alone jumps."""
+    return (
+        content >= settings.jump_min_rule_score
+        or (matrix == "urgent" and p_urgent >= settings.jump_min_model_probability)
+        or (matrix != "low" and p_urgent >= settings.jump_min_model_probability_any_problem)
+    )
 
 
 def _matrix_name(level: str) -> str:

@@ -57,10 +57,17 @@ class Figures:
     urgent_recall: float
     urgent_precision: float
     confusion: tuple[tuple[int, ...], ...]  # rows true, columns predicted, DEFAULT_LEVELS order
+    # Queue jumps: (urgent messages that jumped, urgent messages, others that jumped, others).
+    # The level decides the order among tickets that do not jump; a jump is what puts an
+    # outage ahead of the queue, so it is reported beside the level, never folded into it.
+    jumps: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def line(self) -> str:
+        urgent_jumped, urgent, others_jumped, others = self.jumps
+        share = urgent_jumped / urgent if urgent else 0.0
         return (f"n={self.n:4d}  exact {self.exact:.3f}  urgent recall {self.urgent_recall:.3f}"
-                f"  urgent precision {self.urgent_precision:.3f}")
+                f"  urgent precision {self.urgent_precision:.3f}  jumped the queue: urgent "
+                f"{urgent_jumped}/{urgent} ({share:.2f}), others {others_jumped}/{others}")
 
     def matrix(self) -> str:
         head = "true\\pred " + "".join(f"{lvl:>8}" for lvl in DEFAULT_LEVELS)
@@ -69,8 +76,12 @@ class Figures:
         return "\n".join([head, *rows])
 
 
-def figures(truth: Sequence[str], predicted: Sequence[str]) -> Figures:
+def figures(truth: Sequence[str], predicted: Sequence[str],
+            jumped: Sequence[bool] | None = None) -> Figures:
     counts = Counter(zip(truth, predicted, strict=True))
+    flags = list(jumped) if jumped is not None else [False] * len(truth)
+    urgent = [j for t, j in zip(truth, flags, strict=True) if t == "urgent"]
+    others = [j for t, j in zip(truth, flags, strict=True) if t != "urgent"]
     confusion = tuple(tuple(counts[(t, p)] for p in DEFAULT_LEVELS) for t in DEFAULT_LEVELS)
     n = len(truth)
     hit = counts[("urgent", "urgent")]
@@ -78,7 +89,8 @@ def figures(truth: Sequence[str], predicted: Sequence[str]) -> Figures:
     real = sum(counts[("urgent", p)] for p in DEFAULT_LEVELS)
     exact = sum(counts[(lvl, lvl)] for lvl in DEFAULT_LEVELS)
     return Figures(n, exact / n if n else 0.0, hit / real if real else 0.0,
-                   hit / said if said else 0.0, confusion)
+                   hit / said if said else 0.0, confusion,
+                   (sum(urgent), len(urgent), sum(others), len(others)))
 
 
 @dataclass(frozen=True)
@@ -95,19 +107,25 @@ class Evaluation:
         return "\n".join(lines)
 
 
+Prediction = tuple[str, bool]  # (level, jumped the queue)
+
+
 def score(name: str, examples: Sequence[LabelledExample],
-          predicted: Sequence[str]) -> Evaluation:
+          predicted: Sequence[Prediction]) -> Evaluation:
     truth = [e.level for e in examples]
-    channels = tuple(
-        (ch, figures([t for t, e in zip(truth, examples, strict=True) if e.channel == ch],
-                     [p for p, e in zip(predicted, examples, strict=True) if e.channel == ch]))
-        for ch in CHANNELS if any(e.channel == ch for e in examples)
-    )
-    return Evaluation(name, figures(truth, predicted), channels)
+
+    def on(channel: str | None) -> Figures:
+        chosen = [i for i, e in enumerate(examples) if channel in (None, e.channel)]
+        return figures([truth[i] for i in chosen], [predicted[i][0] for i in chosen],
+                       [predicted[i][1] for i in chosen])
+
+    channels = tuple((ch, on(ch)) for ch in CHANNELS if any(e.channel == ch for e in examples))
+    return Evaluation(name, on(None), channels)
 
 
-def predict(engine: Engine, examples: Sequence[LabelledExample]) -> list[str]:
-    return [v.severity for v in engine.classify_many([e.as_input() for e in examples])]
+def predict(engine: Engine, examples: Sequence[LabelledExample]) -> list[Prediction]:
+    return [(v.severity, v.jump_queue)
+            for v in engine.classify_many([e.as_input() for e in examples])]
 
 
 def load_dev(path: Path = DEV_SET) -> list[LabelledExample]:
@@ -154,12 +172,12 @@ def lowo_folds(examples: Sequence[LabelledExample],
 
 
 def _cross_predict(examples: Sequence[LabelledExample], fold_of: Sequence[int],
-                   settings: ClassifierSettings, rules_dir: Path) -> list[str]:
+                   settings: ClassifierSettings, rules_dir: Path) -> list[Prediction]:
     """Each example of fold f (f >= 0) classified by a model trained on every other fold."""
     rules, problems = load_rules(rules_dir)
     if rules is None:
         raise ValueError("; ".join(str(p) for p in problems))
-    predicted = [""] * len(examples)
+    predicted: list[Prediction] = [("", False)] * len(examples)
     texts = model_texts(examples, settings.body_chars_for_model)
     for fold in sorted(set(fold_of) - {-1}):
         train = [i for i, f in enumerate(fold_of) if f != fold]
@@ -168,9 +186,8 @@ def _cross_predict(examples: Sequence[LabelledExample], fold_of: Sequence[int],
                                        [examples[i].level for i in train])
         model = LoadedModel(f"fold-{fold}", DEFAULT_LEVELS, len(train), pipeline, "")
         engine = Engine(rules, settings, model)
-        for i, verdict in zip(test, engine.classify_many([examples[i].as_input()
-                                                           for i in test]), strict=True):
-            predicted[i] = verdict.severity
+        for i, prediction in zip(test, predict(engine, [examples[i] for i in test]), strict=True):
+            predicted[i] = prediction
     return predicted
 
 

@@ -411,7 +411,8 @@ def test_evaluate_prints_the_three_honest_evaluations_per_channel(
     assert sections[2] == "== shipped eval.jsonl"
     lodo = text.split(sections[1], 1)[1].split(sections[2], 1)[0]
     for channel in ("pooled", "email", "sms", "voicemail"):
-        assert re.search(rf"^{channel} +n= *\d+ +exact [\d.]+ +urgent recall", lodo, re.M), lodo
+        assert re.search(rf"^{channel} +n= *\d+ +exact [\d.]+ +urgent recall .* jumped the "
+                         r"queue: urgent \d+/\d+ \([\d.]+\), others \d+/\d+$", lodo, re.M), lodo
 
 
 def test_status_shows_no_accepted_counter_for_the_api_which_spools_nothing(

@@ -4,10 +4,11 @@ import dataclasses
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from classifiers.engine import Engine, build_engine
+from classifiers.engine import Engine, build_engine, corroborates_a_jump
 from classifiers.settings import ClassifierSettings
 from classifiers.types import TextInput
 from tests.classifiers.conftest import SHIPPED_RULES
@@ -135,18 +136,68 @@ def test_model_alone_never_jumps_the_queue(engine: Engine) -> None:
 OUTAGE = TextInput("Portal", "The portal is down for everyone since 9am, nobody can log in.")
 
 
+def doubting(model_dir: Path, **probabilities: float) -> Engine:
+    """The shipped engine with some of the model's jump thresholds raised."""
+    engine, _ = build_engine(
+        SHIPPED_RULES, dataclasses.replace(ClassifierSettings(), **probabilities), model_dir
+    )
+    assert engine is not None
+    return engine
+
+
 def test_the_matrix_corroborates_a_jump_only_with_a_confident_model(
     engine: Engine, default_model_dir: Path
 ) -> None:
     assert engine.classify(OUTAGE).jump_queue
-    doubting, _ = build_engine(
-        SHIPPED_RULES,
-        dataclasses.replace(ClassifierSettings(), jump_min_model_probability=1.0),
+    verdict = doubting(
         default_model_dir,
-    )
-    assert doubting is not None
-    verdict = doubting.classify(OUTAGE)
+        jump_min_model_probability=1.0,
+        jump_min_model_probability_any_problem=1.0,
+    ).classify(OUTAGE)
     assert verdict.severity == "urgent" and not verdict.jump_queue
+
+
+# Everyone at a clinic locked out of the patient records, said as a caller says it: the tables
+# read "connection failed" as one thing wrong, not as down, so the matrix says high, while the
+# model is confident it is urgent.
+LOCKED_OUT = TextInput(
+    "", "hello yes good morning its dr patel at the clinic we were trying to get into the "
+    "patient records since about eight and nobody at the front desk or the nurses can get in "
+    "at all it just says connection failed could someone ring me back", channel="voicemail",
+)
+
+
+def test_a_problem_now_and_a_model_surer_still_jump_when_the_matrix_does_not_read_urgent(
+    engine: Engine, default_model_dir: Path
+) -> None:
+    verdict = engine.classify(LOCKED_OUT)
+    assert "MATRIX_URGENT" not in {h.name for h in verdict.hits}, verdict.explain()
+    assert "MATRIX_LOW" not in {h.name for h in verdict.hits}, verdict.explain()
+    assert verdict.model_vote is not None and verdict.model_vote.level == "urgent"
+    assert verdict.severity == "urgent" and verdict.jump_queue, verdict.explain()
+    unsure = doubting(default_model_dir, jump_min_model_probability_any_problem=1.0)
+    assert not unsure.classify(LOCKED_OUT).jump_queue
+
+
+@pytest.mark.parametrize(
+    ("content", "matrix", "p_urgent", "corroborated"),
+    [
+        (2.5, "low", 0.0, True),  # content rules at full score, whatever else says
+        (2.4, "urgent", 0.69, False),
+        (0.0, "urgent", 0.7, True),  # the matrix reads urgent, the model is confident
+        (0.0, "high", 0.79, False),
+        (0.0, "high", 0.8, True),  # a problem now, the model surer still
+        (0.0, "normal", 0.8, True),
+        (0.0, "low", 1.0, False),  # a question, or a past or planned event: never the model's word
+    ],
+)
+def test_a_jump_needs_content_rules_or_the_matrix_and_the_model_together(
+    content: float, matrix: str, p_urgent: float, corroborated: bool
+) -> None:
+    defaults = ClassifierSettings()
+    assert (defaults.jump_min_model_probability,
+            defaults.jump_min_model_probability_any_problem) == (0.7, 0.8)
+    assert corroborates_a_jump(content, matrix, p_urgent, defaults) is corroborated
 
 
 def test_an_outage_report_that_also_asks_a_question_stays_urgent(engine: Engine) -> None:

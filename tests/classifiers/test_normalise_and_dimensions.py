@@ -123,6 +123,14 @@ def test_figures_count_urgent_recall_precision_and_exact_level() -> None:
     assert fig.confusion[0] == (1, 1, 0, 0)
 
 
+def test_figures_count_queue_jumps_of_urgent_messages_and_of_the_others_apart() -> None:
+    fig = figures(["urgent", "urgent", "urgent", "high", "low"],
+                  ["urgent", "urgent", "high", "urgent", "low"],
+                  [True, False, False, True, False])
+    assert fig.jumps == (1, 3, 1, 2)
+    assert "jumped the queue: urgent 1/3 (0.33), others 1/2" in fig.line()
+
+
 def test_dimension_tables_are_written_in_lower_case_as_extract_lowers_the_text() -> None:
     # extract() lower-cases the text once and the tables are compiled case-sensitive (faster
     # than re.IGNORECASE): an upper-case letter in a table would never match.

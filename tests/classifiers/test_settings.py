@@ -48,3 +48,19 @@ def test_unknown_keys_wrong_types_and_unordered_thresholds_are_named() -> None:
 def test_model_weight_is_bounded() -> None:
     _, problems = parse_classifier_table({"model_weight": 50}, DEFAULT_LEVELS, "s.toml")
     assert [p.key for p in problems] == ["classifier.model_weight"]
+
+
+def test_the_jump_probabilities_are_probabilities() -> None:
+    _, problems = parse_classifier_table(
+        {"jump_min_model_probability": 1.5, "jump_min_model_probability_any_problem": -0.1},
+        DEFAULT_LEVELS, "s.toml",
+    )
+    assert [p.key for p in problems] == [
+        "classifier.jump_min_model_probability",
+        "classifier.jump_min_model_probability_any_problem",
+    ]
+    settings, problems = parse_classifier_table(
+        {"jump_min_model_probability_any_problem": 0.9}, DEFAULT_LEVELS, "s.toml"
+    )
+    assert problems == [] and settings is not None
+    assert settings.jump_min_model_probability_any_problem == 0.9
