@@ -39,17 +39,24 @@ def emergency_prompt(price: Quote) -> str:
 
     Pressing 1 is the call's acknowledgement of the charge (docs/emergency.md), so the prompt
     says what is charged: the plan's price, plus the after-hours surcharge when it applies at
-    this instant, and the terms version."""
+    this instant, the terms version, and that a prepaid incident pays the price instead."""
     charge = money(price.price_minor, price.currency)
     if price.applied_surcharge_minor:
         surcharge = money(price.applied_surcharge_minor, price.currency)
         charge += (
             f" plus an after-hours surcharge of {surcharge} at this hour, {price.total()} in all"
         )
+    # A live call reads no ledger (it answers with the database down), so the prepaid rule is
+    # said as a rule, not as a balance; the written request states the balance (prepaid_note).
+    covered = (
+        "the surcharge is still charged" if price.applied_surcharge_minor
+        else "nothing more is charged"
+    )
     return (
         "If this is an emergency, press 1. Emergency support is billed per incident: "
         f"{charge}, under our emergency support terms version {price.terms_version}. "
-        "Pressing 1 accepts this charge. For normal priority, press 2."
+        "If your account has prepaid incidents left, one of them is used instead of the price, "
+        f"and {covered}. Pressing 1 accepts this charge. For normal priority, press 2."
     )
 
 

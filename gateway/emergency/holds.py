@@ -28,8 +28,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config.loader import Settings
-from gateway.emergency.ledger import link_ticket, record_incident
-from gateway.emergency.rules import HOLD_REASON, REVIEW_TAG, EmergencyStep, Quote, hold_time
+from gateway.emergency.ledger import bundle_balance, link_ticket, record_incident
+from gateway.emergency.rules import (
+    HOLD_REASON,
+    REVIEW_TAG,
+    EmergencyStep,
+    Quote,
+    hold_time,
+    prepaid_note,
+)
 from gateway.message import Automated, Thread
 from gateway.outbound.outbox import gate, new_message_id
 from gateway.policy.calendars import Calendar
@@ -77,13 +84,16 @@ def apply(
     now: datetime,
 ) -> tuple[tuple[str, str], ...]:
     """Record what decide's emergency step says for `ticket`; return extra template values for
-    the replies (the incident and how it is billed)."""
+    the replies (the incident and how it is billed; for a request to confirm the charge, what
+    the account's prepaid incidents would pay)."""
     step = decision.emergency_step
     if step is None:
         return ()
     if step.outcome == "held":
         _open_request(session, ticket, step, decision, now)
-        return ()
+        assert step.quote is not None  # a held request states its price
+        left = bundle_balance(session, ticket.account_id)
+        return (("prepaid", prepaid_note(left, step.quote)),)
     if step.outcome == "linked" and thread.ticket is not None:
         # Part of the incident, shown and never billed; not raised (issue 18 item 3).
         link_ticket(session, ticket, thread.ticket.id, now, step.reason)

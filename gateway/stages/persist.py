@@ -612,7 +612,7 @@ def record(
     # -- end emergency ------------------------------------------------------------------------
     opened = _Opened.of(ticket) if isinstance(ticket, Ticket) else ticket
     for reply in decision.replies:
-        if billed and reply.template.startswith("emergency-"):
+        if billed and reply.template.startswith(("emergency-", "confirm-charge")):
             reply = replace(reply, values=(*reply.values, *billed))
         _queue_reply(
             session, conn, reply, message, customer, automated, opened, intake_id, ctx, now, batch

@@ -18,10 +18,12 @@ from sqlalchemy import select
 
 from gateway import clock
 from gateway.cli.main import main as gateway_main
+from gateway.emergency.ledger import add_bundle
 from gateway.emergency.rules import response_sla
 from gateway.outbound import mail_sender as outbox_sender
 from gateway.outbound import twilio_sender as twilio_outbound
 from gateway.policy.plans import due_times, sla_for
+from gateway.privacy.audit import Actor
 from gateway.storage.models import DecisionRecord, SmsOptOut, TicketEvent
 from gateway.storage.queries import as_utc, list_queue
 from tests.billing.conftest import DANA, PHRASE, TUESDAY_10, Desk, email
@@ -158,6 +160,7 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
         "within 4 hours",
     ):
         assert words in prompt.body, words
+    assert "prepaid" not in prompt.body  # the account has no prepaid incidents
 
     # More mail on the held ticket, even asking again: still the one request.
     desk.mail(
@@ -224,6 +227,19 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
     (request,) = desk.requests()
     assert request.status == "confirmed" and request.reference == "<ask@a>"
     assert [r.kind for r in desk.outbox(ref)] == ["confirm-charge", "emergency-accepted", "notify"]
+
+
+def test_the_request_to_confirm_says_what_the_accounts_prepaid_incidents_would_pay(
+    desk: Desk,
+) -> None:
+    with desk.gw.worker.sessions.begin() as session:
+        assert add_bundle(session, "acme-clinic", 3, actor=Actor("alice", "cli"),
+                          at=TUESDAY_10) is None
+    asked = desk.mail(email(acknowledged=False, message_id="<ask@a>"), TUESDAY_10)
+    (prompt,) = desk.outbox(asked.reference or "")
+    assert prompt.kind == "confirm-charge"
+    assert ("Your account has 3 prepaid incidents left: this one would use one of them instead "
+            "of the price per incident, so nothing more would be charged.") in prompt.body
 
 
 def test_a_held_request_nobody_confirms_expires_and_leaves_the_ticket_where_it_was_unbilled(

@@ -4,6 +4,7 @@ as new rows. On SQLite and PostgreSQL where the database does the work."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,7 +22,7 @@ from gateway.emergency.ledger import (
     credit_incident,
     record_incident,
 )
-from gateway.emergency.rules import Evidence, Quote
+from gateway.emergency.rules import Evidence, Quote, prepaid_note
 from gateway.intake.spool import Envelope
 from gateway.pipeline import Job, JobResult, process_batch
 from gateway.privacy.audit import Actor, audit_entries
@@ -139,6 +140,19 @@ def _evidence(at: datetime) -> Evidence:
 
 
 QUOTE = Quote("USD", 25000, 10000, False, "in hours", "", "2026-11")
+
+
+def test_a_request_to_confirm_states_what_a_prepaid_incident_pays_and_what_it_does_not() -> None:
+    after_hours = dataclasses.replace(QUOTE, after_hours=True)
+    assert prepaid_note(0, after_hours) == ""
+    assert prepaid_note(1, QUOTE) == (
+        "Your account has 1 prepaid incident left: this one would use one of them instead of "
+        "the price per incident, so nothing more would be charged."
+    )
+    assert prepaid_note(2, after_hours) == (
+        "Your account has 2 prepaid incidents left: this one would use one of them instead of "
+        "the price per incident, and the USD 100.00 after-hours surcharge would still be charged."
+    )
 
 
 def test_a_second_debit_waits_on_the_bundle_row_lock_until_the_first_commits(

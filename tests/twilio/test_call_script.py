@@ -141,7 +141,8 @@ def test_within_business_hours_the_prompt_states_the_plans_price_without_surchar
         prompt
     )
     assert "surcharge" not in prompt
-    assert "Pressing 1 accepts this charge." in prompt
+    assert ("If your account has prepaid incidents left, one of them is used instead of the "
+            "price, and nothing more is charged. Pressing 1 accepts this charge.") in prompt
 
 
 def test_after_hours_the_prompt_adds_the_plans_after_hours_surcharge(
@@ -153,6 +154,7 @@ def test_after_hours_the_prompt_adds_the_plans_after_hours_surcharge(
         "USD 250.00 plus an after-hours surcharge of USD 100.00 at this hour, USD 350.00 in all"
         in prompt
     )
+    assert "one of them is used instead of the price, and the surcharge is still charged" in prompt
 
 
 def test_the_billing_evidence_records_the_exact_words_heard_and_their_price(
