@@ -60,14 +60,18 @@ class Figures:
     # Queue jumps: (urgent messages that jumped, urgent messages, others that jumped, others).
     # The level decides the order among tickets that do not jump; a jump is what puts an
     # outage ahead of the queue, so it is reported beside the level, never folded into it.
-    jumps: tuple[int, int, int, int] = (0, 0, 0, 0)
+    # None when the predictions said nothing of jumps.
+    jumps: tuple[int, int, int, int] | None = None
 
     def line(self) -> str:
+        text = (f"n={self.n:4d}  exact {self.exact:.3f}  urgent recall {self.urgent_recall:.3f}"
+                f"  urgent precision {self.urgent_precision:.3f}")
+        if self.jumps is None:
+            return text
         urgent_jumped, urgent, others_jumped, others = self.jumps
         share = urgent_jumped / urgent if urgent else 0.0
-        return (f"n={self.n:4d}  exact {self.exact:.3f}  urgent recall {self.urgent_recall:.3f}"
-                f"  urgent precision {self.urgent_precision:.3f}  jumped the queue: urgent "
-                f"{urgent_jumped}/{urgent} ({share:.2f}), others {others_jumped}/{others}")
+        return (f"{text}  jumped the queue: urgent {urgent_jumped}/{urgent} ({share:.2f}), "
+                f"others {others_jumped}/{others}")
 
     def matrix(self) -> str:
         head = "true\\pred " + "".join(f"{lvl:>8}" for lvl in DEFAULT_LEVELS)
@@ -79,9 +83,11 @@ class Figures:
 def figures(truth: Sequence[str], predicted: Sequence[str],
             jumped: Sequence[bool] | None = None) -> Figures:
     counts = Counter(zip(truth, predicted, strict=True))
-    flags = list(jumped) if jumped is not None else [False] * len(truth)
-    urgent = [j for t, j in zip(truth, flags, strict=True) if t == "urgent"]
-    others = [j for t, j in zip(truth, flags, strict=True) if t != "urgent"]
+    jumps = None
+    if jumped is not None:
+        urgent = [j for t, j in zip(truth, jumped, strict=True) if t == "urgent"]
+        others = [j for t, j in zip(truth, jumped, strict=True) if t != "urgent"]
+        jumps = (sum(urgent), len(urgent), sum(others), len(others))
     confusion = tuple(tuple(counts[(t, p)] for p in DEFAULT_LEVELS) for t in DEFAULT_LEVELS)
     n = len(truth)
     hit = counts[("urgent", "urgent")]
@@ -89,8 +95,7 @@ def figures(truth: Sequence[str], predicted: Sequence[str],
     real = sum(counts[("urgent", p)] for p in DEFAULT_LEVELS)
     exact = sum(counts[(lvl, lvl)] for lvl in DEFAULT_LEVELS)
     return Figures(n, exact / n if n else 0.0, hit / real if real else 0.0,
-                   hit / said if said else 0.0, confusion,
-                   (sum(urgent), len(urgent), sum(others), len(others)))
+                   hit / said if said else 0.0, confusion, jumps)
 
 
 @dataclass(frozen=True)

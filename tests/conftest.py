@@ -194,22 +194,24 @@ def empty_pg_url(pg_server: str) -> Iterator[str]:
         yield url
 
 
+def _url_for_backend(request: pytest.FixtureRequest, sqlite_file: Path, pg_fixture: str) -> str:
+    """The URL of this parametrized run's backend: `sqlite_file`, or the `pg_fixture` database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{sqlite_file}"
+    url: str = request.getfixturevalue(pg_fixture)
+    return url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Runs the test once on SQLite and once on PostgreSQL (a database at the schema's head)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'state' / 'gateway.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
+    return _url_for_backend(request, tmp_path / "state" / "gateway.db", "pg_url")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database (no schema), once on SQLite and once on PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'gateway.db'}"
-    url: str = request.getfixturevalue("empty_pg_url")
-    return url
+    return _url_for_backend(request, tmp_path / "gateway.db", "empty_pg_url")
 
 
 @pytest.fixture

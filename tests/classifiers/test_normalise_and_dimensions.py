@@ -121,6 +121,7 @@ def test_figures_count_urgent_recall_precision_and_exact_level() -> None:
     fig = figures(["urgent", "urgent", "high", "low"], ["urgent", "high", "urgent", "low"])
     assert (fig.exact, fig.urgent_recall, fig.urgent_precision) == (0.5, 0.5, 0.5)
     assert fig.confusion[0] == (1, 1, 0, 0)
+    assert fig.jumps is None and "jumped" not in fig.line()  # nothing was said of jumps
 
 
 def test_figures_count_queue_jumps_of_urgent_messages_and_of_the_others_apart() -> None:
