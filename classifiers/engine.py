@@ -146,15 +146,18 @@ class Engine:
         claimed = sum(weighted(rule) for rule in fired if rule.kind == "sender_urgency")
         content = sum(rule.score for rule in fired if rule.kind == "content")
         guards = tuple(rule.name for rule in fired if rule.kind == "spam_guard")
-        corroborated = corroborates_a_jump(content, level, p_urgent, settings)
-        jump = (
-            not guards
-            and score >= settings.jump_queue_threshold
-            and score - max(claimed, 0.0) >= settings.jump_queue_threshold
-            and corroborated
-        )
+        evidence = jump_corroboration(content, level, p_urgent, settings)
+        threshold = settings.jump_queue_threshold
+        if score < threshold:
+            why_not = f"score<{threshold:g}"
+        elif score - max(claimed, 0.0) < threshold:
+            why_not = "only-the-senders-claims"
+        else:
+            why_not = "" if evidence else "no-corroboration"
+        jump = not guards and not why_not
+        severity = settings.level_for(score)
         return Verdict(
-            severity=settings.level_for(score),
+            severity=severity,
             jump_queue=jump,
             score=round(score, 3),
             hits=tuple(hits),
@@ -164,26 +167,31 @@ class Engine:
             normalised_text=reading.normalised.text,
             normalisation=reading.normalised.steps,
             dimensions=explained,
+            # Why it jumped; for an urgent verdict that did not, why not (guards say their own).
+            jump_reason=evidence if jump else (why_not if severity == "urgent" else ""),
         )
 
 
-def corroborates_a_jump(
+def jump_corroboration(
     content: float, matrix: str, p_urgent: float, settings: ClassifierSettings
-) -> bool:
-    """Whether explicit evidence corroborates an urgent score: content rules at full score (an
-    admin's own keyword, work stopped by an outage, a critical function broken with a deadline),
-    or the severity matrix reading the policy's definition of urgent (down, for everyone, now)
-    *and* the model confident it is urgent, or the matrix reading any problem now (above low:
-    not a question, not a past or planned event) *and* the model more confident still.
+) -> str:
+    """The explicit evidence that corroborates an urgent score, named for the explanation, or
+    "" when there is none: content rules at full score (an admin's own keyword, work stopped by
+    an outage, a critical function broken with a deadline), or the severity matrix reading the
+    policy's definition of urgent (down, for everyone, now) *and* the model confident it is
+    urgent, or the matrix reading any problem now (above low: not a question, not a past or
+    planned event) *and* the model more confident still.
 
     The matrix alone reads spam ("no one is turned down") and list mail as outages; the model
     alone is overconfident on text unlike its training data, and on a question about an outage.
     Neither alone jumps."""
-    return (
-        content >= settings.jump_min_rule_score
-        or (matrix == "urgent" and p_urgent >= settings.jump_min_model_probability)
-        or (matrix != "low" and p_urgent >= settings.jump_min_model_probability_any_problem)
-    )
+    if content >= settings.jump_min_rule_score:
+        return "content-rules"
+    if matrix == "urgent" and p_urgent >= settings.jump_min_model_probability:
+        return "matrix-urgent+model"
+    if matrix != "low" and p_urgent >= settings.jump_min_model_probability_any_problem:
+        return "problem-now+model"
+    return ""
 
 
 def _matrix_name(level: str) -> str:

@@ -68,6 +68,10 @@ class Verdict:
     normalised_text: str = ""
     normalisation: tuple[str, ...] = field(default=())
     dimensions: str = ""
+    # Why it jumped the queue (the corroborating evidence), or for an urgent verdict that did
+    # not, why not ("score<8", "only-the-senders-claims", "no-corroboration"); spam guards are
+    # named in `guards`.
+    jump_reason: str = ""
 
     def explain(self) -> str:
         """One line an operator can read:
@@ -89,6 +93,9 @@ class Verdict:
             text += f" normalised={','.join(self.normalisation)}"
         if self.guards:
             text += f" no_jump_because={','.join(self.guards)}"
+        elif self.jump_reason:
+            verb = "jump_because" if self.jump_queue else "no_jump_because"
+            text += f" {verb}={self.jump_reason}"
         return text
 
     def to_json(self) -> dict[str, object]:
@@ -113,6 +120,7 @@ class Verdict:
                 "shadow": vote.shadow,
             },
             "guards": list(self.guards),
+            "jump_reason": self.jump_reason,
             "dimensions": self.dimensions,
             "normalisation": list(self.normalisation),
             "normalised_text": self.normalised_text,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from classifiers.engine import Engine, build_engine, corroborates_a_jump
+from classifiers.engine import Engine, build_engine, jump_corroboration
 from classifiers.settings import ClassifierSettings
 from classifiers.types import TextInput
 from tests.classifiers.conftest import SHIPPED_RULES
@@ -94,7 +94,8 @@ def test_explanation_lists_level_score_jump_hits_model_vote_and_version(engine: 
     assert re.fullmatch(
         r"severity=urgent score=\d+\.\d jump_queue=yes hits=(\w+\(-?\d+\.\d\) )+"
         r"MODEL_URGENT\(\d+\.\d p=[01]\.\d\d\) model=\d{4}-\d\d-\d\d\.\d+"
-        r" scope=everyone state=down time=now critical=(?:yes|no)",
+        r" scope=everyone state=down time=now critical=(?:yes|no)"
+        r" jump_because=(?:content-rules|matrix-urgent\+model|problem-now\+model)",
         text,
     ), text
     data = verdict.to_json()
@@ -180,24 +181,44 @@ def test_a_problem_now_and_a_model_surer_still_jump_when_the_matrix_does_not_rea
 
 
 @pytest.mark.parametrize(
-    ("content", "matrix", "p_urgent", "corroborated"),
+    ("content", "matrix", "p_urgent", "evidence"),
     [
-        (2.5, "low", 0.0, True),  # content rules at full score, whatever else says
-        (2.4, "urgent", 0.69, False),
-        (0.0, "urgent", 0.7, True),  # the matrix reads urgent, the model is confident
-        (0.0, "high", 0.79, False),
-        (0.0, "high", 0.8, True),  # a problem now, the model surer still
-        (0.0, "normal", 0.8, True),
-        (0.0, "low", 1.0, False),  # a question, or a past or planned event: never the model's word
+        (2.5, "low", 0.0, "content-rules"),  # content rules at full score, whatever else says
+        (2.4, "urgent", 0.69, ""),
+        (0.0, "urgent", 0.7, "matrix-urgent+model"),  # the matrix reads urgent, a sure model
+        (0.0, "high", 0.79, ""),
+        (0.0, "high", 0.8, "problem-now+model"),  # a problem now, the model surer still
+        (0.0, "normal", 0.8, "problem-now+model"),
+        (0.0, "low", 1.0, ""),  # a question, or a past or planned event: never the model's word
     ],
 )
 def test_a_jump_needs_content_rules_or_the_matrix_and_the_model_together(
-    content: float, matrix: str, p_urgent: float, corroborated: bool
+    content: float, matrix: str, p_urgent: float, evidence: str
 ) -> None:
     defaults = ClassifierSettings()
     assert (defaults.jump_min_model_probability,
             defaults.jump_min_model_probability_any_problem) == (0.7, 0.8)
-    assert corroborates_a_jump(content, matrix, p_urgent, defaults) is corroborated
+    assert jump_corroboration(content, matrix, p_urgent, defaults) == evidence
+
+
+def test_the_explanation_says_why_an_urgent_message_jumped_or_did_not(
+    engine: Engine, default_model_dir: Path
+) -> None:
+    jumped = engine.classify(OUTAGE)
+    assert jumped.jump_queue and jumped.jump_reason
+    assert f"jump_because={jumped.jump_reason}" in jumped.explain()
+    assert jumped.to_json()["jump_reason"] == jumped.jump_reason
+    unsure = doubting(
+        default_model_dir,
+        jump_min_model_probability=1.0,
+        jump_min_model_probability_any_problem=1.0,
+        jump_min_rule_score=100.0,
+    ).classify(OUTAGE)
+    assert unsure.severity == "urgent" and not unsure.jump_queue
+    assert "no_jump_because=no-corroboration" in unsure.explain()
+    quiet = engine.classify(TextInput("Printer", "The label printer jams now and then."))
+    assert quiet.severity != "urgent" and quiet.jump_reason == ""
+    assert "jump_because" not in quiet.explain()
 
 
 def test_an_outage_report_that_also_asks_a_question_stays_urgent(engine: Engine) -> None:
