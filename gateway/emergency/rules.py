@@ -815,17 +815,14 @@ def hold_time(minutes: int) -> str:
 def prepaid_note(left: int, price: Quote) -> str:
     """What a request to confirm the charge says of the account's prepaid incidents: a unit
     pays for the incident instead of its price while one is left (the ledger's rule,
-    gateway/emergency/ledger.py), never for the after-hours surcharge. Empty when none is left."""
+    gateway/emergency/ledger.py), never for the after-hours surcharge."""
     if left <= 0:
-        return ""
-    note = (
-        f"Your account has {left} prepaid incident{'s' if left != 1 else ''} left: this one "
-        "would use one of them instead of the price per incident"
-    )
+        return "none left"
+    note = f"{left} incident{'s' if left != 1 else ''} left: one would pay this incident's price"
     if price.applied_surcharge_minor:
         surcharge = money(price.applied_surcharge_minor, price.currency)
-        return f"{note}, and the {surcharge} after-hours surcharge would still be charged."
-    return f"{note}, so nothing more would be charged."
+        return f"{note}; the {surcharge} after-hours surcharge is still charged"
+    return f"{note}, so nothing more is charged"
 
 
 def prompt_values(step: EmergencyStep, config: EmergencyFile) -> tuple[tuple[str, str], ...]:
@@ -848,5 +845,5 @@ def prompt_values(step: EmergencyStep, config: EmergencyFile) -> tuple[tuple[str
         ("confirmation_word", config.confirmation_word),
         ("hold_time", hold_time(config.hold_timeout_minutes)),
         ("why_confirm", why),
-        ("prepaid", ""),  # persist fills it in from the ledger (emergency.holds.apply)
+        ("prepaid", "none left"),  # persist fills it in from the ledger (emergency.holds.apply)
     )

@@ -160,7 +160,7 @@ def test_without_acknowledgement_it_is_held_with_exactly_one_request_and_a_reply
         "within 4 hours",
     ):
         assert words in prompt.body, words
-    assert "prepaid" not in prompt.body  # the account has no prepaid incidents
+    assert "Prepaid:       none left" in prompt.body  # the account has no prepaid incidents
 
     # More mail on the held ticket, even asking again: still the one request.
     desk.mail(
@@ -238,8 +238,8 @@ def test_the_request_to_confirm_says_what_the_accounts_prepaid_incidents_would_p
     asked = desk.mail(email(acknowledged=False, message_id="<ask@a>"), TUESDAY_10)
     (prompt,) = desk.outbox(asked.reference or "")
     assert prompt.kind == "confirm-charge"
-    assert ("Your account has 3 prepaid incidents left: this one would use one of them instead "
-            "of the price per incident, so nothing more would be charged.") in prompt.body
+    assert ("Prepaid:       3 incidents left: one would pay this incident's price, so nothing "
+            "more is charged") in prompt.body
 
 
 def test_a_held_request_nobody_confirms_expires_and_leaves_the_ticket_where_it_was_unbilled(

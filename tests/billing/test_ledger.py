@@ -144,14 +144,13 @@ QUOTE = Quote("USD", 25000, 10000, False, "in hours", "", "2026-11")
 
 def test_a_request_to_confirm_states_what_a_prepaid_incident_pays_and_what_it_does_not() -> None:
     after_hours = dataclasses.replace(QUOTE, after_hours=True)
-    assert prepaid_note(0, after_hours) == ""
+    assert prepaid_note(0, after_hours) == "none left"
     assert prepaid_note(1, QUOTE) == (
-        "Your account has 1 prepaid incident left: this one would use one of them instead of "
-        "the price per incident, so nothing more would be charged."
+        "1 incident left: one would pay this incident's price, so nothing more is charged"
     )
     assert prepaid_note(2, after_hours) == (
-        "Your account has 2 prepaid incidents left: this one would use one of them instead of "
-        "the price per incident, and the USD 100.00 after-hours surcharge would still be charged."
+        "2 incidents left: one would pay this incident's price; the USD 100.00 after-hours "
+        "surcharge is still charged"
     )
 
 
