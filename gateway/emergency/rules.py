@@ -845,5 +845,6 @@ def prompt_values(step: EmergencyStep, config: EmergencyFile) -> tuple[tuple[str
         ("confirmation_word", config.confirmation_word),
         ("hold_time", hold_time(config.hold_timeout_minutes)),
         ("why_confirm", why),
-        ("prepaid", "none left"),  # persist fills it in from the ledger (emergency.holds.apply)
+        # What the ledger says replaces this when the request is written (emergency.holds.apply).
+        ("prepaid", prepaid_note(0, price)),
     )
