@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import FrameType
 
 from sqlalchemy import text
@@ -135,6 +136,9 @@ class Job:
     raw: bytes
     envelope: Envelope
     spool_id: str
+    # The spool file holding `raw` after its header line, when the job came from the spool:
+    # the raw message's blob is then a hard link of it, not a copy (gateway/intake/blobs.py).
+    source: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,8 @@ def process_batch(
     if parsed:
         items = [(job.raw, m.raw_sha256) for job, m in parsed]
         items += [(a.content, a.sha256) for _, m in parsed for a in m.attachments if a.content]
-        blobs.put_many(items)  # durable before the transaction that names them
+        spooled = {m.raw_sha256: job.source for job, m in parsed if job.source is not None}
+        blobs.put_many(items, spooled)  # durable before the transaction that names them
         clock.lap("blobs")
         verdicts = _classify_batch(parsed, runtime, limit)
         clock.share("classify", len(parsed))

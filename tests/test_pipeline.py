@@ -332,10 +332,10 @@ def test_a_batch_that_fails_as_a_whole_runs_again_message_by_message(
     blobs = gateway.worker.blobs
     original = blobs.put_many
 
-    def refuse_poison(items):  # type: ignore[no-untyped-def]
+    def refuse_poison(items, spooled=None):  # type: ignore[no-untyped-def]
         if any(b"POISON" in content for content, _ in items):
             raise OSError("the blob disk refuses this one")
-        return original(items)
+        return original(items, spooled)
 
     monkeypatch.setattr(blobs, "put_many", refuse_poison)
     gateway.ingest(make_email(subject="POISON", message_id="<pb@x>"))

@@ -4,6 +4,20 @@ Owns durable, idempotent blob writes: a blob is written to a temp file, fsynced,
 sha256 and its directory fsynced *before* the ticket transaction that names it commits, so a
 committed row never points at a missing file. Never deletes (retention owns that), never
 touches the database.
+
+A blob is one of two files under ``<root>/<first two hex digits>/``:
+
+* ``<sha256>``: exactly the blob's bytes (attachments, replies, anything handed over as bytes);
+* ``<sha256>.msg``: a spool entry's file, hard-linked in by the worker, holding the blob's bytes
+  after the spool's one-line ASCII JSON header (gateway/intake/spool.py). A raw message is
+  already durable in its spool file, and a new file cost the worker a new inode a message (the
+  slowest file operation on the CI machine's disk: issue 20), so it is linked, not copied. The
+  spool never edits a file in place (a header change is a new file renamed over the old name),
+  so the linked bytes never change; the link keeps the message once the spool deletes its own
+  name. Where a link cannot be made (another filesystem), the bytes are written as
+  ``<sha256>``.
+
+Read a blob with :meth:`BlobStore.get` or :func:`read_blob_file`, never by opening a path.
 """
 
 from __future__ import annotations
@@ -13,8 +27,9 @@ import ctypes.util
 import hashlib
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Final
 
 from gateway.intake.entry import fsync_dir
 
@@ -31,6 +46,19 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _syncfs = _load_syncfs()
 
 
+# A blob kept as a hard link of its spool entry: its bytes follow the spool's header line.
+SPOOLED: Final = ".msg"
+
+
+def read_blob_file(path: Path) -> tuple[bytes, bytes]:
+    """(the spool header a `.msg` blob carries, or b"" for a plain one; the blob's bytes)."""
+    data = path.read_bytes()
+    if path.name.endswith(SPOOLED):
+        header, _, body = data.partition(b"\n")
+        return header, body
+    return b"", data
+
+
 class BlobStore:
     def __init__(self, root: Path, *, fsync: bool = True) -> None:
         self.root = root
@@ -38,12 +66,25 @@ class BlobStore:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     def path(self, sha256: str) -> Path:
+        """Where the blob's bytes go when written as bytes (see `file` for where it is)."""
         return self.root / sha256[:2] / sha256
+
+    def paths(self, sha256: str) -> tuple[Path, Path]:
+        """Both names a blob may have: what deleting it must remove."""
+        plain = self.path(sha256)
+        return plain, plain.with_name(sha256 + SPOOLED)
+
+    def file(self, sha256: str) -> Path | None:
+        """The blob's file, in whichever form it was kept, or None."""
+        for path in self.paths(sha256):
+            if path.exists():
+                return path
+        return None
 
     def put(self, data: bytes, sha256: str | None = None) -> str:
         digest = sha256 or hashlib.sha256(data).hexdigest()
         target = self.path(digest)
-        if target.exists():
+        if self.file(digest) is not None:
             return digest  # content-addressed: the same bytes are already there
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.parent / f".tmp-{secrets.token_hex(6)}"
@@ -56,43 +97,65 @@ class BlobStore:
             fsync_dir(target.parent)
         return digest
 
-    def put_many(self, items: list[tuple[bytes, str]]) -> None:
-        """Write several blobs and make them durable with two filesystem syncs.
+    def put_many(
+        self, items: list[tuple[bytes, str]], spooled: Mapping[str, Path] | None = None
+    ) -> None:
+        """Keep several blobs and make them durable with at most two filesystem syncs.
 
-        Each is written to a temp file; one syncfs(2) of the blob filesystem makes every file's
-        bytes durable; only then is each renamed to its digest, and a second syncfs makes the
-        names durable (a batch of 64 messages costs two syncs, not 128 fsyncs). The bytes go
-        first because a name is trusted once it exists: a blob found already there is never
-        written again, so a name that outlived a crash without its bytes would stand, empty,
-        for the message it names. Without syncfs, fsync per file and per directory, in the
-        same order.
+        `spooled` maps a digest to a spool entry's file holding those bytes after its header
+        line: that blob is hard-linked in as `<digest>.msg`. Its bytes were fsynced by the
+        spool before the entry was ever acknowledged, so only its new name needs a sync. Every
+        other blob is written to a temp file; one syncfs(2) of the blob filesystem makes those
+        files' bytes durable; only then is each renamed to its digest, and a second syncfs
+        makes every name durable (a batch of 64 messages costs two syncs, not 128 fsyncs). The
+        bytes go first because a name is trusted once it exists: a blob found already there is
+        never written again, so a name that outlived a crash without its bytes would stand,
+        empty, for the message it names. Without syncfs, fsync per file and per directory, in
+        the same order.
         """
-        pending: list[tuple[Path, Path, bytes]] = []
+        sources = spooled or {}
+        pending: dict[Path, tuple[Path, bytes]] = {}  # target -> (temp file, bytes)
+        linked: set[Path] = set()  # directories given a linked name
         for data, digest in items:
             target = self.path(digest)
-            if target.exists() or any(t == target for t, _, _ in pending):
+            if target in pending or self.file(digest) is not None:
                 continue
-            pending.append((target, target.parent / f".tmp-{secrets.token_hex(6)}", data))
-        if not pending:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            source = sources.get(digest)
+            if source is not None and self._link(source, digest):
+                linked.add(target.parent)
+                continue
+            pending[target] = (target.parent / f".tmp-{secrets.token_hex(6)}", data)
+        if not pending and not linked:
             return
         use_syncfs = self.fsync and _syncfs is not None
-        for target, tmp, data in pending:
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for tmp, data in pending.values():
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 if self.fsync and not use_syncfs:
                     os.fsync(fh.fileno())
-        if use_syncfs:
+        if use_syncfs and pending:
             self._sync_filesystem()  # the bytes, before any name points at them
-        for target, tmp, _ in pending:
+        for target, (tmp, _) in pending.items():
             os.replace(tmp, target)
         if not self.fsync:
             return
         if use_syncfs:
             self._sync_filesystem()  # the names
             return
-        for directory in {t.parent for t, _, _ in pending}:
+        for directory in {t.parent for t in pending} | linked:
             fsync_dir(directory)
+
+    def _link(self, source: Path, digest: str) -> bool:
+        """Link a spool entry's file in as `<digest>.msg`; False if this filesystem cannot
+        (the caller writes the bytes instead)."""
+        try:
+            os.link(source, self.paths(digest)[1])
+        except FileExistsError:
+            pass  # linked by an earlier attempt at this entry: the same inode, the same bytes
+        except OSError:
+            return False  # EXDEV (spool on another filesystem), EPERM, EMLINK, ...
+        return True
 
     def _sync_filesystem(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)
@@ -103,4 +166,8 @@ class BlobStore:
             os.close(fd)
 
     def get(self, sha256: str) -> bytes:
-        return self.path(sha256).read_bytes()
+        """The blob's bytes; FileNotFoundError if it is not kept."""
+        path = self.file(sha256)
+        if path is None:
+            raise FileNotFoundError(self.path(sha256))
+        return read_blob_file(path)[1]

@@ -69,7 +69,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapper, Session, sessionmaker
 
-from gateway.intake.blobs import BlobStore
+from gateway.intake.blobs import BlobStore, read_blob_file
 from gateway.intake.spool import Spool
 from gateway.privacy.audit import Actor, record_action
 from gateway.privacy.identity import (
@@ -284,12 +284,15 @@ def _scan_blobs(
     hits: set[str] = set()
     for f in files:
         try:
-            data = f.path.read_bytes()
+            # A linked spool entry carries its envelope (the sender) in a header line.
+            header, data = read_blob_file(f.path)
         except FileNotFoundError:
             continue
         # Unreferenced blobs (recorded duplicates' raw messages) have no row to judge them by:
         # decode them as messages too.
-        found = matcher.bytes_hits(data) if f.sha256 in used else matcher.message_hits(data)
+        found = matcher.bytes_hits(header) or (
+            matcher.bytes_hits(data) if f.sha256 in used else matcher.message_hits(data)
+        )
         if found:
             hits.add(f.sha256)
     return _FileScan(frozenset(hits), frozenset(f.sha256 for f in files))
@@ -815,7 +818,7 @@ def erase(
             return _report(
                 plan, people, False, 0, config_mentions, left, "traces left by the rules", notes
             )
-        freed = delete_files(blobs.path(sha) for sha in sorted(plan.blobs))
+        freed = delete_files(p for sha in sorted(plan.blobs) for p in blobs.paths(sha))
         freed += delete_files(plan.quarantine)
         session.commit()
 
@@ -825,10 +828,14 @@ def erase(
     for f in blob_files(blobs):
         if f.sha256 in plan.blobs or f.sha256 not in blob_scan.scanned:
             try:
-                data = f.path.read_bytes()
+                header, data = read_blob_file(f.path)
             except FileNotFoundError:
                 continue
-            if f.sha256 in plan.blobs or id_matcher.message_hits(data):
+            if (
+                f.sha256 in plan.blobs
+                or id_matcher.bytes_hits(header)
+                or id_matcher.message_hits(data)
+            ):
                 left["blobs"] = left.get("blobs", 0) + 1
     still_quarantined, still_waiting = _scan_spool(spool_dir, id_matcher)
     if still_quarantined:

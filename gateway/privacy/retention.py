@@ -42,7 +42,7 @@ from typing import Final, TypeVar
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.intake.blobs import BlobStore
+from gateway.intake.blobs import SPOOLED, BlobStore
 from gateway.privacy.audit import Actor, record_action
 from gateway.storage.models import (
     AttachmentRecord,
@@ -85,14 +85,16 @@ def blob_files(store: BlobStore) -> Iterator[BlobFile]:
         if len(prefix) != 2 or not directory.is_dir():
             continue
         for name in sorted(os.listdir(directory)):
-            if not _SHA.fullmatch(name) or name[:2] != prefix:
+            # `<sha>` holds the bytes; `<sha>.msg` is a linked spool entry (intake/blobs.py).
+            sha = name.removesuffix(SPOOLED)
+            if not _SHA.fullmatch(sha) or sha[:2] != prefix:
                 continue
             path = directory / name
             try:
                 status = path.stat()
             except FileNotFoundError:
                 continue
-            yield BlobFile(name, path, status.st_size, datetime.fromtimestamp(status.st_mtime, UTC))
+            yield BlobFile(sha, path, status.st_size, datetime.fromtimestamp(status.st_mtime, UTC))
 
 
 def stale_temp(store: BlobStore, before: datetime) -> list[Path]:
@@ -112,7 +114,8 @@ def stale_temp(store: BlobStore, before: datetime) -> list[Path]:
 
 def blob_size(store: BlobStore, sha256: str) -> int:
     try:
-        return store.path(sha256).stat().st_size
+        path = store.file(sha256)
+        return 0 if path is None else path.stat().st_size
     except (FileNotFoundError, ValueError):
         return 0
 
@@ -459,7 +462,7 @@ def _purge_batch(
         )
         session.commit()
     # Committed: now the files can go (a crash here leaves orphans for the next run).
-    tally.freed += delete_files((blobs.path(sha) for sha in doomed), durable=False)
+    tally.freed += delete_files((p for sha in doomed for p in blobs.paths(sha)), durable=False)
 
 
 def _done_outbox(ticket_ids: list[int]) -> tuple[ColumnElement[bool], ...]:
@@ -526,7 +529,7 @@ def _drop_raw(
                 reason=reason,
             )
             session.commit()
-        tally.freed += delete_files((blobs.path(sha) for sha in doomed), durable=False)
+        tally.freed += delete_files((p for sha in doomed for p in blobs.paths(sha)), durable=False)
 
 
 def _sweep_orphans(

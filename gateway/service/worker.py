@@ -118,7 +118,7 @@ class Worker:
                 0.0, (business_clock.now() - entry.envelope.received_at).total_seconds()
             )
             try:
-                jobs.append(Job(self.spool.read_raw(entry), entry.envelope, entry.id))
+                jobs.append(Job(self.spool.read_raw(entry), entry.envelope, entry.id, entry.path))
                 by_id[entry.id] = entry
             except Exception as exc:  # the entry itself cannot be read
                 self._failed(entry, "spool", exc)

@@ -99,8 +99,9 @@ def test_purge_empties_closed_tickets_past_retention_and_keeps_everything_else(
     gw.drain()
     blobs = gw.worker.blobs
     orphan = hashlib.sha256(redelivery).hexdigest()
-    assert blobs.path(orphan).exists()
-    os.utime(blobs.path(orphan), (LONG_AGO.timestamp(), LONG_AGO.timestamp()))
+    kept = blobs.file(orphan)
+    assert kept is not None
+    os.utime(kept, (LONG_AGO.timestamp(), LONG_AGO.timestamp()))
 
     with gw.session() as session:
         tickets = {t.subject: t for t in session.execute(select(Ticket)).scalars()}
@@ -160,14 +161,14 @@ def test_purge_empties_closed_tickets_past_retention_and_keeps_everything_else(
         ("results.pdf", False, secret),
         ("logo.png", False, logo),
     ]
-    assert not blobs.path(secret).exists() and not blobs.path(before_old.raw_sha256).exists()
-    assert not blobs.path(orphan).exists()
+    assert blobs.file(secret) is None and blobs.file(before_old.raw_sha256) is None
+    assert blobs.file(orphan) is None
     assert blobs.get(logo) == LOGO, "the open ticket's attachment still names the logo"
     after_open = message_of(gw, "open@bluebird.example")
     assert after_open.text == before_open.text and after_open.raw_sha256 == ""
     assert [a.stored for a in attachments_of(gw, after_open.id)] == [True]
     recent = message_of(gw, "recent@acme-clinic.example")
-    assert recent.text == "Thanks, solved.\n" and blobs.path(recent.raw_sha256).exists()
+    assert recent.text == "Thanks, solved.\n" and blobs.file(recent.raw_sha256) is not None
     assert message_of(gw, "ooo@acme-clinic.example").text == ""
 
     with gw.session() as session:
