@@ -125,8 +125,8 @@ def test_linked_names_are_synced_once_and_only_written_bytes_first(
         real_replace(src, dst)
 
     def link(src: str | Path, dst: str | Path) -> None:
-        events.append("link")
         real_link(src, dst)
+        events.append("link")  # a name made
 
     monkeypatch.setattr(blob_module, "_syncfs", syncfs)
     monkeypatch.setattr(blob_module.os, "replace", replace)

@@ -114,18 +114,22 @@ class BlobStore:
         the same order.
         """
         sources = spooled or {}
-        pending: dict[Path, tuple[Path, bytes]] = {}  # target -> (temp file, bytes)
-        linked: set[Path] = set()  # directories given a linked name
+        root = os.fspath(self.root)  # plain strings and os calls: the worker's hottest files
+        pending: dict[str, tuple[str, bytes]] = {}  # target -> (temp file, bytes)
+        linked = False  # a new name was linked in
         for data, digest in items:
-            target = self.path(digest)
+            shard = os.path.join(root, digest[:2])
+            source = sources.get(digest)
+            if source is not None:
+                made = self._link(os.fspath(source), shard, digest)
+                if made is not None:
+                    linked = linked or made
+                    continue
+            target = os.path.join(shard, digest)
             if target in pending or self.file(digest) is not None:
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            source = sources.get(digest)
-            if source is not None and self._link(source, digest):
-                linked.add(target.parent)
-                continue
-            pending[target] = (target.parent / f".tmp-{secrets.token_hex(6)}", data)
+            os.makedirs(shard, mode=0o700, exist_ok=True)
+            pending[target] = (os.path.join(shard, f".tmp-{secrets.token_hex(6)}"), data)
         if not pending and not linked:
             return
         use_syncfs = self.fsync and _syncfs is not None
@@ -143,19 +147,33 @@ class BlobStore:
         if use_syncfs:
             self._sync_filesystem()  # the names
             return
-        for directory in {t.parent for t in pending} | linked:
-            fsync_dir(directory)
+        shards = {os.path.dirname(t) for t in pending}
+        shards |= {os.path.join(root, d[:2]) for d in sources} if linked else set()
+        for shard in shards:
+            fsync_dir(Path(shard))
 
-    def _link(self, source: Path, digest: str) -> bool:
-        """Link a spool entry's file in as `<digest>.msg`; False if this filesystem cannot
-        (the caller writes the bytes instead)."""
-        try:
-            os.link(source, self.paths(digest)[1])
-        except FileExistsError:
-            pass  # linked by an earlier attempt at this entry: the same inode, the same bytes
-        except OSError:
-            return False  # EXDEV (spool on another filesystem), EPERM, EMLINK, ...
-        return True
+    @staticmethod
+    def _link(source: str, shard: str, digest: str) -> bool | None:
+        """Link a spool entry's file in as `<digest>.msg`: True if a new name was made, False
+        if it was there already (an earlier attempt at the same bytes: nothing to sync), None
+        if this filesystem cannot link (the caller writes the bytes instead). No look first:
+        the link is one call, and a plain `<digest>` of the same bytes beside it is harmless
+        (every reader and deleter knows both forms)."""
+        target = os.path.join(shard, digest + SPOOLED)
+        for _ in range(2):
+            try:
+                os.link(source, target)
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                if not os.path.isfile(source):
+                    return None  # the entry moved away meanwhile: write the bytes we hold
+                os.makedirs(shard, mode=0o700, exist_ok=True)  # a shard's first blob
+                continue
+            except OSError:
+                return None  # EXDEV (spool on another filesystem), EPERM, EMLINK, ...
+            return True
+        return None
 
     def _sync_filesystem(self) -> None:
         fd = os.open(self.root, os.O_RDONLY)
