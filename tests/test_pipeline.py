@@ -451,9 +451,9 @@ def test_a_message_failing_halfway_through_persist_leaves_no_row_and_its_batch_i
 def test_a_reply_drained_in_the_same_batch_as_its_original_joins_its_ticket(
     gateway: Gateway,
 ) -> None:
-    """On PostgreSQL a batch writes its new tickets, messages and intakes behind, at its next
-    statement (issue 20 outcome 1): the reply's thread look-up is such a statement, so it sees
-    the ticket its original made a moment before, uncommitted, in the same transaction."""
+    """A batch writes its new tickets, messages and intakes behind, at its next statement
+    (issue 20 outcome 1): the reply's thread look-up is such a statement, so it sees the ticket
+    its original made a moment before, uncommitted, in the same transaction."""
     gateway.ingest(make_email(message_id="<orig@acme-clinic.example>"))
     gateway.ingest(make_email(body="A different printer entirely.", message_id="<other@x>"))
     gateway.ingest(
@@ -475,10 +475,9 @@ def test_a_redelivery_the_batch_look_up_missed_is_still_one_ticket_and_a_duplica
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A twin (another worker or instance) commits a message's intake after its batch looked
-    for one: the claim meets the unique constraint — at once on SQLite, at the end of the batch
-    on PostgreSQL, where the claim was written behind — and the batch is written again, one
-    savepoint a message, where the message looks again and is recorded a duplicate while the
-    rest of the batch become tickets."""
+    for one: the claim, written behind, meets the unique constraint at the end of the batch,
+    and the batch is written again, one savepoint a message, where the message looks again and
+    is recorded a duplicate while the rest of the batch become tickets."""
     from gateway.stages import persist
 
     raw = make_email(message_id="<twin@acme-clinic.example>")
@@ -495,6 +494,41 @@ def test_a_redelivery_the_batch_look_up_missed_is_still_one_ticket_and_a_duplica
     assert len(tickets) == 3
     assert gateway.intakes()[2].ticket_id == tickets[0].id
     assert [t.reference for t in tickets] == [f"T-{t.id:06d}" for t in tickets]
+
+
+def test_a_row_another_statement_adds_mid_batch_never_takes_an_id_given_behind(
+    gateway: Gateway,
+) -> None:
+    """Rows written behind carry ids the batch gave them: from the sequences on PostgreSQL,
+    counted on from the largest id on SQLite. A statement that is not the batch's own (the ORM,
+    the emergency wing) may add a row to the same table: it first writes what is pending, and
+    SQLite's count is read again after it, so the next row behind never reuses its id."""
+    from sqlalchemy import insert
+
+    from gateway.stages.persist import BatchWrites, Seen
+
+    gateway.ingest(make_email(message_id="<template@x>"))
+    assert gateway.drain() == 1
+    messages = Message.__table__
+    with gateway.worker.sessions.begin() as session:
+        conn = session.connection()
+        template = dict(conn.execute(select(messages)).mappings().one())
+        del template["id"]
+        batch = BatchWrites(
+            Seen({}, {}, frozenset()), True, {}, conn.dialect.name == "sqlite", messages=2
+        )
+        batch.watch(conn)
+        try:
+            first = batch.insert(conn, "messages", dict(template))
+            other = conn.execute(insert(messages).returning(messages.c.id), template).scalar_one()
+            second = batch.insert(conn, "messages", dict(template))
+            batch.write(conn)
+        finally:
+            batch.unwatch()
+        ids = sorted(conn.execute(select(messages.c.id)).scalars())
+        session.rollback()
+    assert len({first, other, second}) == 3
+    assert {first, other, second} <= set(ids) and len(ids) == 4
 
 
 def test_discarded_mail_leaves_no_gap_in_the_ticket_numbers(gateway: Gateway) -> None:

@@ -131,9 +131,17 @@ _CLAIM = insert(_INTAKES).returning(_INTAKES.c.id)
 _STORE = insert(_MESSAGES).returning(_MESSAGES.c.id)
 # `BatchWrites.insert` of a message or an intake written at once (SQLite; a batch's retry).
 _INSERT_AT_ONCE = {"messages": _STORE, "intakes": _CLAIM}
-# The tables `BatchWrites.insert` writes behind on PostgreSQL, in the order they are sent.
+# The tables `BatchWrites.insert` writes behind, in the order they are sent.
 _BEHIND_TABLES = {
     "tickets": cast(Table, Ticket.__table__), "messages": _MESSAGES, "intakes": _INTAKES
+}
+# SQLite: their rows go by executemany of these (one per set of columns given).
+_BEHIND_INSERTS = {name: insert(table) for name, table in _BEHIND_TABLES.items()}
+# SQLite: the largest message and intake id when the batch starts counting its own (BEGIN
+# IMMEDIATE makes the batch the only writer, and SQLite gives a new row the largest id plus one).
+_LAST_IDS = {
+    name: select(func.coalesce(func.max(_BEHIND_TABLES[name].c.id), 0))
+    for name in ("messages", "intakes")
 }
 # One round trip for a batch's message and intake ids: as many of each sequence's as the batch
 # has messages (each message stores at most one message and one intake through `insert`).
@@ -177,6 +185,8 @@ _RECENT_BY_RECIPIENT = (
     .group_by(OutboxRow.recipient)
 )
 _LAST_TICKET_ID = select(func.coalesce(func.max(Ticket.id), 0))
+# The batch's own statements, which its read-your-writes barrier lets pass.
+_OWN_STATEMENTS = (_NEXT_IDS, _LAST_TICKET_ID, *_LAST_IDS.values(), *_BEHIND_INSERTS.values())
 
 
 @dataclass(frozen=True)
@@ -234,18 +244,19 @@ class BatchWrites:
     - ticket ids on SQLite, where BEGIN IMMEDIATE makes the batch the only writer: the largest
       id once, then counted on, so a new ticket's reference goes in its own INSERT (SQLite
       itself gives a new row the largest id plus one, so the ids are the same);
-    - on PostgreSQL when `deferred`, the new tickets, stored messages and intakes written
-      behind (`insert`): message and intake ids taken from their sequences for the whole batch
-      in one round trip (a ticket's as it is made: its number is its reference, and discarded
-      mail must not leave gaps in it), their rows sent with one COPY a table
-      (gateway.storage.bulk) either before the next statement of any kind on the
-      transaction's connection (`watch`: a read-your-writes barrier, so a thread look-up, the
-      ORM or the emergency wing always sees them, and no SAVEPOINT opens with rows still
-      pending) or at the end of the batch. Each of those statements was a round trip a message
-      (bench/stage_budgets.py --postgresql). A row that fails there (a twin's claim of a dedup
-      key) marks the batch `spoilt`: it is written again, one savepoint a message. SQLite, in
-      process, has no round trip to save, and its ids are not reserved by a sequence, so there
-      those rows are written at once;
+    - when `deferred`, the new tickets, stored messages and intakes written behind
+      (`insert`), their rows sent with one statement a table (COPY on PostgreSQL,
+      gateway.storage.bulk; an executemany on SQLite) either before the next statement of any
+      kind on the transaction's connection (`watch`: a read-your-writes barrier, so a thread
+      look-up, the ORM or the emergency wing always sees them, and no SAVEPOINT opens with
+      rows still pending) or at the end of the batch. On PostgreSQL message and intake ids are
+      taken from their sequences for the whole batch in one round trip (a ticket's as it is
+      made: its number is its reference, and discarded mail must not leave gaps in it); each
+      of those statements was a round trip a message (bench/stage_budgets.py --postgresql). On
+      SQLite they are counted on from the tables' largest ids, read again after any statement
+      not the batch's own (which might have added a row); each was a statement's Python cost
+      a message (about a third of persist). A row that fails there (a twin's claim of a dedup
+      key) marks the batch `spoilt`: it is written again, one savepoint a message;
     - rows nothing reads back in the transaction (a message's decisions, its attachments, the
       forwarding journal), written with one statement per table by `write` (COPY on
       PostgreSQL): at the end of the batch when `deferred`, else at the end of each message,
@@ -276,10 +287,12 @@ class BatchWrites:
         # (recipient, kind) of the automatic messages queued with the batch's rows, not yet
         # in the outbox.
         self.queued: set[tuple[str, str]] = set()
-        #: Tickets, messages and intakes are written behind (PostgreSQL, `deferred`).
-        self.behind = deferred and not sqlite
+        #: Tickets, messages and intakes are written behind (`deferred`).
+        self.behind = deferred
         self._behind: list[tuple[str, dict[str, Any]]] = []
         self._ids: dict[str, list[int]] = {}
+        # SQLite: the next message and intake id to give, while no other statement ran.
+        self._next_sqlite: dict[str, int] = {}
         #: A row written behind failed: the batch must be written again (`_RetryWithSavepoints`).
         self.spoilt = False
         self._watched: Connection | None = None
@@ -287,7 +300,7 @@ class BatchWrites:
     def ticket_id(self, conn: Connection) -> int | None:
         """The next ticket's id where the batch chooses it (SQLite; PostgreSQL written behind),
         else None (the INSERT takes it from the sequence)."""
-        if self.behind:
+        if self.behind and not self._sqlite:
             # On the driver's connection (psycopg 3, in this transaction): no SQL compiled, no
             # barrier, one short round trip (~190 µs here; through SQLAlchemy ~300).
             dbapi = cast("psycopg.Connection[Any]", conn.connection.dbapi_connection)
@@ -312,6 +325,12 @@ class BatchWrites:
         return int(row_id)
 
     def _next_id(self, conn: Connection, table: str) -> int:
+        if self._sqlite:
+            if table not in self._next_sqlite:
+                self._next_sqlite[table] = int(conn.execute(_LAST_IDS[table]).scalar_one()) + 1
+            row_id = self._next_sqlite[table]
+            self._next_sqlite[table] = row_id + 1
+            return row_id
         pool = self._ids.get(table)
         if not pool:
             # The first of the batch, or (never in practice) more than one a message: a batch's
@@ -336,10 +355,15 @@ class BatchWrites:
             self._watched = None
 
     def _barrier(self, conn: Connection, statement: Any, *_params: Any) -> None:
-        # The batch's own id reservation reads no row: it passes (by identity: a SQL
-        # expression's == builds SQL, not a bool).
-        if self._behind and statement is not _NEXT_IDS:
+        # The batch's own statements pass (by identity: a SQL expression's == builds SQL, not a
+        # bool): its id reservations read no row of its own, its writes behind are the writing.
+        if any(statement is own for own in _OWN_STATEMENTS):
+            return
+        if self._behind:
             self._write_behind(conn)
+        # Any other statement may add a message or an intake (the ORM, the emergency wing):
+        # SQLite's counted ids are read again before the next is given.
+        self._next_sqlite.clear()
 
     def _write_behind(self, conn: Connection) -> None:
         rows, self._behind = self._behind, []  # taken first: these statements pass the barrier
@@ -349,7 +373,15 @@ class BatchWrites:
         try:
             # In this order: a message names its ticket, an intake both.
             for table, group in grouped.items():
-                copy_rows(conn, _BEHIND_TABLES[table], group)
+                if not self._sqlite:
+                    copy_rows(conn, _BEHIND_TABLES[table], group)
+                    continue
+                # One executemany per set of columns: it compiles its INSERT from one row's.
+                by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                for row in group:
+                    by_columns.setdefault(tuple(row), []).append(row)
+                for rows_alike in by_columns.values():
+                    conn.execute(_BEHIND_INSERTS[table], rows_alike)
         except Exception:
             self.spoilt = True  # whoever catches this, the batch is not committed as it is
             raise
