@@ -50,8 +50,8 @@ from gateway.stages.decide import decide
 from gateway.stages.identify import identify
 from gateway.stages.parse import parse
 from gateway.stages.persist import BatchWrites, Persisted, begin_batch, record
-from gateway.stages.thread import thread
-from gateway.storage.queries import SessionThreadLookup
+from gateway.stages.thread import reply_ids, thread
+from gateway.storage.queries import MAX_THREAD_IDS, SessionThreadLookup, index_message_ids
 
 log = logging.getLogger("gateway.parse")
 
@@ -259,6 +259,12 @@ def _write(
         # recent automatic messages: persist's share of the batch, charged to it.
         batch = begin_batch(session, messages, runtime.persist, now, deferred=not savepoints)
         clock.share("persist", len(parsed))
+        if not savepoints:
+            # The batch's replies' Message-IDs, looked up at once (issue 20: one query for a
+            # batch's thread look-ups); with savepoints, each message asks on its own.
+            wanted = (i for m in messages for i in reply_ids(m)[:MAX_THREAD_IDS])
+            batch.thread_index = index_message_ids(session, wanted)
+            clock.share("thread", len(parsed))
         batch.watch(session.connection())
         try:
             for job, message in parsed:
@@ -393,7 +399,7 @@ def _one(
                 threaded = thread(
                     message,
                     customer,
-                    SessionThreadLookup(session),
+                    SessionThreadLookup(session, batch.thread_index),
                     now,
                     runtime.reopen_window,
                     timedelta(hours=settings.gateway.webhooks.sms_thread_window_hours),

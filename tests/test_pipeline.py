@@ -471,6 +471,84 @@ def test_a_reply_drained_in_the_same_batch_as_its_original_joins_its_ticket(
     assert [i.ticket_id for i in gateway.intakes()] == [tickets[0].id, tickets[1].id, tickets[0].id]
 
 
+def test_a_batch_of_replies_looks_up_their_threads_with_one_query(gateway: Gateway) -> None:
+    """Issue 20's set-based persistence: the Message-IDs a batch's replies name are read once
+    for the batch, not once a reply, and every reply still joins the ticket it answers."""
+    from sqlalchemy import event
+
+    gateway.ingest(make_email(message_id="<root1@acme-clinic.example>"))
+    gateway.ingest(make_email(body="Another printer.", message_id="<root2@acme-clinic.example>"))
+    assert gateway.drain() == 2
+    for i in range(6):
+        root = f"<root{1 + i % 2}@acme-clinic.example>"
+        gateway.ingest(
+            make_email(
+                subject="Re: Printer offline",
+                body=f"Still offline, try {i}.",
+                message_id=f"<reply{i}@acme-clinic.example>",
+                In_Reply_To=root,
+            )
+        )
+    looked_up: list[str] = []
+
+    def note(_conn, _cursor, statement, *_rest):  # type: ignore[no-untyped-def]
+        if "header_message_id IN" in " ".join(statement.split()) and "FROM messages" in statement:
+            looked_up.append(statement)
+
+    engine = gateway.worker.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        assert gateway.drain() == 6  # one batch
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+    assert len(looked_up) == 1
+    first, second = gateway.tickets()
+    assert (first.message_count, second.message_count) == (4, 4)
+    assert outcomes(gateway) == ["ticket", "ticket", *["follow-up"] * 6]
+
+
+def test_a_batchs_message_id_index_answers_as_each_messages_own_look_up(gateway: Gateway) -> None:
+    """Read once for every Message-ID of a batch, the index gives each message's list the
+    ticket a look-up of that list alone gives: the newest stored message naming one of them,
+    else our own sent mail named first; the other messages' ids change nothing."""
+    import itertools
+
+    from gateway.storage.queries import SessionThreadLookup, index_message_ids
+
+    ids = [f"<m{i}@acme-clinic.example>" for i in range(4)]
+    gateway.ingest(make_email(message_id=ids[0]))
+    gateway.ingest(make_email(body="Scanner.", message_id=ids[1]))
+    gateway.drain()
+    # A second message with ids[0] (another ticket's, a forwarded copy), then a reply naming
+    # ids[1] and itself ids[2]: newer messages for the same and for other ids.
+    gateway.ingest(make_email(body="Forwarded copy.", message_id=ids[0], X_Copy="1"))
+    gateway.ingest(
+        make_email(subject="Re: Scanner", message_id=ids[2], In_Reply_To=ids[1])
+    )
+    gateway.drain()
+    assert outcomes(gateway) == ["ticket", "ticket", "ticket", "follow-up"]
+    tickets = gateway.tickets()
+    sent = [o.header_message_id for o in gateway.outbox() if o.header_message_id]
+    with gateway.session() as session:
+        # As stored and as `reply_ids` gives them: without the angle brackets.
+        every = [*(i.strip("<>") for i in ids), *sent[:2], "unknown@x"]
+        index = index_message_ids(session, every)
+        plain = SessionThreadLookup(session)
+        indexed = SessionThreadLookup(session, index)
+        asked = [
+            combo for n in (1, 2, 3) for combo in itertools.permutations(every, n)
+        ]
+        for combo in asked:
+            want = plain.ticket_for_message_ids(combo)
+            got = indexed.ticket_for_message_ids(combo)
+            assert (got and got.id) == (want and want.id), combo
+        newest = plain.ticket_for_message_ids((every[0],))
+        assert newest is not None and newest.id == tickets[-1].id, "the forwarded copy's"
+        first_sent = plain.ticket_for_message_ids((sent[1], sent[0]))
+        second_sent = plain.ticket_for_message_ids((sent[0], sent[1]))
+        assert first_sent and second_sent and first_sent.id != second_sent.id
+
+
 def test_a_redelivery_the_batch_look_up_missed_is_still_one_ticket_and_a_duplicate(
     gateway: Gateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -77,7 +77,7 @@ from gateway.storage.models import (
     TicketEvent,
     TicketPause,
 )
-from gateway.storage.queries import PROMPT_KINDS, as_utc, opted_out
+from gateway.storage.queries import PROMPT_KINDS, MessageIdIndex, as_utc, opted_out
 
 if TYPE_CHECKING:
     import psycopg
@@ -293,6 +293,8 @@ class BatchWrites:
         self._ids: dict[str, list[int]] = {}
         # SQLite: the next message and intake id to give, while no other statement ran.
         self._next_sqlite: dict[str, int] = {}
+        #: The batch's thread look-ups, told of each message the batch stores (`deferred` only).
+        self.thread_index: MessageIdIndex | None = None
         #: A row written behind failed: the batch must be written again (`_RetryWithSavepoints`).
         self.spoilt = False
         self._watched: Connection | None = None
@@ -322,6 +324,8 @@ class BatchWrites:
             return int(conn.execute(_INSERT_AT_ONCE[table], row).scalar_one())
         row_id = row["id"] if table == "tickets" else self._next_id(conn, table)
         self._behind.append((table, {**row, "id": row_id}))
+        if table == "messages" and self.thread_index is not None:
+            self.thread_index.add(row["header_message_id"], row_id, row["ticket_id"])
         return int(row_id)
 
     def _next_id(self, conn: Connection, table: str) -> int:

@@ -48,7 +48,7 @@ def thread(
     sms_window: timedelta = timedelta(hours=24),
     incident_window: timedelta | None = None,
 ) -> Thread:
-    ids = tuple(dict.fromkeys(message.in_reply_to + tuple(reversed(message.references))))
+    ids = reply_ids(message)
     ticket = lookup.ticket_for_message_ids(ids) if ids else None
     how = "In-Reply-To/References"
     if ticket is None:
@@ -83,6 +83,12 @@ def thread(
             )
         return Thread("reopen", ticket, f"reply by {how} reopens {ticket.reference}")
     return Thread("follow-up", ticket, f"follow-up on {ticket.reference} by {how}")
+
+
+def reply_ids(message: ParsedMessage) -> tuple[str, ...]:
+    """The Message-IDs a message answers, in the order they are looked up: In-Reply-To, then
+    References from the newest."""
+    return tuple(dict.fromkeys(message.in_reply_to + tuple(reversed(message.references))))
 
 
 def _sms_thread(

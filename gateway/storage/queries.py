@@ -6,6 +6,8 @@ no business module (the ticket's JSON, billing included, is gateway/ticket_json.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -80,29 +82,82 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-class SessionThreadLookup:
-    """`ThreadLookup` over a database session: our stored messages and our sent mail."""
+# The Message-IDs of a message's In-Reply-To and References looked up at most.
+MAX_THREAD_IDS = 50
+_IN_CHUNK = 500  # Message-IDs per IN (...) of a batch's look-up
 
-    def __init__(self, session: Session) -> None:
+
+@dataclass
+class MessageIdIndex:
+    """Thread look-ups by Message-ID: the one rule for which ticket a list of Message-IDs
+    (`reply_ids`, in the order they are looked up) continues. The newest stored message naming
+    one of them, else our own sent mail named first in that order. Read for one message, or
+    with one query a table for a whole batch (issue 20: not one or two a message) and then
+    told of the messages the batch stores itself. A batch's only without savepoints: a message
+    rolled back to its savepoint would stay here."""
+
+    stored: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (message, ticket)
+    sent: dict[str, int] = field(default_factory=dict)  # our own mail's id -> ticket
+    # The tickets found, held so the session's identity map keeps them for `Session.get`.
+    tickets: list[Ticket] = field(default_factory=list)
+
+    def add(self, header_message_id: str | None, message_id: int, ticket_id: int | None) -> None:
+        """A message stored with this Message-ID (the batch's own, as it is written)."""
+        if header_message_id is None or ticket_id is None:
+            return
+        known = self.stored.get(header_message_id)
+        if known is None or message_id > known[0]:
+            self.stored[header_message_id] = (message_id, ticket_id)
+
+    def ticket_id(self, message_ids: Sequence[str]) -> int | None:
+        ids = message_ids[:MAX_THREAD_IDS]
+        found = [self.stored[i] for i in ids if i in self.stored]
+        if found:
+            return max(found)[1]
+        return next((self.sent[i] for i in ids if i in self.sent), None)
+
+
+def index_message_ids(session: Session, message_ids: Iterable[str]) -> MessageIdIndex:
+    """Every stored message and sent mail with one of these Message-IDs, and their tickets."""
+    wanted = sorted(set(message_ids))
+    index = MessageIdIndex()
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        for header_id, message_id, ticket_id in session.execute(
+            select(Message.header_message_id, Message.id, Message.ticket_id).where(
+                Message.header_message_id.in_(chunk), Message.ticket_id.is_not(None)
+            )
+        ):
+            index.add(header_id, message_id, ticket_id)
+        for header_id, ticket_id in session.execute(
+            select(OutboxRow.header_message_id, OutboxRow.ticket_id)
+            .where(OutboxRow.header_message_id.in_(chunk), OutboxRow.ticket_id.is_not(None))
+            .order_by(OutboxRow.id)
+        ):
+            if ticket_id is not None:  # never, by the WHERE: for the type checker
+                index.sent.setdefault(header_id, ticket_id)
+    ticket_ids = {t for _, t in index.stored.values()} | set(index.sent.values())
+    if ticket_ids:
+        index.tickets = list(
+            session.execute(select(Ticket).where(Ticket.id.in_(sorted(ticket_ids)))).scalars()
+        )
+    return index
+
+
+class SessionThreadLookup:
+    """`ThreadLookup` over a database session: our stored messages and our sent mail; with an
+    `index`, a batch's Message-IDs read once (`index_message_ids`)."""
+
+    def __init__(self, session: Session, index: MessageIdIndex | None = None) -> None:
         self.session = session
+        self.index = index
 
     def ticket_for_message_ids(self, message_ids: tuple[str, ...]) -> TicketRef | None:
-        ids = list(message_ids[:50])
-        row = self.session.execute(
-            select(Ticket)
-            .join(Message, Message.ticket_id == Ticket.id)
-            .where(Message.header_message_id.in_(ids))
-            .order_by(Message.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-        if row is None:  # our own outgoing mail (an acknowledgement, a confirmation request)
-            row = self.session.execute(
-                select(Ticket)
-                .join(OutboxRow, OutboxRow.ticket_id == Ticket.id)
-                .where(OutboxRow.header_message_id.in_(ids))
-                .limit(1)
-            ).scalar_one_or_none()
-        return _ref(row, self.session) if row is not None else None
+        ids = message_ids[:MAX_THREAD_IDS]
+        index = self.index if self.index is not None else index_message_ids(self.session, ids)
+        ticket_id = index.ticket_id(ids)
+        ticket = None if ticket_id is None else self.session.get(Ticket, ticket_id)
+        return _ref(ticket, self.session) if ticket is not None else None
 
     def ticket_by_reference(self, reference: str) -> TicketRef | None:
         row = self.session.execute(
