@@ -14,8 +14,8 @@ A blob is one of two files under ``<root>/<first two hex digits>/``:
   slowest file operation on the CI machine's disk: issue 20), so it is linked, not copied. The
   spool never edits a file in place (a header change is a new file renamed over the old name),
   so the linked bytes never change; the link keeps the message once the spool deletes its own
-  name. Where a link cannot be made (another filesystem), the bytes are written as
-  ``<sha256>``.
+  name. Where a link cannot be made (the spool on another filesystem, a file of another
+  owner), the bytes are written as ``<sha256>``.
 
 Read a blob with :meth:`BlobStore.get` or :func:`read_blob_file`, never by opening a path.
 """
