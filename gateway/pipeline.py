@@ -51,7 +51,7 @@ from gateway.stages.identify import identify
 from gateway.stages.parse import parse
 from gateway.stages.persist import BatchWrites, Persisted, begin_batch, record
 from gateway.stages.thread import reply_ids, thread
-from gateway.storage.queries import MAX_THREAD_IDS, SessionThreadLookup, index_message_ids
+from gateway.storage.queries import SessionThreadLookup, index_message_ids
 
 log = logging.getLogger("gateway.parse")
 
@@ -262,8 +262,7 @@ def _write(
         if not savepoints:
             # The batch's replies' Message-IDs, looked up at once (issue 20: one query for a
             # batch's thread look-ups); with savepoints, each message asks on its own.
-            wanted = (i for m in messages for i in reply_ids(m)[:MAX_THREAD_IDS])
-            batch.thread_index = index_message_ids(session, wanted)
+            batch.thread_index = index_message_ids(session, map(reply_ids, messages))
             clock.share("thread", len(parsed))
         batch.watch(session.connection())
         try:

@@ -532,7 +532,7 @@ def test_a_batchs_message_id_index_answers_as_each_messages_own_look_up(gateway:
     with gateway.session() as session:
         # As stored and as `reply_ids` gives them: without the angle brackets.
         every = [*(i.strip("<>") for i in ids), *sent[:2], "unknown@x"]
-        index = index_message_ids(session, every)
+        index = index_message_ids(session, [every])
         plain = SessionThreadLookup(session)
         indexed = SessionThreadLookup(session, index)
         asked = [

@@ -148,7 +148,8 @@ class BlobStore:
             self._sync_filesystem()  # the names
             return
         shards = {os.path.dirname(t) for t in pending}
-        shards |= {os.path.join(root, d[:2]) for d in sources} if linked else set()
+        if linked:
+            shards |= {os.path.join(root, d[:2]) for d in sources}
         for shard in shards:
             fsync_dir(Path(shard))
 

@@ -83,7 +83,7 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 # The Message-IDs of a message's In-Reply-To and References looked up at most.
-MAX_THREAD_IDS = 50
+_MAX_THREAD_IDS = 50
 _IN_CHUNK = 500  # Message-IDs per IN (...) of a batch's look-up
 
 
@@ -110,16 +110,17 @@ class MessageIdIndex:
             self.stored[header_message_id] = (message_id, ticket_id)
 
     def ticket_id(self, message_ids: Sequence[str]) -> int | None:
-        ids = message_ids[:MAX_THREAD_IDS]
+        ids = message_ids[:_MAX_THREAD_IDS]
         found = [self.stored[i] for i in ids if i in self.stored]
         if found:
             return max(found)[1]
         return next((self.sent[i] for i in ids if i in self.sent), None)
 
 
-def index_message_ids(session: Session, message_ids: Iterable[str]) -> MessageIdIndex:
-    """Every stored message and sent mail with one of these Message-IDs, and their tickets."""
-    wanted = sorted(set(message_ids))
+def index_message_ids(session: Session, id_lists: Iterable[Sequence[str]]) -> MessageIdIndex:
+    """Every stored message and sent mail with one of the Message-IDs a list looks up (each
+    message's `reply_ids`), and their tickets."""
+    wanted = sorted({i for ids in id_lists for i in ids[:_MAX_THREAD_IDS]})
     index = MessageIdIndex()
     for start in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[start : start + _IN_CHUNK]
@@ -153,9 +154,10 @@ class SessionThreadLookup:
         self.index = index
 
     def ticket_for_message_ids(self, message_ids: tuple[str, ...]) -> TicketRef | None:
-        ids = message_ids[:MAX_THREAD_IDS]
-        index = self.index if self.index is not None else index_message_ids(self.session, ids)
-        ticket_id = index.ticket_id(ids)
+        index = self.index
+        if index is None:
+            index = index_message_ids(self.session, [message_ids])
+        ticket_id = index.ticket_id(message_ids)
         ticket = None if ticket_id is None else self.session.get(Ticket, ticket_id)
         return _ref(ticket, self.session) if ticket is not None else None
 
