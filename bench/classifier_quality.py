@@ -22,7 +22,8 @@ from sklearn.metrics import f1_score  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
-from classifiers.model import model_text, new_pipeline  # noqa: E402
+from classifiers.fitting import new_pipeline  # noqa: E402
+from classifiers.model import model_text  # noqa: E402
 
 DATA = (ROOT / "../shared/data/tickets").resolve()
 csv.field_size_limit(10**8)

@@ -16,7 +16,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from classifiers.engine import build_engine  # noqa: E402
-from classifiers.model import load_model, model_text, new_pipeline  # noqa: E402
+from classifiers.fitting import new_pipeline  # noqa: E402
+from classifiers.model import load_model, model_text  # noqa: E402
 from classifiers.settings import ClassifierSettings  # noqa: E402
 from classifiers.training import SHIPPED_EVAL, load_examples  # noqa: E402
 from tests.classifiers.mail_corpus import SPAMASSASSIN, corpus  # noqa: E402

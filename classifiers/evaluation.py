@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TextIO
 
 from classifiers.engine import Engine, build_engine
-from classifiers.model import LoadedModel, new_pipeline
+from classifiers.fitting import new_pipeline
+from classifiers.model import LoadedModel
 from classifiers.rules import load_rules
 from classifiers.settings import ClassifierSettings
 from classifiers.training import (

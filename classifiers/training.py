@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
-
 from classifiers.model import (
     LoadedModel,
     ModelFileError,
@@ -29,7 +27,6 @@ from classifiers.model import (
     is_outdated_default,
     load_model,
     model_dir_lock,
-    new_pipeline,
     save_model,
 )
 from classifiers.reading import read
@@ -95,6 +92,10 @@ class TrainReport:
 
 def score_predictions(truth: Sequence[str], predicted: Sequence[str],
                       levels: Sequence[str]) -> EvalReport:
+    # Imported here: the engine imports this module for ensure_model, and a worker that
+    # scores an existing model never needs scikit-learn (classifiers.fitting).
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
     labels = list(levels)
     p, r, f, s = precision_recall_fscore_support(truth, predicted, labels=labels,
                                                  zero_division=0)
@@ -179,6 +180,8 @@ def is_held_out(example: LabelledExample) -> bool:
 
 
 def _fit(examples: Sequence[LabelledExample], body_chars: int, seed: int) -> Any:
+    from classifiers.fitting import new_pipeline  # scikit-learn: only when a model is fitted
+
     pipeline = new_pipeline(seed)
     pipeline.fit(model_texts(examples, body_chars), [e.level for e in examples])
     return pipeline

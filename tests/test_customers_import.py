@@ -4,6 +4,7 @@ error report; the worker knows them after a reload."""
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -94,6 +95,23 @@ def test_imported_customers_are_identified_by_address_domain_and_phone(
         assert (ticket.account_id, ticket.plan) == ("delta", "custom")
     finally:
         gw.close()
+
+
+def test_a_worker_started_after_an_import_tickets_the_imported_customer_on_its_plan(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """`gateway worker` adds the database's customers once it is up, as a reload does."""
+    config = make_config()
+    row = ["delta", "Delta Dental", "custom", "en", "delta-dental.example", "Ray",
+           "ray@delta-dental.example", "", "true"]
+    imported = gateway_cli(config, "customers", "import", str(write_csv(tmp_path / "c.csv", [row])))
+    assert imported.returncode == 0, imported.stderr.decode()
+    mail = make_email(sender="ray@delta-dental.example", message_id="<r@x>")
+    assert gateway_cli(config, "ingest", stdin=mail).returncode == 0
+    drained = gateway_cli(config, "worker", "--drain")
+    assert drained.returncode == 0, drained.stderr.decode()[-2000:]
+    (ticket,) = json.loads(gateway_cli(config, "tickets", "--json").stdout)
+    assert (ticket["account"], ticket["plan"]) == ("delta", "custom")
 
 
 def test_a_csv_with_unknown_columns_is_refused_whole(

@@ -347,6 +347,25 @@ def test_worker_drain_turns_a_piped_message_into_a_ticket_with_the_documented_js
     assert ticket["created_at"] is not None
 
 
+def test_a_worker_scoring_its_model_imports_neither_scikit_learn_nor_scipy(
+    make_config: Callable[..., Path],
+) -> None:
+    """Importing scikit-learn (and through it scipy.stats) cost every worker start about a
+    second, most of `worker --drain`'s start (issue 20); scoring a format-5 model needs
+    neither. Fitting a model still imports both (classifiers/fitting.py)."""
+    config = make_config()
+    assert gateway_cli(config, "ingest", stdin=make_email()).returncode == EX_OK
+    done = subprocess.run(
+        [sys.executable, "-c", MODULES_AFTER_MAIN, "--config", str(config), "worker", "--drain"],
+        capture_output=True, timeout=120, cwd=config.parent,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert b"processed 1 spool entries" in done.stdout
+    modules = set(json.loads(done.stdout.splitlines()[-1]))
+    assert "classifiers.model" in modules  # it did classify
+    assert not {m for m in modules if m.split(".")[0] in ("sklearn", "scipy")}
+
+
 def test_a_bounce_piped_with_an_empty_sender_is_recorded_but_never_ticketed(
     make_config: Callable[..., Path],
 ) -> None:

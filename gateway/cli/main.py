@@ -83,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from gateway.cli.logs import setup_logging
-    from gateway.service.runtime import RuntimeBox, load_runtime
+    from gateway.service.runtime import RuntimeBox, load_runtime, with_imported_accounts
     from gateway.service.worker import Worker, storage_unavailable
 
     setup_logging(args.verbose)
@@ -106,7 +106,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from gateway.storage.customers import load_accounts
 
     box.imported_accounts = lambda: load_accounts(worker.sessions)
-    box.current = load_runtime(Path(args.config), imported_accounts=box.imported_accounts())
+    box.current = with_imported_accounts(runtime, box.imported_accounts())
     if args.drain:
         n = worker.drain()
         print(f"processed {n} spool entries")

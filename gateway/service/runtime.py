@@ -120,10 +120,9 @@ def load_runtime(
         settings.severity.levels,
         calendars,
     )
-    accounts = tuple(settings.customers.account) + tuple(imported_accounts or ())
     return Runtime(
         settings=settings,
-        directory=Directory.build(CustomersFile(account=accounts), settings.plans),
+        directory=_directory(settings, imported_accounts or ()),
         engine=engine,
         policy=Policy(
             default_queue=settings.routing.default_queue,
@@ -148,6 +147,20 @@ def load_runtime(
         ),
         generation=generation,
     )
+
+
+def _directory(settings: Settings, imported_accounts: Sequence[Account]) -> Directory:
+    """customers.toml's accounts, then those imported into the database."""
+    accounts = tuple(settings.customers.account) + tuple(imported_accounts)
+    return Directory.build(CustomersFile(account=accounts), settings.plans)
+
+
+def with_imported_accounts(runtime: Runtime, imported_accounts: Sequence[Account]) -> Runtime:
+    """`runtime` with the customers imported into the database added: what load_runtime would
+    build from the same files, without reading them or building the classifier again (a
+    worker's start, once its database is up)."""
+    return dataclasses.replace(runtime,
+                               directory=_directory(runtime.settings, imported_accounts))
 
 
 RESTART_ONLY = ("smtp", "storage", "webhooks", "api", "gateway", "workers")

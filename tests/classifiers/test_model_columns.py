@@ -1,6 +1,8 @@
-"""The scorer's fast paths read exactly what scikit-learn's analyzers read and add up the same
-bits: the word-by-word char n-gram columns (CharColumns) against the char_wb analyzer, and the
-batch probabilities against the sparse count matrix they replaced (issue 20 outcome 1)."""
+"""The scorer reads exactly the columns scikit-learn's HashingVectorizer gives, without importing
+it (classifiers/features.py), and adds up the same bits: both feature spaces' columns, in the
+analyzers' order, against the vectorizer's own analyzer and murmurhash; the batch
+probabilities against the sparse count matrix they replaced (issue 20 outcome 1). (That a worker
+never imports scikit-learn: tests/test_ingest.py.)"""
 
 from __future__ import annotations
 
@@ -9,19 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import sparse
+from sklearn.utils import murmurhash3_32
 
-from classifiers.model import (
-    CharColumns,
-    CompiledScorer,
-    HashedScorer,
-    TokenColumns,
-    _Columns,
-    _hashing,
-    load_model,
-)
+from classifiers.features import CharColumns, Columns, WordColumns, space
+from classifiers.fitting import hashing
+from classifiers.model import HashedScorer, load_model, softmax
 
 # Every kind of white space str.split() and the analyzer's \s know, among letters and marks
 # (no lone surrogates: murmurhash cannot encode them, by either path).
@@ -31,26 +29,53 @@ TEXTS = st.text(alphabet=st.sampled_from("aZé_-'!9 ") | st.sampled_from(WHITE)
 
 
 def _analyzer_columns(part: str, text: str) -> list[int]:
-    vectorizer = _hashing(part)
-    column_of = _Columns(vectorizer.n_features)
-    return list(map(column_of.__getitem__, vectorizer.build_analyzer()(text)))
+    """scikit-learn's columns: the fitted space's own analyzer, its own murmurhash."""
+    vectorizer = hashing(part)
+    return [abs(int(murmurhash3_32(token, seed=0))) % vectorizer.n_features
+            for token in vectorizer.build_analyzer()(text)]
+
+
+def _vectorizer_columns(part: str, text: str) -> list[int]:
+    """The columns HashingVectorizer.transform counts, each as often as it counts it."""
+    row = hashing(part).transform([text])
+    return sorted(np.repeat(row.indices, row.data.astype(np.int64)).tolist())
 
 
 @settings(max_examples=300, deadline=None)
 @given(TEXTS)
 def test_char_columns_are_the_char_wb_analyzers_columns_in_its_order(text: str) -> None:
-    vectorizer = _hashing("char")
-    columns = CharColumns(vectorizer, _Columns(vectorizer.n_features))
+    size, _ = space("char")
+    columns = CharColumns(Columns(size))
     assert columns(text) == _analyzer_columns("char", text)
     assert columns(text) == _analyzer_columns("char", text)  # from the memo, the same
 
 
+@settings(max_examples=200, deadline=None)
+@given(TEXTS)
+def test_word_columns_are_the_word_analyzers_columns_in_its_order(text: str) -> None:
+    size, _ = space("word")
+    assert WordColumns(Columns(size))(text) == _analyzer_columns("word", text)
+
+
 @settings(max_examples=100, deadline=None)
 @given(TEXTS)
-def test_word_columns_are_the_word_analyzers_columns(text: str) -> None:
-    vectorizer = _hashing("word")
-    columns = TokenColumns(vectorizer, _Columns(vectorizer.n_features))
-    assert columns(text) == _analyzer_columns("word", text)
+def test_each_space_counts_what_the_hashing_vectorizer_counts(text: str) -> None:
+    for part in ("word", "char"):
+        _, columns_of = space(part)
+        assert sorted(columns_of(text)) == _vectorizer_columns(part, text)
+
+
+def test_a_space_is_the_size_the_model_was_fitted_in() -> None:
+    for part in ("word", "char"):
+        assert space(part)[0] == hashing(part).n_features
+
+
+def test_a_token_that_cannot_be_utf8_fails_as_in_scikit_learn_not_the_process() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        hashing("char").transform(["ab\ud800c"])
+    _, columns_of = space("char")
+    with pytest.raises(UnicodeEncodeError):
+        columns_of("ab\ud800c")
 
 
 def _sparse_proba_many(scorer: HashedScorer, texts: Sequence[str]) -> np.ndarray[Any, Any]:
@@ -59,8 +84,8 @@ def _sparse_proba_many(scorer: HashedScorer, texts: Sequence[str]) -> np.ndarray
     decision = np.tile(scorer._intercept, (len(texts), 1))
     for part, (_, size, idf, row_of, coef) in zip(("word", "char"), scorer._single,
                                                   strict=True):
-        vectorizer = _hashing(part)
-        analyzer, column_of = vectorizer.build_analyzer(), _Columns(size)
+        vectorizer = hashing(part)
+        analyzer, column_of = vectorizer.build_analyzer(), Columns(size)
         ids: list[int] = []
         lengths = []
         for text in texts:
@@ -80,7 +105,7 @@ def _sparse_proba_many(scorer: HashedScorer, texts: Sequence[str]) -> np.ndarray
         for j in range(decision.shape[1]):
             decision[:, j] += np.bincount(row_ids, weights=weights * known_rows[:, j],
                                           minlength=len(texts)) / norms
-    return np.asarray(CompiledScorer._softmax(decision))
+    return np.asarray(softmax(decision))
 
 
 def test_batch_probabilities_are_bit_for_bit_the_sparse_matrix_ones(

@@ -188,7 +188,8 @@ def test_an_old_format_1_model_trained_on_corrections_still_loads_and_scores(
 def test_a_saved_model_file_scores_as_the_fitted_pipeline_did(tmp_path: Path) -> None:
     # Format 5 stores arrays, not the pipeline: the loaded scorer must give the fitted
     # pipeline's own probabilities.
-    from classifiers.model import model_dir_lock, new_pipeline, save_model
+    from classifiers.fitting import new_pipeline
+    from classifiers.model import model_dir_lock, save_model
     from classifiers.types import DEFAULT_LEVELS
 
     examples = load_examples(SHIPPED_TRAIN)
