@@ -9,7 +9,13 @@ pipeline timings) and the bench prints each stage's mean µs per message beside 
 the tickets made, and the drain's wall rate. Blobs, classify and commit are per batch and are
 divided by the messages. Measurement only; nothing is asserted.
 
+`--corpus spamassassin` drains instead the peer bench's work (bench/vs_django_helpdesk.py): the
+fair copies of the first --messages SpamAssassin easy-ham mails, longer mail of which about
+half joins an earlier message's ticket as a follow-up. The budgets are the issue's for support
+mail that all becomes tickets; on this mix they are printed for comparison only.
+
     .venv/bin/python bench/stage_budgets.py [--messages 2000] [--postgresql] [--batch-size N]
+        [--corpus endava|spamassassin]
 """
 
 from __future__ import annotations
@@ -69,6 +75,9 @@ def main() -> None:
     ap.add_argument("--postgresql", action="store_true", help="a fresh database at " + PG_ADMIN_URL)
     ap.add_argument("--batch-size", type=int, default=None,
                     help="workers.batch_size (default: the sample config's)")
+    ap.add_argument("--corpus", choices=("endava", "spamassassin"), default="endava",
+                    help="endava: support mail, every message a ticket (the budgets' case); "
+                         "spamassassin: the peer bench's fair copies, about half follow-ups")
     ap.add_argument("--warm-up", type=int, default=0,
                     help="first drain this many OTHER tickets of the corpus, untimed: a worker "
                          "that has run a while (the classifier's per-word memo filled) rather "
@@ -106,8 +115,15 @@ def main() -> None:
             gw.drain()
             warmed = len(gw.intakes())
             gw.worker.timings = Timings()
-            for n, row in enumerate(rows):
-                gw.ingest(support_mail(n, senders[n % len(senders)], row["title"], row["body"]))
+            if args.corpus == "spamassassin":
+                from bench.vs_django_helpdesk import fair_copy, first_messages
+
+                for path in first_messages(args.messages):
+                    gw.ingest(fair_copy(path.read_bytes()))
+            else:
+                for n, row in enumerate(rows):
+                    gw.ingest(support_mail(n, senders[n % len(senders)], row["title"],
+                                           row["body"]))
             started = time.perf_counter()
             gw.drain()
             seconds = time.perf_counter() - started
@@ -119,8 +135,13 @@ def main() -> None:
             gw.close()
         drained = sum(outcomes.values())
         count = max(1, timings.count)
+        what = (
+            "SpamAssassin easy-ham fair copies (the peer bench's work)"
+            if args.corpus == "spamassassin"
+            else f"support emails (Endava tickets from {len(senders)} customer contacts)"
+        )
         print(
-            f"{drained} support emails (Endava tickets from {len(senders)} customer contacts), "
+            f"{drained} {what}, "
             f"{'PostgreSQL' if args.postgresql else 'SQLite'}, in process; "
             f"{os.cpu_count()} CPUs shared with other work, load {os.getloadavg()[0]:.2f}"
         )

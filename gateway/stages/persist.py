@@ -687,7 +687,7 @@ def _ticket_for(
     batch: BatchWrites,
 ) -> tuple[Ticket | _Opened, str]:
     if thread.kind in ("follow-up", "reopen") and thread.ticket is not None:
-        ticket = session.get(Ticket, thread.ticket.id, with_for_update=True)
+        ticket = current_locked(session, thread.ticket.id)
         if ticket is not None:
             _follow_up(session, ticket, message, thread, verdict, decision, ctx, now)
             return ticket, "follow-up"
@@ -716,6 +716,21 @@ def _ticket_for(
         values["account_id"],
     )
     return opened, "ticket"
+
+
+def current_locked(session: Session, ticket_id: int) -> Ticket | None:
+    """A follow-up's ticket as it is now, held against other writers until the batch commits.
+
+    PostgreSQL: SELECT ... FOR UPDATE with the row's values read again (populate_existing). The
+    thread look-up read the ticket without a lock, and a change another worker committed since
+    would otherwise be written over when this follow-up's counts are flushed.
+    SQLite: BEGIN IMMEDIATE made this transaction the only writer from its start, so a ticket it
+    has loaded is current; it comes from the session with no statement (SQLite has no FOR
+    UPDATE: the query was a round trip and, at every follow-up, a flush of the batch's rows
+    written behind; issue 20)."""
+    if session.get_bind().dialect.name == "sqlite":
+        return session.get(Ticket, ticket_id)
+    return session.get(Ticket, ticket_id, with_for_update=True, populate_existing=True)
 
 
 def _follow_up(
