@@ -90,14 +90,17 @@ def char_wb_grams(word: str) -> list[str]:
 
 class _WordGrams(dict[str, tuple[int, ...]]):
     """word -> the columns of its char_wb n-grams in order; fills itself, bounded by
-    MEMO_WORDS like Columns."""
+    MEMO_WORDS like Columns. A new word's n-grams are hashed directly, not through a token
+    memo: this memo already keeps them, and the other's inserts cost more than the hashes
+    (a worker just started meets thousands of new words)."""
 
-    def __init__(self, column_of: Columns) -> None:
+    def __init__(self, n_features: int) -> None:
         super().__init__()
-        self._column_of = column_of
+        self._n_features = n_features
 
     def __missing__(self, word: str) -> tuple[int, ...]:
-        columns = tuple(map(self._column_of.__getitem__, char_wb_grams(word)))
+        n_features = self._n_features
+        columns = tuple([column(gram, n_features) for gram in char_wb_grams(word)])
         if len(self) < MEMO_WORDS:
             self[word] = columns
         return columns
@@ -112,8 +115,8 @@ class CharColumns:
     message to message far more than texts do, and slicing each into n-grams was the model's
     largest cost (issue 20 outcome 1)."""
 
-    def __init__(self, column_of: Columns) -> None:
-        self._words = _WordGrams(column_of)
+    def __init__(self, n_features: int) -> None:
+        self._words = _WordGrams(n_features)
 
     def __call__(self, text: str) -> list[int]:
         return list(itertools.chain.from_iterable(
@@ -135,5 +138,5 @@ def space(part: str) -> tuple[int, Callable[[str], list[int]]]:
     if part == "word":
         return WORD_HASH_FEATURES, WordColumns(Columns(WORD_HASH_FEATURES))
     if part == "char":
-        return CHAR_HASH_FEATURES, CharColumns(Columns(CHAR_HASH_FEATURES))
+        return CHAR_HASH_FEATURES, CharColumns(CHAR_HASH_FEATURES)
     raise ValueError(part)

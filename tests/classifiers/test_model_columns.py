@@ -45,7 +45,7 @@ def _vectorizer_columns(part: str, text: str) -> list[int]:
 @given(TEXTS)
 def test_char_columns_are_the_char_wb_analyzers_columns_in_its_order(text: str) -> None:
     size, _ = space("char")
-    columns = CharColumns(Columns(size))
+    columns = CharColumns(size)
     assert columns(text) == _analyzer_columns("char", text)
     assert columns(text) == _analyzer_columns("char", text)  # from the memo, the same
 
