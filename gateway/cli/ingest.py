@@ -18,6 +18,11 @@ from typing import Any
 from gateway.cli.common import print_config_error
 from gateway.config.errors import ConfigError
 
+# Files spooled together (`gateway ingest FILE...`): one group's fsyncs shared, at most this
+# many files or bytes of them in memory at once.
+GROUP_FILES = 64
+GROUP_BYTES = 32 << 20
+
 
 def register(sub: Any) -> None:
     """Add `ingest` to the main parser's subparsers `sub` (the full parser and the light one)."""
@@ -30,7 +35,14 @@ def register(sub: Any) -> None:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from channels.pipe import EX_NOINPUT, EX_TEMPFAIL, IngestResult, batch_exit_code, ingest
+    from channels.pipe import (
+        EX_NOINPUT,
+        EX_TEMPFAIL,
+        IngestResult,
+        batch_exit_code,
+        ingest,
+        ingest_many,
+    )
     from gateway.config.gateway_file import load_gateway_file, spool_dir
     from gateway.intake.spool import Spool, SpoolError
 
@@ -52,31 +64,44 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"spool unavailable, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
     results: list[IngestResult] = []
-    try:
-        # Each file is read when its turn comes: one unreadable file is that file's refusal,
-        # never a traceback that spools none of the others, and never all of them in memory.
-        sources: list[str] = args.files or ["stdin"]
-        for source in sources:
-            try:
-                raw = (
-                    Path(source).read_bytes()
-                    if args.files
-                    else sys.stdin.buffer.read(g.limits.max_message_bytes + 1)
-                )
-            except OSError as exc:
-                result = IngestResult(EX_NOINPUT, f"{source}: cannot read: {exc.strerror}")
-            else:
-                result = ingest(
-                    spool,
-                    raw,
-                    recipient=args.recipient,
-                    sender=args.sender,
-                    max_bytes=g.limits.max_message_bytes,
-                    source=source,
-                )
+
+    def report(done: list[IngestResult]) -> None:
+        for result in done:
             if result.code != 0 or not args.quiet:
                 print(result.detail, file=sys.stderr if result.code else sys.stdout)
-            results.append(result)
+        results.extend(done)
+
+    try:
+        if not args.files:  # an MTA's delivery: one message on stdin
+            raw = sys.stdin.buffer.read(g.limits.max_message_bytes + 1)
+            report([ingest(spool, raw, recipient=args.recipient, sender=args.sender,
+                           max_bytes=g.limits.max_message_bytes)])
+            return batch_exit_code(results)
+        # Files (an admin importing saved mail): spooled in groups that share their fsyncs,
+        # each file read when its group's turn comes, so one unreadable file is that file's
+        # refusal and memory holds one group, never all of them.
+        group: list[tuple[str, bytes]] = []
+        group_bytes = 0
+
+        def flush() -> None:
+            nonlocal group, group_bytes
+            if group:
+                report(ingest_many(spool, group, recipient=args.recipient, sender=args.sender,
+                                   max_bytes=g.limits.max_message_bytes))
+            group, group_bytes = [], 0
+
+        for source in args.files:
+            try:
+                raw = Path(source).read_bytes()
+            except OSError as exc:
+                flush()  # answers stay in the files' order
+                report([IngestResult(EX_NOINPUT, f"{source}: cannot read: {exc.strerror}")])
+                continue
+            group.append((source, raw))
+            group_bytes += len(raw)
+            if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
+                flush()
+        flush()
     finally:
         spool.close()
     return batch_exit_code(results)

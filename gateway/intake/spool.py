@@ -342,6 +342,43 @@ class Spool:
             raise outcome
         return outcome
 
+    def enqueue_many(self, items: Sequence[tuple[bytes, Envelope]]) -> list[str | SpoolError]:
+        """Make several messages durable as one group, as the writer thread does for concurrent
+        callers: each file written to tmp/, the files fsynced, renamed into incoming/, and
+        incoming/ fsynced once for all of them. One call of `enqueue` a message cost two
+        journal commits each (`gateway ingest FILE...`, issue 20: the peer bench's pipe).
+
+        Returns each item's outcome in order: its entry id, or the SpoolError that refused it
+        (SpoolFullError, SpoolWriteError). None of them is durable before this returns, so a
+        caller acknowledges nothing of the group until then; the caller bounds the group's
+        size (every item is in memory at once).
+        """
+        outcomes: list[str | SpoolError] = []
+        prepared: list[tuple[int, _Prepared]] = []
+        for raw, envelope in items:
+            try:
+                prepared.append((len(outcomes), self._prepare(new_id(), raw, envelope,
+                                                              sync=False)))
+                outcomes.append("")  # its place; the outcome comes once the group is durable
+            except SpoolError as exc:
+                outcomes.append(exc)
+        synced: list[tuple[int, _Prepared]] = []
+        for slot, item in prepared:
+            # The first fsync commits the journal with every file of the group; the others
+            # then find their inode already on disk.
+            error = self._try_sync(item) if self._fsync else None
+            if error is None:
+                synced.append((slot, item))
+                continue
+            self._account(-item.file_bytes)
+            with contextlib.suppress(OSError):
+                item.tmp_path.unlink()
+            outcomes[slot] = error
+        published = self._publish([item for _, item in synced])
+        for (slot, _), outcome in zip(synced, published, strict=True):
+            outcomes[slot] = outcome
+        return outcomes
+
     async def enqueue_async(self, raw: bytes, envelope: Envelope) -> str:
         """Same contract as :meth:`enqueue`, without blocking the event loop.
 

@@ -452,6 +452,56 @@ def test_enqueue_async_from_50_coroutines_gives_50_durable_entries_with_grouped_
     assert {spool.read_raw(by_id[entry_id]) for entry_id in ids} == {message(n) for n in range(50)}
 
 
+def test_enqueue_many_makes_a_group_durable_with_one_fsync_of_incoming(spool: Spool) -> None:
+    outcomes = spool.enqueue_many([(message(n), make_envelope()) for n in range(20)])
+
+    assert all(isinstance(outcome, str) for outcome in outcomes)
+    ids = [str(outcome) for outcome in outcomes]
+    assert files_in(spool.incoming_dir) == sorted(f"{entry_id}.msg" for entry_id in ids)
+    assert files_in(spool.tmp_dir) == []
+    assert (spool.file_fsyncs, spool.dir_fsyncs) == (20, 1)
+    by_id = {entry.id: entry for entry in spool.pending()}
+    assert [spool.read_raw(by_id[entry_id]) for entry_id in ids] == [message(n) for n in range(20)]
+
+
+def test_enqueue_many_answers_each_message_in_order_when_some_fail(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose fsync fails is that message's SpoolError, in its place; it leaves nothing
+    in the spool, and the rest of the group is durable."""
+    sync = spool._sync_tmp
+
+    def sync_unless_odd(prepared: _Prepared) -> None:
+        if any(prepared.tmp_path.read_bytes().endswith(message(n)) for n in (1, 3)):
+            raise OSError(errno.EIO, "injected fsync failure")
+        sync(prepared)
+
+    monkeypatch.setattr(spool, "_sync_tmp", sync_unless_odd)
+    outcomes = spool.enqueue_many([(message(n), make_envelope()) for n in range(5)])
+
+    assert [isinstance(outcome, SpoolWriteError) for outcome in outcomes] == [
+        False, True, False, True, False
+    ]
+    by_id = {entry.id: entry for entry in spool.pending()}
+    kept = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    assert [spool.read_raw(by_id[entry_id]) for entry_id in kept] == [
+        message(0), message(2), message(4)
+    ]
+    assert files_in(spool.tmp_dir) == []
+
+
+def test_enqueue_many_over_the_high_water_mark_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, min_free_bytes=0, high_water_bytes=3 * len(message(0)) + 600)
+    try:
+        outcomes = spool.enqueue_many([(message(n), make_envelope()) for n in range(10)])
+        durable = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        assert durable and len(durable) < 10
+        assert all(isinstance(outcome, SpoolFullError) for outcome in outcomes[len(durable):])
+        assert len(spool.pending()) == len(durable)
+    finally:
+        spool.close()
+
+
 def test_a_file_whose_fsync_fails_fails_only_its_own_sender_in_a_grouped_write(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
