@@ -56,13 +56,18 @@ def timed(cmd: list[str], env: dict[str, str], stdin: bytes | None) -> float:
     return elapsed
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--runs", type=int, default=30)
+def startup_arguments(doc: str | None, runs: int) -> tuple[argparse.Namespace, dict[str, str]]:
+    """A start-up bench's options (--runs, --baseline-tree) and the environment its processes
+    run in (byte-code caches written and read, as a packaged install has them)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=int, default=runs)
     ap.add_argument("--baseline-tree", type=Path, help="another checkout to time the same way")
-    args = ap.parse_args()
-
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return ap.parse_args(), env
+
+
+def main() -> None:
+    args, env = startup_arguments(__doc__, 30)
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         config = config_copy(Path(tmp))

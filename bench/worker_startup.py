@@ -18,38 +18,21 @@ model is trained once, before any timing; byte-code caches are written once. No 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest_startup import MESSAGE, config_copy  # noqa: E402
-
-
-def run(cmd: list[str], env: dict[str, str], stdin: bytes | None = None) -> float:
-    started = time.perf_counter()
-    # cwd=/: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH.
-    done = subprocess.run(cmd, input=stdin, env=env, capture_output=True, cwd="/")
-    elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr.decode()[-400:]}")
-    return elapsed
+from bench.ingest_startup import MESSAGE, config_copy, startup_arguments  # noqa: E402
+from bench.ingest_startup import timed as run  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--baseline-tree", type=Path, help="another checkout to time the same way")
-    args = ap.parse_args()
-
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    args, env = startup_arguments(__doc__, 10)
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         config = config_copy(Path(tmp))
@@ -59,17 +42,17 @@ def main() -> None:
             trees.append(("gateway worker --drain (baseline)",
                           {**env, "PYTHONPATH": str(args.baseline_tree.resolve())}))
         run([*gateway, "ingest", "--quiet"], trees[0][1], MESSAGE)
-        run([*gateway, "worker", "--drain"], trees[0][1])  # trains the model: never timed
+        run([*gateway, "worker", "--drain"], trees[0][1], None)  # trains the model: never timed
         for _, tree_env in trees:  # page cache and .pyc files of each tree
-            run([*gateway, "worker", "--drain"], tree_env)
+            run([*gateway, "worker", "--drain"], tree_env, None)
         times: dict[str, list[float]] = {"python -c pass": []}
         times.update({name: [] for name, _ in trees})
         for n in range(args.runs):  # alternate, so a burst of load hits every case alike
-            times["python -c pass"].append(run([py, "-c", "pass"], env) * 1000)
+            times["python -c pass"].append(run([py, "-c", "pass"], env, None) * 1000)
             for name, tree_env in trees:
                 message = MESSAGE.replace(b"<bench@example>", f"<bench-{n}-{name}>".encode())
                 run([*gateway, "ingest", "--quiet"], tree_env, message)
-                times[name].append(run([*gateway, "worker", "--drain"], tree_env) * 1000)
+                times[name].append(run([*gateway, "worker", "--drain"], tree_env, None) * 1000)
 
     print(f"{args.runs} runs each, alternating; wall ms per process ({os.cpu_count()} CPUs)")
     print(f"{'':36} {'best':>8} {'median':>8}")

@@ -370,9 +370,7 @@ class Spool:
             if error is None:
                 synced.append((slot, item))
                 continue
-            self._account(-item.file_bytes)
-            with contextlib.suppress(OSError):
-                item.tmp_path.unlink()
+            self._drop_tmp(item)
             outcomes[slot] = error
         published = self._publish([item for _, item in synced])
         for (slot, _), outcome in zip(synced, published, strict=True):
@@ -756,9 +754,7 @@ class Spool:
                 os.rename(prepared.tmp_path, self.incoming_dir / filename(prepared.entry_id))
                 outcomes.append(prepared.entry_id)
             except OSError as exc:
-                self._account(-prepared.file_bytes)
-                with contextlib.suppress(OSError):
-                    prepared.tmp_path.unlink()
+                self._drop_tmp(prepared)
                 outcomes.append(_as_spool_error(exc))
         if self._fsync and any(isinstance(outcome, str) for outcome in outcomes):
             try:
@@ -880,11 +876,15 @@ class Spool:
             if error is None:
                 synced.append((job, item))
                 continue
-            self._account(-item.file_bytes)
-            with contextlib.suppress(OSError):
-                item.tmp_path.unlink()
+            self._drop_tmp(item)
             job.settle(error)
         return synced
+
+    def _drop_tmp(self, prepared: _Prepared) -> None:
+        """Forget a tmp file that will never be published: its bytes and the file."""
+        self._account(-prepared.file_bytes)
+        with contextlib.suppress(OSError):
+            prepared.tmp_path.unlink()
 
     def _try_sync_all(self, lane: list[_Prepared]) -> list[SpoolError | None]:
         return [self._try_sync(prepared) for prepared in lane]
