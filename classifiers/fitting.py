@@ -6,7 +6,8 @@ turning a fitted pipeline into the arrays a format-5 model file stores (`hashed_
 checked against predict_proba), and `CompiledScorer` for the vocabulary pipelines of formats
 1-4. The only module of the classifier that imports scikit-learn or scipy at its top: training,
 evaluation and loading an old-format model import it, scoring a format-5 model never does
-(issue 20: that import cost every worker start about a second). Never imports the gateway.
+(issue 20: that import cost every worker start about a second). Imports the scorer, never
+the model files' storage (classifiers.model imports this module). Never imports the gateway.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from classifiers.features import (
     WORD_TOKENS,
     lowered_head,
 )
-from classifiers.model import HashedScorer, Scorer, softmax
+from classifiers.scoring import HashedScorer, Scorer, softmax
 
 MAX_COLUMNS = 100_000
 MAX_ITER = 300

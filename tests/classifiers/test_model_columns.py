@@ -19,7 +19,8 @@ from sklearn.utils import murmurhash3_32
 
 from classifiers.features import CharColumns, Columns, WordColumns, space
 from classifiers.fitting import hashing
-from classifiers.model import HashedScorer, load_model, softmax
+from classifiers.model import load_model
+from classifiers.scoring import HashedScorer, softmax
 
 # Every kind of white space str.split() and the analyzer's \s know, among letters and marks
 # (no lone surrogates: murmurhash cannot encode them, by either path).
