@@ -25,7 +25,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -146,6 +146,14 @@ class JobResult:
     spool_id: str
     persisted: Persisted | None
     error: StageError | None
+    # Nothing written: a reply that found no thread while an older message may still be on
+    # its way into the database (`hold_reply`); the worker hands it back to the spool.
+    held: bool = False
+
+
+# Whether a reply whose thread look-up found nothing should wait for older messages still
+# being written elsewhere (the worker's rule: gateway/service/worker.py).
+HoldReply = Callable[[Job], bool]
 
 
 class _Clock:
@@ -176,6 +184,7 @@ def process_batch(
     blobs: BlobStore,
     timings: Timings | None = None,
     now: datetime | None = None,
+    hold_reply: HoldReply | None = None,
 ) -> list[JobResult]:
     now = now or business_clock.now()
     settings = runtime.settings
@@ -211,13 +220,15 @@ def process_batch(
         clock.share("classify", len(parsed))
         try:
             try:
-                results.update(_write(parsed, runtime, sessions, now, limit, clock, verdicts))
+                results.update(_write(parsed, runtime, sessions, now, limit, clock, verdicts,
+                                      hold_reply=hold_reply))
             except _RetryWithSavepoints:
                 # A message failed with no savepoint to roll back to (or a twin claimed its
                 # key): the whole batch rolled back; again, each message in a savepoint of its
                 # own, so it fails alone.
                 results.update(
-                    _write(parsed, runtime, sessions, now, limit, clock, verdicts, savepoints=True)
+                    _write(parsed, runtime, sessions, now, limit, clock, verdicts,
+                           savepoints=True, hold_reply=hold_reply)
                 )
         except (Exception, MessageTimeoutError) as exc:
             if storage_unavailable(exc):
@@ -245,6 +256,7 @@ def _write(
     verdicts: dict[str, Verdict],
     *,
     savepoints: bool = False,
+    hold_reply: HoldReply | None = None,
 ) -> dict[str, JobResult]:
     """The batch's transaction: every message's identify, thread, decide and persist, one
     commit. First without savepoints (two statements and two compilations a message, about a
@@ -278,6 +290,7 @@ def _write(
                     verdicts.get(job.spool_id),
                     batch,
                     savepoints,
+                    hold_reply,
                 )
                 if result.error is not None and not savepoints:
                     raise _RetryWithSavepoints(result.error)
@@ -375,6 +388,7 @@ def _one(
     verdict: Verdict | None,
     batch: BatchWrites,
     savepoint: bool,
+    hold_reply: HoldReply | None = None,
 ) -> JobResult:
     """One message's identify, thread, decide and persist in the batch's transaction: in a
     savepoint of its own when `savepoint` (a batch's retry), which a twin's claim of its dedup
@@ -405,6 +419,11 @@ def _one(
                     runtime.incident_window,
                 )
                 clock.lap("thread")
+                if (threaded.kind == "new" and hold_reply is not None and reply_ids(message)
+                        and hold_reply(job)):
+                    # Its original may be in another worker's batch, not yet committed: written
+                    # now, the reply would open a ticket of its own (issue 20 round 9).
+                    return JobResult(job.spool_id, None, None, held=True)
                 stage = "classify"
                 if verdict is None:  # the batch's call failed: this message on its own
                     # The problem as the customer describes it, without emergency.toml's markers.

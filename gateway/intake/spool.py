@@ -465,6 +465,24 @@ class Spool:
                     os.rename(claimed, self.quarantine_dir / name)
                 continue
 
+    def claimed_before(self, entry_id: str, within_seconds: float) -> list[str]:
+        """Ids of the entries that arrived before `entry_id` (entry ids sort in arrival order)
+        and were claimed, by any worker, in the last `within_seconds`: a claim is a rename,
+        which sets the file's ctime. An older claim is a worker that hung or died."""
+        found = []
+        now = time.time()
+        for name in entry_names(self.claimed_dir):
+            other = name.removesuffix(SUFFIX)
+            if other >= entry_id:
+                continue
+            try:
+                claimed_at = (self.claimed_dir / name).stat().st_ctime
+            except FileNotFoundError:
+                continue  # committed and completed meanwhile
+            if now - claimed_at < within_seconds:
+                found.append(other)
+        return sorted(found)
+
     def read_raw(self, entry: Entry) -> bytes:
         """The message bytes exactly as the channel received them."""
         try:

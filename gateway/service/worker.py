@@ -32,7 +32,14 @@ from gateway.intake.spool import Entry, Spool
 from gateway.outbound import escalation_scheduler, forwarding_sender
 from gateway.outbound import mail_sender as outbox_sender
 from gateway.outbound import twilio_sender as twilio_outbound
-from gateway.pipeline import Job, JobResult, StorageUnavailableError, Timings, process_batch
+from gateway.pipeline import (
+    HoldReply,
+    Job,
+    JobResult,
+    StorageUnavailableError,
+    Timings,
+    process_batch,
+)
 from gateway.pipeline import storage_unavailable as storage_unavailable
 from gateway.service.runtime import RuntimeBox
 from gateway.storage.db import make_engine, session_factory
@@ -42,6 +49,11 @@ log = logging.getLogger(__name__)
 # A batch stops growing once its messages hold this many bytes (a larger message is a batch of
 # its own): ordinary mail still batches by `workers.batch_size`.
 BATCH_BYTES = 8 * 1024 * 1024
+# A reply that found no thread waits for an older message another worker claimed at most this
+# long ago (Worker._hold_reply); a batch of nothing but such replies pauses this long before
+# claiming again.
+REPLY_WAIT_SECONDS = 30.0
+HELD_PAUSE_SECONDS = 0.05
 
 
 @dataclass
@@ -51,6 +63,7 @@ class WorkerStats:
     failures: int = 0
     quarantined: int = 0
     deferrals: int = 0
+    held_replies: int = 0  # replies handed back to wait for an older message (_hold_reply)
     last_error: str | None = None
     max_seconds: float = 0.0
     last_entry_age: float = 0.0
@@ -122,8 +135,10 @@ class Worker:
                 by_id[entry.id] = entry
             except Exception as exc:  # the entry itself cannot be read
                 self._failed(entry, "spool", exc)
+        hold = self._hold_reply(set(by_id))
         try:
-            results = process_batch(jobs, runtime, self.sessions, self.blobs, self.timings)
+            results = process_batch(jobs, runtime, self.sessions, self.blobs, self.timings,
+                                    hold_reply=hold)
         except StorageUnavailableError as exc:
             self._defer([by_id[j.spool_id] for j in jobs], str(exc))
             return True
@@ -140,7 +155,8 @@ class Worker:
             for n, job in enumerate(jobs):
                 try:
                     results += process_batch(
-                        [job], runtime, self.sessions, self.blobs, self.timings
+                        [job], runtime, self.sessions, self.blobs, self.timings,
+                        hold_reply=hold,
                     )
                 except StorageUnavailableError as unavailable:
                     # The database went: the rest would each wait out the pool's timeout.
@@ -155,15 +171,42 @@ class Worker:
         self._backoff = 0.0
         self.stats.storage_down_since = None
         self._finish(results, by_id)
+        if results and all(result.held for result in results):
+            # Only replies waiting for another worker's commit: give it the moment it needs
+            # rather than claim them straight back.
+            self.stopping.wait(HELD_PAUSE_SECONDS)
         per_message = (time.monotonic() - started) / max(1, len(jobs))
         self.stats.max_seconds = max(self.stats.max_seconds, per_message)
         return True
 
+    def _hold_reply(self, mine: set[str]) -> HoldReply:
+        """The pipeline's rule for a reply whose thread look-up found nothing: wait (hand it
+        back to the spool, no attempt counted) while another worker holds an older entry,
+        claimed and not yet committed, which may be the message it answers. Written at once,
+        it would open a ticket of its own and its original another. Only claims made in the
+        last REPLY_WAIT_SECONDS count: a worker that hangs on its batch delays such replies
+        that long, never loses them. One instance's workers share a spool; instances on one
+        PostgreSQL do not, and between them the race stays (docs/architecture.md)."""
+
+        def hold(job: Job) -> bool:
+            return any(other not in mine
+                       for other in self.spool.claimed_before(job.spool_id, REPLY_WAIT_SECONDS))
+
+        return hold
+
     def _finish(self, results: list[JobResult], by_id: dict[str, Entry]) -> None:
-        """Complete the entries that were recorded; count an attempt for those that failed."""
-        self.spool.complete_many([by_id[r.spool_id] for r in results if r.error is None])
+        """Complete the entries that were recorded; count an attempt for those that failed;
+        hand back the replies held for an older message."""
+        self.spool.complete_many(
+            [by_id[r.spool_id] for r in results if r.error is None and not r.held]
+        )
         for result in results:
             entry = by_id[result.spool_id]
+            if result.held:
+                self.spool.release(entry)
+                self.stats.held_replies += 1
+                log.debug("reply %s waits for an older message another worker holds", entry.id)
+                continue
             if result.error is not None:
                 self._failed(entry, result.error.stage, result.error.error)
                 continue
@@ -314,6 +357,7 @@ class Worker:
             "failures": self.stats.failures,
             "quarantined": self.stats.quarantined,
             "deferrals": self.stats.deferrals,
+            "held_replies": self.stats.held_replies,
             "last_error": self.stats.last_error,
             "lag_seconds": round(self.stats.last_entry_age, 3),
             "max_seconds": round(self.stats.max_seconds, 3),

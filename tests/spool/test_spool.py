@@ -209,6 +209,17 @@ def test_claimed_entries_return_to_incoming_after_a_crash_and_recover(tmp_path: 
     assert entry.attempts == 0
 
 
+def test_claimed_before_names_older_entries_claimed_within_the_window(spool: Spool) -> None:
+    first, second, third = (spool.enqueue(message(n), make_envelope()) for n in range(3))
+    claimed = [spool.claim(), spool.claim()]
+    assert [entry.id for entry in claimed if entry] == [first, second]
+
+    assert spool.claimed_before(third, 60.0) == [first, second]
+    assert spool.claimed_before(second, 60.0) == [first]
+    assert spool.claimed_before(first, 60.0) == []
+    assert spool.claimed_before(third, 0.0) == []  # every claim is older than no time at all
+
+
 def test_release_puts_entry_back_without_counting_an_attempt(spool: Spool) -> None:
     entry_id = spool.enqueue(message(1), make_envelope())
     entry = spool.claim()
