@@ -63,7 +63,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -465,15 +465,17 @@ class Spool:
                     os.rename(claimed, self.quarantine_dir / name)
                 continue
 
-    def claimed_before(self, entry_id: str, within_seconds: float) -> list[str]:
+    def claimed_before(self, entry_id: str, within_seconds: float,
+                       excluding: Collection[str] = ()) -> list[str]:
         """Ids of the entries that arrived before `entry_id` (entry ids sort in arrival order)
         and were claimed, by any worker, in the last `within_seconds`: a claim is a rename,
-        which sets the file's ctime. An older claim is a worker that hung or died."""
+        which sets the file's ctime. An older claim is a worker that hung or died. Entries in
+        `excluding` (the caller's own) are not looked at."""
         found = []
         now = time.time()
         for name in entry_names(self.claimed_dir):
             other = name.removesuffix(SUFFIX)
-            if other >= entry_id:
+            if other >= entry_id or other in excluding:
                 continue
             try:
                 claimed_at = (self.claimed_dir / name).stat().st_ctime

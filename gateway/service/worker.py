@@ -189,8 +189,7 @@ class Worker:
         PostgreSQL do not, and between them the race stays (docs/architecture.md)."""
 
         def hold(job: Job) -> bool:
-            return any(other not in mine
-                       for other in self.spool.claimed_before(job.spool_id, REPLY_WAIT_SECONDS))
+            return bool(self.spool.claimed_before(job.spool_id, REPLY_WAIT_SECONDS, mine))
 
         return hold
 

@@ -217,6 +217,7 @@ def test_claimed_before_names_older_entries_claimed_within_the_window(spool: Spo
     assert spool.claimed_before(third, 60.0) == [first, second]
     assert spool.claimed_before(second, 60.0) == [first]
     assert spool.claimed_before(first, 60.0) == []
+    assert spool.claimed_before(third, 60.0, excluding={first}) == [second]
     assert spool.claimed_before(third, 0.0) == []  # every claim is older than no time at all
 
 
