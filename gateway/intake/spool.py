@@ -472,7 +472,7 @@ class Spool:
         which sets the file's ctime. An older claim is a worker that hung or died. Entries in
         `excluding` (the caller's own) are not looked at."""
         found = []
-        now = time.time()
+        now = business_clock.wall_seconds()  # file times are real time, never shifted
         for name in entry_names(self.claimed_dir):
             other = name.removesuffix(SUFFIX)
             if other >= entry_id or other in excluding:
