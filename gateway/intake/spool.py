@@ -362,16 +362,14 @@ class Spool:
                 outcomes.append("")  # its place; the outcome comes once the group is durable
             except SpoolError as exc:
                 outcomes.append(exc)
+        errors = (self._sync_files([item for _, item in prepared]) if self._fsync
+                  else [None] * len(prepared))
         synced: list[tuple[int, _Prepared]] = []
-        for slot, item in prepared:
-            # The first fsync commits the journal with every file of the group; the others
-            # then find their inode already on disk.
-            error = self._try_sync(item) if self._fsync else None
+        for (slot, item), error in zip(prepared, errors, strict=True):
             if error is None:
                 synced.append((slot, item))
-                continue
-            self._drop_tmp(item)
-            outcomes[slot] = error
+            else:
+                outcomes[slot] = error
         published = self._publish([item for _, item in synced])
         for (slot, _), outcome in zip(synced, published, strict=True):
             outcomes[slot] = outcome
@@ -869,7 +867,20 @@ class Spool:
                      for (job, _), outcome in zip(prepared, outcomes, strict=True)])
 
     def _sync_group(self, written: list[tuple[_Job, _Prepared]]) -> list[tuple[_Job, _Prepared]]:
-        """fsync every file of a group, several at once; return those that made it to disk.
+        """fsync a group's files (`_sync_files`); return those that made it to disk, having
+        told the senders of the others."""
+        errors = self._sync_files([item for _, item in written])
+        synced: list[tuple[_Job, _Prepared]] = []
+        for (job, item), error in zip(written, errors, strict=True):
+            if error is None:
+                synced.append((job, item))
+            else:
+                job.settle(error)
+        return synced
+
+    def _sync_files(self, items: list[_Prepared]) -> list[SpoolError | None]:
+        """fsync every file of a group, several at once: each file's error or None, in order;
+        a file that failed is dropped (`_drop_tmp`).
 
         Concurrent fsyncs are merged by the filesystem journal (ext4/XFS commit them together),
         so a group of N files costs far less than N sequential fsyncs. Each file is still fsynced
@@ -877,9 +888,9 @@ class Spool:
         most _FSYNC_THREADS lanes; this thread fsyncs the first lane itself while the pool
         fsyncs the others, one task a lane rather than one a file: a future a file cost this
         thread (which holds the GIL the webhooks' event loop needs) about as much as writing
-        the file (issue 20 outcome 2).
+        the file (issue 20 outcome 2). Without the pool (`enqueue_many`, no writer thread
+        yet) they are fsynced in turn: the first commits the journal with the whole group.
         """
-        items = [item for _, item in written]
         if len(items) <= 1 or self._fsync_pool is None:
             errors = [self._try_sync(item) for item in items]
         else:
@@ -890,15 +901,10 @@ class Spool:
             errors[0::lanes] = self._try_sync_all(items[0::lanes])
             for lane, future in enumerate(others, start=1):
                 errors[lane::lanes] = future.result()
-        pairs = [(job, item, error) for (job, item), error in zip(written, errors, strict=True)]
-        synced: list[tuple[_Job, _Prepared]] = []
-        for job, item, error in pairs:
-            if error is None:
-                synced.append((job, item))
-                continue
-            self._drop_tmp(item)
-            job.settle(error)
-        return synced
+        for item, error in zip(items, errors, strict=True):
+            if error is not None:
+                self._drop_tmp(item)
+        return errors
 
     def _drop_tmp(self, prepared: _Prepared) -> None:
         """Forget a tmp file that will never be published: its bytes and the file."""
